@@ -1,0 +1,1 @@
+"""The ground floor shared by every wing: settings, models, symbols, client factories, schema."""

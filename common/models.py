@@ -1,0 +1,111 @@
+"""Normalized records shared by every exchange. Prices are Decimal, times are UTC-aware."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+
+UTC = timezone.utc
+
+
+def ms_to_dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def ns_to_dt(ns: int) -> datetime:
+    # keep microsecond precision without going through float for large values
+    seconds, rem = divmod(ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=rem // 1000)
+
+
+def dt_to_ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+_DECIMAL_FIELDS = ("price", "bid", "bid_size", "ask", "ask_size", "open_24h", "high_24h",
+                   "low_24h", "volume_24h", "quote_volume_24h", "last_size")
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One ticker update: the newest price of a symbol on an exchange at `event_time`."""
+    exchange: str
+    symbol: str                 # canonical BASE-QUOTE, e.g. BTC-USDT
+    event_time_ms: int          # exchange time, epoch milliseconds UTC
+    price: Decimal
+    received_ns: int            # when the extractor read the frame, epoch nanoseconds
+    sequence: int = 0           # exchange sequence where given, 0 otherwise
+    bid: Decimal | None = None
+    bid_size: Decimal | None = None
+    ask: Decimal | None = None
+    ask_size: Decimal | None = None
+    last_size: Decimal | None = None
+    open_24h: Decimal | None = None
+    high_24h: Decimal | None = None
+    low_24h: Decimal | None = None
+    volume_24h: Decimal | None = None        # base asset
+    quote_volume_24h: Decimal | None = None
+
+    @property
+    def event_time(self) -> datetime:
+        return ms_to_dt(self.event_time_ms)
+
+    @property
+    def received_at(self) -> datetime:
+        return ns_to_dt(self.received_ns)
+
+    def to_json(self) -> bytes:
+        """Wire form on the transformed topics: decimals as strings, so nothing is rounded."""
+        out = {"exchange": self.exchange, "symbol": self.symbol, "event_time_ms": self.event_time_ms,
+               "received_ns": self.received_ns, "sequence": self.sequence}
+        for name in _DECIMAL_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = str(value)
+        return json.dumps(out, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> "Tick":
+        obj = json.loads(data)
+        kwargs = {name: Decimal(obj[name]) for name in _DECIMAL_FIELDS if obj.get(name) is not None}
+        return cls(exchange=obj["exchange"], symbol=obj["symbol"], event_time_ms=int(obj["event_time_ms"]),
+                   received_ns=int(obj["received_ns"]), sequence=int(obj.get("sequence", 0)), **kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """One 1-minute OHLCV candle; open_time is the minute's start (UTC)."""
+    exchange: str
+    symbol: str
+    open_time: datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    source: str = "rest"       # 'stream' (from ticks) or 'rest' (backfill)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineEvent:
+    """A connection lifecycle event from an extractor (topic `pipeline_events`)."""
+    exchange: str
+    conn_id: str
+    kind: str                  # connected | subscribed | heartbeat | disconnected | stalled | spool_full | spool_drained
+    at_ns: int
+    reason: str = ""
+    detail: dict = field(default_factory=dict)
+
+    KINDS = ("connected", "subscribed", "heartbeat", "disconnected", "stalled", "spool_full", "spool_drained")
+
+    def to_json(self) -> bytes:
+        return json.dumps({"exchange": self.exchange, "conn_id": self.conn_id, "kind": self.kind,
+                           "at_ns": self.at_ns, "reason": self.reason, "detail": self.detail},
+                          separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> "PipelineEvent":
+        obj = json.loads(data)
+        return cls(exchange=obj["exchange"], conn_id=obj["conn_id"], kind=obj["kind"], at_ns=int(obj["at_ns"]),
+                   reason=obj.get("reason", ""), detail=obj.get("detail") or {})

@@ -1,0 +1,79 @@
+"""One settings object for every component.
+
+Values come from the environment first, then from the file the local stack writes at `make up`
+(`$CRYPTOPIPE_HOME/stack.env`, mode 0600, outside git), then from the defaults below, which point
+at the live exchanges and at the local stack's ports.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing import Annotated
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def stack_home() -> Path:
+    """Where the local stack keeps data, logs and generated secrets (git-ignored)."""
+    return Path(os.environ.get("CRYPTOPIPE_HOME", REPO_ROOT / ".stack")).resolve()
+
+
+def cache_home() -> Path:
+    """Downloads (Maven artifacts, the venv) live here, outside the repository."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("CRYPTOPIPE_CACHE", Path(base) / "cryptopipe")).resolve()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=str(stack_home() / "stack.env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # exchanges (live by default; `make up SOURCE=sim` points these at the simulator)
+    binance_ws_url: str = "wss://stream.binance.com:9443"
+    binance_rest_url: str = "https://api.binance.com"
+    kucoin_rest_url: str = "https://api.kucoin.com"
+    symbols: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # local stack
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    postgres_dsn: str = "postgresql://cryptopipe@127.0.0.1:5432/cryptopipe"
+    s3_endpoint_url: str = "http://127.0.0.1:9000"
+    s3_bucket: str = "cryptopipe"
+    s3_region: str = "us-east-1"
+    aws_access_key_id: str = ""
+    aws_secret_access_key: str = ""
+
+    # Kafka layout
+    topic_partitions: int = 3
+    raw_retention_ms: int = 7 * 24 * 3600 * 1000
+
+    # ticks table retention (days of daily partitions kept)
+    ticks_retention_days: int = 30
+
+    # supervisord control socket
+    supervisor_socket: str = str(stack_home() / "run" / "supervisor.sock")
+
+    # backfill limits
+    backfill_max_window_hours: int = 24 * 7
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, value):
+        if value is None or value == "":
+            return []
+        if isinstance(value, str):
+            return [s.strip() for s in value.split(",") if s.strip()]
+        return list(value)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
