@@ -1,0 +1,1 @@
+"""cryptopipe: the front door (CLI) and the local-stack manager."""

@@ -1,0 +1,3 @@
+from cryptopipe.cli import main
+
+raise SystemExit(main())
