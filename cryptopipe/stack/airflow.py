@@ -1,0 +1,148 @@
+"""Airflow 3: metadata in the local Postgres, api-server / scheduler / dag-processor / triggerer
+as separate supervisord programs (sized for 2 cores), DAGs and plugins served from the repo,
+connections `crypto_postgres`, `crypto_s3`, `crypto_kafka`, and a generated admin login."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+
+from cryptopipe.stack.component import Component, StackContext, port_open, program_block
+from cryptopipe.stack.paths import AIRFLOW_PORT, KAFKA_PORT, S3_PORT, repo_root
+from cryptopipe.stack.postgres import dsn_for
+from cryptopipe.stack.progress import StepFailed
+
+PROGRAMS = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
+ADMIN_USER = "admin"
+
+
+def airflow_bin(ctx: StackContext) -> str:
+    return str(Path(ctx.python).parent / "airflow")
+
+
+def airflow_env(ctx: StackContext) -> dict[str, str]:
+    """The environment every Airflow process of the stack runs with."""
+    home = ctx.paths.airflow_home
+    pg = dsn_for(ctx, "airflow").replace("postgresql://", "postgresql+psycopg2://", 1)
+    return {
+        "AIRFLOW_HOME": str(home),
+        "PYTHONPATH": str(repo_root()),
+        "CRYPTOPIPE_HOME": str(ctx.paths.home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(repo_root() / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(repo_root() / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__FERNET_KEY": ctx.env["CRYPTOPIPE_AIRFLOW_FERNET_KEY"],
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{AIRFLOW_PORT}/execution/",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg,
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(AIRFLOW_PORT),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{AIRFLOW_PORT}",
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API_AUTH__JWT_SECRET": ctx.env["CRYPTOPIPE_AIRFLOW_JWT_SECRET"],
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "5",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__WEBSERVER__EXPOSE_CONFIG": "False",
+    }
+
+
+def connections(ctx: StackContext) -> dict:
+    from common.settings import get_settings
+
+    s = get_settings()
+    return {
+        "crypto_postgres": {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "schema": "cryptopipe",
+                            "login": "cryptopipe", "password": ctx.env["CRYPTOPIPE_PG_PASSWORD"]},
+        "crypto_s3": {"conn_type": "aws", "login": ctx.env["AWS_ACCESS_KEY_ID"],
+                      "password": ctx.env["AWS_SECRET_ACCESS_KEY"],
+                      "extra": json.dumps({"endpoint_url": f"http://127.0.0.1:{S3_PORT}", "region_name": s.s3_region,
+                                           "bucket": s.s3_bucket})},
+        "crypto_kafka": {"conn_type": "kafka",
+                         "extra": json.dumps({"bootstrap.servers": f"127.0.0.1:{KAFKA_PORT}"})},
+    }
+
+
+class Airflow(Component):
+    name = "airflow"
+    program = "airflow-api-server"
+    port = AIRFLOW_PORT
+
+    def install(self, ctx: StackContext) -> None:
+        if not Path(airflow_bin(ctx)).exists():
+            raise StepFailed(f"{airflow_bin(ctx)} not found — run `make up` (scripts/bootstrap.sh installs Airflow)")
+
+    def _run(self, ctx: StackContext, args: list[str], what: str, timeout: float = 300) -> None:
+        log = ctx.paths.logs / "airflow-setup.log"
+        env = {**os.environ, **airflow_env(ctx)}
+        with open(log, "ab") as out:
+            try:
+                rc = subprocess.call([airflow_bin(ctx), *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                     timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise StepFailed(f"{what} timed out after {timeout:.0f}s", log)
+        if rc != 0:
+            raise StepFailed(f"{what} failed (exit {rc})", log)
+
+    def prepare(self, ctx: StackContext) -> None:
+        home = ctx.paths.airflow_home
+        home.mkdir(parents=True, exist_ok=True)
+        pw = home / "passwords.json"
+        fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({ADMIN_USER: ctx.env["CRYPTOPIPE_AIRFLOW_ADMIN_PASSWORD"]}, f)
+        migrated = home / ".migrated"
+        if not migrated.exists() or migrated.read_text() != airflow_version(ctx):
+            self._run(ctx, ["db", "migrate"], "airflow db migrate")
+            migrated.write_text(airflow_version(ctx))
+        conns = home / "connections.json"
+        fd = os.open(conns, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(connections(ctx), f)
+        self._run(ctx, ["connections", "import", "--overwrite", str(conns)], "creating Airflow connections")
+
+    def program_sections(self, ctx: StackContext) -> str:
+        env = airflow_env(ctx)
+        cmds = {
+            "airflow-api-server": f"{airflow_bin(ctx)} api-server",
+            "airflow-scheduler": f"{airflow_bin(ctx)} scheduler",
+            "airflow-dag-processor": f"{airflow_bin(ctx)} dag-processor",
+            "airflow-triggerer": f"{airflow_bin(ctx)} triggerer",
+        }
+        return "\n".join(program_block(name, cmd, log=ctx.paths.logs / f"{name}.log", environment=env,
+                                       directory=str(ctx.paths.airflow_home), stopwaitsecs=30, startsecs=3)
+                         for name, cmd in cmds.items())
+
+    def program_section(self, ctx: StackContext) -> str:
+        return self.program_sections(ctx)
+
+    def healthy(self, ctx: StackContext) -> bool:
+        if not port_open(AIRFLOW_PORT):
+            return False
+        with urllib.request.urlopen(f"http://127.0.0.1:{AIRFLOW_PORT}/api/v2/monitor/health", timeout=3) as r:
+            body = json.load(r)
+        return body.get("metadatabase", {}).get("status") == "healthy" and \
+            body.get("scheduler", {}).get("status") == "healthy"
+
+    def describe(self, ctx: StackContext) -> dict:
+        return {"address": f"http://127.0.0.1:{AIRFLOW_PORT}", "login_user": ADMIN_USER,
+                "login_password_file": str(ctx.paths.airflow_home / "passwords.json"),
+                "use": f"open http://127.0.0.1:{AIRFLOW_PORT} and log in as {ADMIN_USER} "
+                       f"(password in {ctx.paths.airflow_home / 'passwords.json'})"}
+
+
+def airflow_version(ctx: StackContext) -> str:
+    try:
+        from importlib.metadata import version
+        return version("apache-airflow")
+    except Exception:
+        return "unknown"

@@ -1,0 +1,63 @@
+"""`cryptopipe stack up [--source live|sim] [--core] [--no-airflow] | down | clean | status [--json]`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cryptopipe.stack.progress import StepFailed
+
+
+def print_status(st: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"source: [bold]{st['source']}[/bold]   supervisord: "
+                  f"{'running' if st['supervisord']['running'] else 'stopped'} ({st['supervisord']['socket']})")
+    table = Table("component", "state", "healthy", "address", "how to use")
+    for name, c in st["components"].items():
+        table.add_row(name, c["state"], "yes" if c["healthy"] else "no", c.get("address", ""), c.get("use", ""))
+    console.print(table)
+    progs = Table("program", "state", "pid", "uptime")
+    for name, p in st["programs"].items():
+        progs.add_row(name, p["state"], str(p["pid"] or ""), f"{p['uptime_s']}s")
+    console.print(progs)
+    console.print(f"settings and secrets: {st['env_file']}   logs: {st['logs']}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cryptopipe stack")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="install and start the local stack")
+    up.add_argument("--source", choices=("live", "sim"), default="live")
+    up.add_argument("--core", action="store_true", help="only Kafka, Postgres and S3")
+    up.add_argument("--no-airflow", action="store_true")
+    up.add_argument("--no-pipeline", action="store_true", help="do not start the streaming daemons")
+    sub.add_parser("down", help="stop everything, keep data")
+    sub.add_parser("clean", help="stop everything and delete the stack's data")
+    st = sub.add_parser("status")
+    st.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    from cryptopipe.stack import manager
+
+    try:
+        if args.cmd == "up":
+            return manager.up(args.source, core_only=args.core, with_airflow=not args.no_airflow,
+                              with_pipeline=not args.no_pipeline)
+        if args.cmd == "down":
+            return manager.down()
+        if args.cmd == "clean":
+            return manager.clean()
+        st_ = manager.status()
+        if args.json:
+            json.dump(st_, sys.stdout, indent=2, sort_keys=True)
+            print()
+        else:
+            print_status(st_)
+        healthy = st_["supervisord"]["running"] and all(c["healthy"] for c in st_["components"].values()
+                                                       if c["state"] != "ABSENT")
+        return 0 if healthy else 3
+    except StepFailed as exc:
+        return manager.fail(exc)

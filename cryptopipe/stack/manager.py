@@ -1,0 +1,202 @@
+"""`cryptopipe stack up|down|clean|status`: bring the local stack up in order, idempotently."""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+
+from cryptopipe.stack import supervisor
+from cryptopipe.stack.airflow import PROGRAMS as AIRFLOW_PROGRAMS
+from cryptopipe.stack.airflow import Airflow
+from cryptopipe.stack.component import Component, StackContext
+from cryptopipe.stack.kafka import Kafka
+from cryptopipe.stack.paths import get_paths, python_bin
+from cryptopipe.stack.postgres import Postgres, dsn_for
+from cryptopipe.stack.progress import StepFailed, console, step, wait_until
+from cryptopipe.stack.s3 import S3Proxy
+from cryptopipe.stack.secrets import ensure_generated, read_env_file, write_env_file
+from cryptopipe.stack.sim import Simulator, sim_endpoints
+
+CORE: tuple[Component, ...] = (Postgres(), Kafka(), S3Proxy())
+SIM_KEYS = ("BINANCE_WS_URL", "BINANCE_REST_URL", "KUCOIN_REST_URL", "SIM_CONTROL_URL")
+
+
+def make_context(source: str | None = None) -> StackContext:
+    paths = get_paths()
+    for d in (paths.home, paths.logs, paths.run, paths.cache):
+        d.mkdir(parents=True, exist_ok=True)
+    paths.home.chmod(0o700)
+    if source is None:
+        source = paths.source_file.read_text().strip() if paths.source_file.exists() else "live"
+    env = ensure_generated(read_env_file(paths.env_file))
+    return StackContext(paths=paths, env=env, source=source, python=python_bin())
+
+
+def write_stack_env(ctx: StackContext) -> None:
+    from cryptopipe.stack.paths import KAFKA_PORT, S3_PORT
+
+    values = dict(ctx.env)
+    values.update({
+        "POSTGRES_DSN": dsn_for(ctx, "cryptopipe"),
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{KAFKA_PORT}",
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+        "S3_BUCKET": values.get("S3_BUCKET", "cryptopipe"),
+        "SUPERVISOR_SOCKET": str(ctx.paths.supervisor_socket),
+    })
+    for key in SIM_KEYS:
+        values.pop(key, None)
+    if ctx.source == "sim":
+        values.update(sim_endpoints())
+    ctx.env = values
+    write_env_file(ctx.paths.env_file, values)
+    ctx.paths.source_file.write_text(ctx.source)
+    from common.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+def components(ctx: StackContext, *, with_airflow: bool) -> list[Component]:
+    comps: list[Component] = list(CORE)
+    if ctx.source == "sim":
+        comps.append(Simulator())
+    if with_airflow:
+        comps.append(Airflow())
+    return comps
+
+
+def _all_sections(ctx: StackContext) -> list[str]:
+    # every component the stack may run is declared, so supervisord's config does not change
+    # between `stack up --core` (tests) and a full `make up`
+    sections = [c.program_section(ctx) for c in CORE]
+    if ctx.source == "sim":
+        sections.append(Simulator().program_section(ctx))
+    sections.append(Airflow().program_section(ctx))
+    return sections
+
+
+def bring_up(ctx: StackContext, comps: list[Component]) -> None:
+    with step("supervisord"):
+        supervisor.ensure_running(ctx, supervisor.render_conf(ctx, _all_sections(ctx)))
+    for comp in comps:
+        with step(f"{comp.name}: install"):
+            comp.install(ctx)
+        with step(f"{comp.name}: prepare"):
+            comp.prepare(ctx)
+        programs = AIRFLOW_PROGRAMS if isinstance(comp, Airflow) else (comp.program,)
+        with step(f"{comp.name}: start"):
+            for program in programs:
+                supervisor.start_program(ctx, program, comp.log_path(ctx))
+            wait_until(lambda: comp.healthy(ctx), 180 if isinstance(comp, Airflow) else 90,
+                       f"{comp.name} on port {comp.port}", comp.log_path(ctx))
+        with step(f"{comp.name}: initialise"):
+            comp.after_start(ctx)
+
+
+def ensure_core(source: str | None = None):
+    """Kafka, Postgres and S3 running, migrated, topics and bucket created; returns Settings.
+    Used by the test fixtures and by `stack up --core`."""
+    ctx = make_context(source)
+    write_stack_env(ctx)
+    bring_up(ctx, list(CORE))
+    from common.settings import get_settings
+
+    return get_settings()
+
+
+def up(source: str = "live", *, core_only: bool = False, with_airflow: bool = True,
+       with_pipeline: bool = True) -> int:
+    started = time.monotonic()
+    ctx = make_context(source)
+    write_stack_env(ctx)
+    if source == "live" and not core_only and with_pipeline:
+        warn_if_exchanges_unreachable()
+    comps = list(CORE) if core_only else components(ctx, with_airflow=with_airflow)
+    bring_up(ctx, comps)
+    if with_pipeline and not core_only:
+        with step("streaming daemons"):
+            for program in supervisor.PIPELINE_PROGRAMS:
+                supervisor.start_program(ctx, program, ctx.paths.logs / f"{program}.log")
+    console.print(f"[bold green]stack up[/bold green] ({time.monotonic() - started:.1f}s, source={source}) — "
+                  "`make status` shows addresses and logins")
+    return 0
+
+
+def warn_if_exchanges_unreachable() -> None:
+    import socket
+
+    for host in ("stream.binance.com", "api.kucoin.com"):
+        try:
+            socket.create_connection((host, 443), timeout=3).close()
+        except OSError as exc:
+            console.print(f"[yellow]! {host} is unreachable ({exc}); the extractors will keep retrying. "
+                          "On a machine without internet run `make up SOURCE=sim`.[/yellow]")
+            return
+
+
+def stop_component(name: str) -> None:
+    """Stop one program (fault tests: 'kafka', 's3proxy', 'postgres', a pipeline program)."""
+    supervisor.stop_program(make_context(), name)
+
+
+def start_component(name: str) -> None:
+    ctx = make_context()
+    supervisor.start_program(ctx, name)
+    comp = {c.program: c for c in (*CORE, Simulator(), Airflow())}.get(name)
+    if comp is not None:
+        wait_until(lambda: comp.healthy(ctx), 120, f"{name}", comp.log_path(ctx))
+
+
+def down() -> int:
+    ctx = make_context()
+    if not supervisor.running(ctx):
+        console.print("stack is not running")
+        return 0
+    order = [*supervisor.PIPELINE_PROGRAMS, *AIRFLOW_PROGRAMS, "sim", "s3proxy", "kafka", "postgres"]
+    states = supervisor.program_states(ctx)
+    for program in order:
+        if states.get(program, {}).get("state") in ("RUNNING", "STARTING", "BACKOFF"):
+            with step(f"stop {program}"):
+                supervisor.stop_program(ctx, program)
+    with step("stop supervisord"):
+        supervisor.shutdown(ctx)
+    return 0
+
+
+def clean() -> int:
+    down()
+    ctx = make_context()
+    pg_root = Postgres().root(ctx)
+    with step(f"remove {ctx.paths.home}"):
+        if pg_root != ctx.paths.pg_link and pg_root.exists():
+            shutil.rmtree(pg_root)
+        shutil.rmtree(ctx.paths.home, ignore_errors=True)
+    return 0
+
+
+def status() -> dict:
+    ctx = make_context()
+    states = supervisor.program_states(ctx)
+    comps = {}
+    for comp in (*CORE, Simulator(), Airflow()):
+        if comp.program not in states and not isinstance(comp, Airflow):
+            continue
+        state = states.get(comp.program, {}).get("state", "ABSENT")
+        try:
+            healthy = bool(comp.healthy(ctx)) if state == "RUNNING" else False
+        except Exception:
+            healthy = False
+        comps[comp.name] = {"state": state, "healthy": healthy, **comp.describe(ctx)}
+    return {
+        "source": ctx.source,
+        "supervisord": {"running": supervisor.running(ctx), "socket": str(ctx.paths.supervisor_socket)},
+        "components": comps,
+        "programs": {name: {"state": s["state"], "pid": s["pid"], "uptime_s": s["uptime_s"]}
+                     for name, s in states.items()},
+        "env_file": str(ctx.paths.env_file),
+        "logs": str(ctx.paths.logs),
+    }
+
+
+def fail(exc: StepFailed) -> int:
+    print(f"cryptopipe stack: {exc}", file=sys.stderr)
+    return 1

@@ -1,0 +1,70 @@
+"""Where the local stack keeps things: state under $CRYPTOPIPE_HOME (git-ignored `.stack/`),
+downloads under the cache (outside the repository)."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.settings import REPO_ROOT, cache_home, stack_home
+
+RESOURCES = Path(__file__).resolve().parent / "resources"
+
+# Ports of the local stack (all on 127.0.0.1).
+KAFKA_PORT = 9092
+KAFKA_CONTROLLER_PORT = 9093
+POSTGRES_PORT = 5432
+S3_PORT = 9000
+AIRFLOW_PORT = 8080
+SIM_PORT = 8765
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+    cache: Path
+
+    @property
+    def env_file(self) -> Path: return self.home / "stack.env"
+    @property
+    def logs(self) -> Path: return self.home / "logs"
+    @property
+    def run(self) -> Path: return self.home / "run"
+    @property
+    def supervisor_conf(self) -> Path: return self.home / "supervisord.conf"
+    @property
+    def supervisor_socket(self) -> Path: return self.run / "supervisor.sock"
+    @property
+    def supervisor_pid(self) -> Path: return self.run / "supervisord.pid"
+    @property
+    def kafka_dir(self) -> Path: return self.home / "kafka"
+    @property
+    def kafka_libs(self) -> Path: return self.cache / "kafka-libs"
+    @property
+    def m2(self) -> Path: return self.cache / "m2"
+    @property
+    def s3proxy_jar(self) -> Path: return self.cache / "s3proxy" / "s3proxy-4.1.0-jar-with-dependencies.jar"
+    @property
+    def s3_dir(self) -> Path: return self.home / "s3"
+    @property
+    def pg_link(self) -> Path: return self.home / "postgres"
+    @property
+    def airflow_home(self) -> Path: return self.home / "airflow"
+    @property
+    def spool(self) -> Path: return self.home / "spool"
+    @property
+    def sim_truth(self) -> Path: return self.home / "sim-truth"
+    @property
+    def source_file(self) -> Path: return self.home / "source"
+
+
+def get_paths() -> Paths:
+    return Paths(home=stack_home(), cache=cache_home())
+
+
+def python_bin() -> str:
+    return sys.executable
+
+
+def repo_root() -> Path:
+    return REPO_ROOT
