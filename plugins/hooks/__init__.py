@@ -1,0 +1,1 @@
+"""Hooks: the code that talks to supervisord, Postgres and Kafka for the DAGs."""

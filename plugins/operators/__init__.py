@@ -1,0 +1,1 @@
+"""Operators: one action each (supervise the streaming daemons, ...)."""
