@@ -1,0 +1,517 @@
+"""Loader: normalized ticks and pipeline events -> Postgres (`cryptopipe load`, group `loader`).
+
+One Kafka batch = one Postgres transaction:
+  COPY the ticks into a temp staging table, `INSERT ... ON CONFLICT DO NOTHING` into `ticks`,
+  and from the rows that insert actually added (RETURNING) update `candles_1m` (source
+  'stream', never a 'rest' row) and `latest_prices` (only when newer). A replayed tick adds no
+  row, so it adds nothing to a candle either: the stored result is exactly-once although Kafka
+  delivers at-least-once. Pipeline events upsert `stream_sessions` with LEAST/GREATEST, so a
+  replay or a reordering changes nothing. Offsets are committed only after the DB commit.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+
+import psycopg2
+import psycopg2.extras
+
+from common.db import connect
+from common.kafka import make_consumer, make_producer
+from common.models import PipelineEvent
+from common.settings import get_settings
+from common.symbols import CANONICAL_RE
+from common.topics import EXCHANGES, PIPELINE_EVENTS, dlq_topic, exchange_of_topic, transformed_topic
+from streaming.consumer_loop import (LagReporter, Metrics, StopFlag, backoff_delays, base_parser, commit_sync,
+                                     header_dict, log_consumer_errors, next_offsets, safe_reason,
+                                     setup_logging, split_errors, start_metrics_server)
+
+log = logging.getLogger("streaming.loader")
+
+COMPONENT = "load"
+DEFAULT_GROUP = "loader"
+DEFAULT_METRICS_PORT = 9104
+
+# epoch ms bounds for a tick we accept (2009-01-03 .. 2100-01-01)
+MIN_MS = 1_230_940_800_000
+MAX_MS = 4_102_444_800_000
+_DECIMAL_RE = re.compile(r"^-?[0-9]{1,40}(\.[0-9]{1,40})?([eE][-+]?[0-9]{1,3})?$")
+_OPTIONAL = ("bid", "bid_size", "ask", "ask_size", "last_size", "open_24h", "high_24h", "low_24h",
+             "volume_24h", "quote_volume_24h")
+STAGE_COLUMNS = ("exchange", "symbol", "event_time_ms", "sequence", "price") + _OPTIONAL + ("received_ns",)
+MAX_CONN_ID = 200
+MAX_SESSION_REASON = 500
+
+
+class BadRecord(ValueError):
+    """A record the loader cannot store; it goes to the exchange's DLQ with this reason."""
+
+
+# --------------------------------------------------------------------------- parsing (pure)
+
+def _decimal_text(obj: dict, name: str, required: bool = False) -> str:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise BadRecord(f"missing {name}")
+        return "\\N"
+    if not isinstance(value, str) or not _DECIMAL_RE.match(value):
+        raise BadRecord(f"{name} is not a finite decimal string")
+    return value
+
+
+def _int(obj: dict, name: str, lo: int, hi: int, default: int | None = None) -> int:
+    value = obj.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRecord(f"{name} is not an integer")
+    if not lo <= value <= hi:
+        raise BadRecord(f"{name} out of range")
+    return value
+
+
+def tick_copy_line(value: bytes | None, expected_exchange: str | None = None) -> str:
+    """One transformed-topic record -> one line of COPY text for `stage_ticks` (validated).
+
+    Only validated text reaches COPY: canonical symbols, decimal strings and integers contain
+    no tab, newline or backslash, so no escaping is needed.
+    """
+    if not value:
+        raise BadRecord("empty record")
+    try:
+        obj = json.loads(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRecord(f"malformed JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise BadRecord("record is not a JSON object")
+    exchange = obj.get("exchange")
+    if exchange not in EXCHANGES:
+        raise BadRecord("unknown exchange")
+    if expected_exchange and exchange != expected_exchange:
+        raise BadRecord(f"exchange {exchange} on the {expected_exchange} topic")
+    symbol = obj.get("symbol")
+    if not isinstance(symbol, str) or not CANONICAL_RE.match(symbol):
+        raise BadRecord("symbol is not canonical BASE-QUOTE")
+    event_ms = _int(obj, "event_time_ms", MIN_MS, MAX_MS)
+    received_ns = _int(obj, "received_ns", MIN_MS * 1_000_000, MAX_MS * 1_000_000)
+    sequence = _int(obj, "sequence", 0, 2 ** 63 - 1, default=0)
+    price = _decimal_text(obj, "price", required=True)
+    try:
+        if not Decimal(price) > 0:
+            raise BadRecord("price is not positive")
+    except InvalidOperation:
+        raise BadRecord("price is not a decimal") from None
+    parts = [exchange, symbol, str(event_ms), str(sequence), price]
+    parts += [_decimal_text(obj, name) for name in _OPTIONAL]
+    parts.append(str(received_ns))
+    return "\t".join(parts)
+
+
+@dataclass
+class Session:
+    """The merge of one batch's events of one connection (same rules as the SQL upsert)."""
+    exchange: str
+    first_seen_ns: int
+    last_seen_ns: int
+    connected_ns: int | None = None
+    subscribed_ns: int | None = None
+    disconnected_ns: int | None = None
+    reason: str | None = None
+
+    def add(self, ev: PipelineEvent) -> None:
+        self.first_seen_ns = min(self.first_seen_ns, ev.at_ns)
+        self.last_seen_ns = max(self.last_seen_ns, ev.at_ns)
+        if ev.kind == "connected":
+            self.connected_ns = ev.at_ns if self.connected_ns is None else min(self.connected_ns, ev.at_ns)
+        elif ev.kind == "subscribed":
+            self.subscribed_ns = ev.at_ns if self.subscribed_ns is None else min(self.subscribed_ns, ev.at_ns)
+        elif ev.kind == "disconnected":
+            if self.disconnected_ns is None or ev.at_ns < self.disconnected_ns:
+                self.disconnected_ns = ev.at_ns
+                self.reason = ev.reason[:MAX_SESSION_REASON]
+
+
+def parse_event(value: bytes | None) -> PipelineEvent:
+    if not value:
+        raise BadRecord("empty record")
+    try:
+        ev = PipelineEvent.from_json(value)
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise BadRecord(f"malformed pipeline event: {type(exc).__name__}: {exc}") from None
+    if ev.exchange not in EXCHANGES:
+        raise BadRecord("unknown exchange")
+    if ev.kind not in PipelineEvent.KINDS:
+        raise BadRecord("unknown event kind")
+    if not isinstance(ev.conn_id, str) or not 0 < len(ev.conn_id) <= MAX_CONN_ID:
+        raise BadRecord("bad conn_id")
+    if not MIN_MS * 1_000_000 <= ev.at_ns <= MAX_MS * 1_000_000:
+        raise BadRecord("at_ns out of range")
+    if not isinstance(ev.reason, str):
+        raise BadRecord("reason is not a string")
+    return ev
+
+
+def merge_events(events: list[PipelineEvent]) -> dict[str, Session]:
+    sessions: dict[str, Session] = {}
+    for ev in events:
+        s = sessions.get(ev.conn_id)
+        if s is None:
+            s = sessions[ev.conn_id] = Session(ev.exchange, ev.at_ns, ev.at_ns)
+        s.add(ev)
+    return sessions
+
+
+# --------------------------------------------------------------------------- SQL
+
+CREATE_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS stage_ticks (
+    exchange text, symbol text, event_time_ms bigint, sequence bigint, price numeric,
+    bid numeric, bid_size numeric, ask numeric, ask_size numeric, last_size numeric,
+    open_24h numeric, high_24h numeric, low_24h numeric, volume_24h numeric,
+    quote_volume_24h numeric, received_ns bigint
+) ON COMMIT DELETE ROWS
+"""
+
+COPY_STAGE = f"COPY stage_ticks ({', '.join(STAGE_COLUMNS)}) FROM STDIN"
+
+# Ticks first; candles and latest prices only from the rows this statement really inserted.
+MERGE_TICKS = """
+WITH ins AS (
+    INSERT INTO ticks (exchange, symbol, event_time, sequence, price, bid, bid_size, ask, ask_size,
+                       last_size, open_24h, high_24h, low_24h, volume_24h, quote_volume_24h, received_at)
+    SELECT DISTINCT ON (exchange, symbol, event_time_ms, sequence)
+           exchange, symbol, timestamptz 'epoch' + event_time_ms * interval '1 millisecond', sequence,
+           price, bid, bid_size, ask, ask_size, last_size, open_24h, high_24h, low_24h, volume_24h,
+           quote_volume_24h, timestamptz 'epoch' + (received_ns / 1000) * interval '1 microsecond'
+    FROM stage_ticks
+    ORDER BY exchange, symbol, event_time_ms, sequence, received_ns
+    ON CONFLICT DO NOTHING
+    RETURNING exchange, symbol, event_time, sequence, price
+), cnd AS (
+    INSERT INTO candles_1m AS c (exchange, symbol, open_time, open, high, low, close, source,
+                                 open_event_time, open_sequence, close_event_time, close_sequence, tick_count)
+    SELECT exchange, symbol, date_trunc('minute', event_time),
+           (array_agg(price ORDER BY event_time, sequence))[1], max(price), min(price),
+           (array_agg(price ORDER BY event_time DESC, sequence DESC))[1], 'stream',
+           min(event_time), (array_agg(sequence ORDER BY event_time, sequence))[1],
+           max(event_time), (array_agg(sequence ORDER BY event_time DESC, sequence DESC))[1], count(*)
+    FROM ins
+    GROUP BY 1, 2, 3
+    ORDER BY 1, 2, 3
+    ON CONFLICT (exchange, symbol, open_time) DO UPDATE SET
+        open = CASE WHEN (EXCLUDED.open_event_time, EXCLUDED.open_sequence)
+                         < (c.open_event_time, coalesce(c.open_sequence, 0))
+                    THEN EXCLUDED.open ELSE c.open END,
+        open_event_time = CASE WHEN (EXCLUDED.open_event_time, EXCLUDED.open_sequence)
+                                    < (c.open_event_time, coalesce(c.open_sequence, 0))
+                               THEN EXCLUDED.open_event_time ELSE c.open_event_time END,
+        open_sequence = CASE WHEN (EXCLUDED.open_event_time, EXCLUDED.open_sequence)
+                                  < (c.open_event_time, coalesce(c.open_sequence, 0))
+                             THEN EXCLUDED.open_sequence ELSE c.open_sequence END,
+        close = CASE WHEN (EXCLUDED.close_event_time, EXCLUDED.close_sequence)
+                          > (c.close_event_time, coalesce(c.close_sequence, 0))
+                     THEN EXCLUDED.close ELSE c.close END,
+        close_event_time = CASE WHEN (EXCLUDED.close_event_time, EXCLUDED.close_sequence)
+                                     > (c.close_event_time, coalesce(c.close_sequence, 0))
+                                THEN EXCLUDED.close_event_time ELSE c.close_event_time END,
+        close_sequence = CASE WHEN (EXCLUDED.close_event_time, EXCLUDED.close_sequence)
+                                   > (c.close_event_time, coalesce(c.close_sequence, 0))
+                              THEN EXCLUDED.close_sequence ELSE c.close_sequence END,
+        high = GREATEST(c.high, EXCLUDED.high),
+        low = LEAST(c.low, EXCLUDED.low),
+        tick_count = c.tick_count + EXCLUDED.tick_count,
+        updated_at = now()
+    WHERE c.source = 'stream'
+    RETURNING 1
+), lp AS (
+    INSERT INTO latest_prices AS l (exchange, symbol, price, event_time)
+    SELECT DISTINCT ON (exchange, symbol) exchange, symbol, price, event_time
+    FROM ins
+    ORDER BY exchange, symbol, event_time DESC, sequence DESC
+    ON CONFLICT (exchange, symbol) DO UPDATE SET
+        price = EXCLUDED.price, event_time = EXCLUDED.event_time, updated_at = now()
+    WHERE EXCLUDED.event_time > l.event_time
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM cnd), (SELECT count(*) FROM lp)
+"""
+
+UPSERT_SESSIONS = """
+INSERT INTO stream_sessions AS s (conn_id, exchange, connected_at, subscribed_at, last_seen_at,
+                                  disconnected_at, reason)
+VALUES %s
+ON CONFLICT (conn_id) DO UPDATE SET
+    connected_at = LEAST(s.connected_at, EXCLUDED.connected_at),
+    subscribed_at = LEAST(s.subscribed_at, EXCLUDED.subscribed_at),
+    last_seen_at = GREATEST(s.last_seen_at, EXCLUDED.last_seen_at),
+    disconnected_at = LEAST(s.disconnected_at, EXCLUDED.disconnected_at),
+    reason = CASE WHEN EXCLUDED.disconnected_at IS NOT NULL
+                       AND (s.disconnected_at IS NULL OR EXCLUDED.disconnected_at < s.disconnected_at)
+                  THEN EXCLUDED.reason ELSE s.reason END
+"""
+
+_SESSION_TEMPLATE = ("(%s, %s, timestamptz 'epoch' + %s * interval '1 microsecond', "
+                     "timestamptz 'epoch' + %s * interval '1 microsecond', "
+                     "timestamptz 'epoch' + %s * interval '1 microsecond', "
+                     "timestamptz 'epoch' + %s * interval '1 microsecond', %s)")
+
+
+def _us(ns: int | None) -> int | None:
+    return None if ns is None else ns // 1000
+
+
+@dataclass
+class BatchResult:
+    ticks_in: int = 0
+    ticks_inserted: int = 0
+    candles_touched: int = 0
+    latest_updated: int = 0
+    sessions: int = 0
+    partitions_created: int = 0
+
+
+@dataclass
+class TickWriter:
+    """Writes batches to Postgres on one connection; reconnects on a broken one."""
+    dsn: str | None = None
+    _conn: object = None
+    _known_days: set = field(default_factory=set)
+
+    def conn(self):
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.dsn)
+            with self._conn, self._conn.cursor() as cur:
+                cur.execute("SET TIME ZONE 'UTC'")
+                cur.execute(CREATE_STAGE)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
+
+    def ensure_partitions(self, day_numbers: set[int]) -> int:
+        """Create the daily partitions (days since epoch) not known to exist; own transaction."""
+        missing = sorted(day_numbers - self._known_days)
+        if not missing:
+            return 0
+        conn = self.conn()
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT ensure_ticks_partitions(ARRAY(SELECT date '1970-01-01' + d FROM unnest(%s::int[]) d))",
+                        (missing,))
+            created = cur.fetchone()[0]
+        self._known_days.update(missing)
+        return created
+
+    def write(self, tick_lines: list[str], day_numbers: set[int], sessions: dict[str, Session]) -> BatchResult:
+        result = BatchResult(ticks_in=len(tick_lines), sessions=len(sessions))
+        if tick_lines:
+            result.partitions_created = self.ensure_partitions(day_numbers)
+        conn = self.conn()
+        try:
+            with conn, conn.cursor() as cur:
+                if tick_lines:
+                    buf = io.StringIO("\n".join(tick_lines) + "\n")
+                    cur.copy_expert(COPY_STAGE, buf)
+                    cur.execute(MERGE_TICKS)
+                    result.ticks_inserted, result.candles_touched, result.latest_updated = cur.fetchone()
+                if sessions:
+                    rows = [(cid, s.exchange, _us(s.connected_ns if s.connected_ns is not None else s.first_seen_ns),
+                             _us(s.subscribed_ns), _us(s.last_seen_ns), _us(s.disconnected_ns), s.reason)
+                            for cid, s in sorted(sessions.items())]
+                    psycopg2.extras.execute_values(cur, UPSERT_SESSIONS, rows, template=_SESSION_TEMPLATE,
+                                                   page_size=1000)
+        except psycopg2.errors.UndefinedTable:
+            # a partition we believed in was dropped (retention) or the temp table vanished
+            self._known_days.clear()
+            self.close()
+            raise
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            self.close()
+            raise
+        return result
+
+    def drop_expired_partitions(self, retention_days: int) -> int:
+        conn = self.conn()
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT drop_ticks_partitions_before((now() AT TIME ZONE 'UTC')::date - %s)",
+                        (retention_days,))
+            dropped = cur.fetchone()[0]
+        self._known_days.clear()
+        return dropped
+
+
+# --------------------------------------------------------------------------- the loop
+
+_RETRYABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.errors.DeadlockDetected,
+              psycopg2.errors.SerializationFailure, psycopg2.errors.UndefinedTable)
+
+
+class Loader:
+    def __init__(self, consumer, producer, writer: TickWriter, metrics: Metrics, stop: StopFlag,
+                 topic_suffix: str = "", batch_size: int = 5000, poll_timeout: float = 0.5,
+                 retention_days: int = 0):
+        self.consumer = consumer
+        self.producer = producer
+        self.writer = writer
+        self.metrics = metrics
+        self.stop = stop
+        self.suffix = topic_suffix
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self.retention_days = retention_days
+        self.lag = LagReporter(metrics)
+        self.events_topic = PIPELINE_EVENTS + topic_suffix
+        self._next_retention = 0.0
+        self._held: list = []
+
+    def topics(self) -> list[str]:
+        return [transformed_topic(e) + self.suffix for e in EXCHANGES] + [self.events_topic]
+
+    # -- one batch
+    def split(self, messages: list) -> tuple[list[str], set[int], dict[str, Session], list[tuple]]:
+        lines: list[str] = []
+        days: set[int] = set()
+        events: list[PipelineEvent] = []
+        bad: list[tuple] = []                      # (message, reason, exchange or None)
+        for m in messages:
+            topic = m.topic()
+            self.metrics.consumed(topic)
+            if topic == self.events_topic:
+                try:
+                    events.append(parse_event(m.value()))
+                except BadRecord as exc:
+                    exchange = None
+                    try:
+                        exchange = json.loads(m.value()).get("exchange")
+                    except Exception:
+                        pass
+                    bad.append((m, f"loader: {exc}", exchange if exchange in EXCHANGES else None))
+                continue
+            exchange = exchange_of_topic(topic)
+            try:
+                line = tick_copy_line(m.value(), exchange)
+            except BadRecord as exc:
+                bad.append((m, f"loader: {exc}", exchange))
+                continue
+            lines.append(line)
+            days.add(int(line.split("\t", 3)[2]) // 86_400_000)
+        return lines, days, merge_events(events), bad
+
+    def dead_letter(self, bad: list[tuple]) -> None:
+        for m, reason, exchange in bad:
+            reason = safe_reason(reason)
+            if exchange is None:
+                # no exchange to route it to: say so loudly (escaped), count it, move on
+                log.error("unroutable bad record %s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), reason)
+                self.metrics.dead_lettered("unroutable")
+                continue
+            topic = dlq_topic(exchange) + self.suffix
+            headers = [("reason", reason.encode()), ("source_topic", m.topic().encode()),
+                       ("source_partition", str(m.partition()).encode()),
+                       ("source_offset", str(m.offset()).encode()), ("exchange", exchange.encode())]
+            self.producer.produce(topic, value=m.value(), key=m.key(), headers=headers)
+            self.metrics.dead_lettered(topic)
+        if bad:
+            remaining = self.producer.flush(30)
+            if remaining:
+                raise RuntimeError(f"{remaining} DLQ records not delivered; not committing offsets")
+
+    def process(self, messages: list) -> BatchResult:
+        started = time.monotonic()
+        lines, days, sessions, bad = self.split(messages)
+        result = self._write_with_retry(lines, days, sessions)
+        self.dead_letter(bad)
+        commit_sync(self.consumer, next_offsets(messages))
+        self.metrics.wrote("ticks", result.ticks_inserted)
+        self.metrics.wrote("sessions", result.sessions)
+        self.metrics.batch(len(messages), time.monotonic() - started)
+        return result
+
+    def _write_with_retry(self, lines, days, sessions) -> BatchResult:
+        delays = backoff_delays()
+        paused = False
+        try:
+            while True:
+                try:
+                    return self.writer.write(lines, days, sessions)
+                except _RETRYABLE as exc:
+                    if self.stop.is_set():
+                        raise
+                    delay = next(delays)
+                    log.warning("DB write failed (%s: %s); retrying in %.1fs", type(exc).__name__,
+                                safe_reason(exc, 200), delay)
+                    self.metrics.retried()
+                    if not paused:
+                        self.consumer.pause(self.consumer.assignment())
+                        paused = True
+                    self._idle(delay)
+        finally:
+            if paused:
+                self.consumer.resume(self.consumer.assignment())
+
+    def _idle(self, seconds: float) -> None:
+        """Wait while keeping group membership alive (paused partitions deliver nothing new)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.stop.is_set():
+            for m in self.consumer.consume(100, timeout=min(0.5, max(0.0, deadline - time.monotonic()))):
+                self._held.append(m)  # fetched before the pause: processed with the next batch
+
+    def maybe_retention(self) -> None:
+        if not self.retention_days or time.monotonic() < self._next_retention:
+            return
+        self._next_retention = time.monotonic() + 3600
+        try:
+            dropped = self.writer.drop_expired_partitions(self.retention_days)
+            if dropped:
+                log.info("retention: dropped %d ticks partitions older than %d days", dropped,
+                         self.retention_days)
+        except psycopg2.Error as exc:
+            log.warning("retention run failed: %s", safe_reason(exc, 200))
+            self.writer.close()
+
+    def run(self) -> int:
+        self.consumer.subscribe(self.topics())
+        self.metrics.up.labels(COMPONENT).set(1)
+        log.info("loading %s", ", ".join(self.topics()))
+        try:
+            while not self.stop.is_set():
+                self.maybe_retention()
+                messages = self._held + self.consumer.consume(self.batch_size, timeout=self.poll_timeout)
+                self._held = []
+                good, errors = split_errors(messages)
+                log_consumer_errors(errors, COMPONENT)
+                if good:
+                    self.process(good)
+                self.lag.maybe_report(self.consumer)
+        finally:
+            self.metrics.up.labels(COMPONENT).set(0)
+            self.consumer.close()
+            self.writer.close()
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser("cryptopipe load", "normalized ticks and pipeline events -> Postgres",
+                    DEFAULT_GROUP, DEFAULT_METRICS_PORT)
+    p.add_argument("--topic-suffix", default="", help="suffix of every topic name (tests)")
+    p.add_argument("--retention-days", type=int, default=None,
+                   help="drop ticks partitions older than this (default: settings; 0 disables)")
+    args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    stop = StopFlag().install()
+    metrics = Metrics(COMPONENT)
+    start_metrics_server(args.metrics_port)
+    retention = get_settings().ticks_retention_days if args.retention_days is None else args.retention_days
+    loader = Loader(make_consumer(args.group), make_producer(), TickWriter(), metrics, stop,
+                    topic_suffix=args.topic_suffix, batch_size=args.batch_size,
+                    poll_timeout=args.poll_timeout, retention_days=retention)
+    return loader.run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
