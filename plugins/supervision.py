@@ -24,7 +24,7 @@ DEAD_STATES = frozenset({"FATAL", "EXITED", "BACKOFF", "UNKNOWN"})
 TRANSIENT_STATES = frozenset({"STARTING", "STOPPING"})
 
 # verdicts
-HEALTHY, DEAD, STUCK, STOPPED, TRANSIENT, UNWATCHED = "healthy", "dead", "stuck", "stopped", "transient", "unwatched"
+HEALTHY, DEAD, STUCK, STOPPED, TRANSIENT = "healthy", "dead", "stuck", "stopped", "transient"
 # outcomes of a restart
 RECOVERED, FAILED = "recovered", "failed"
 
@@ -164,10 +164,13 @@ def _stuck_reason(program: ProgramStatus, watch: Watch, seen: dict, prev: Previo
 
 
 def assess(obs: Observation, policy: Policy, previous: Mapping[str, Previous] | None = None) -> list[Verdict]:
-    """One verdict per program supervisord knows; `action='restart'` for the dead and the stuck."""
+    """One verdict per watched program (the same supervisord also runs Postgres, Kafka, Airflow:
+    those are not this supervisor's business); `action='restart'` for the dead and the stuck."""
     previous = previous or {}
     verdicts = []
     for prog in obs.programs:
+        if prog.name not in policy.watches:
+            continue
         seen = observed_for(prog.name, obs, policy)
         seen.update({"pid": prog.pid, "uptime_s": round(prog.uptime_s, 3)})
         if prog.state in DEAD_STATES or (prog.state == "STOPPED" and policy.restart_stopped):
@@ -178,8 +181,6 @@ def assess(obs: Observation, policy: Policy, previous: Mapping[str, Previous] | 
             v = Verdict(prog.name, prog.state, STOPPED, "stopped on purpose; left alone", seen)
         elif prog.state in TRANSIENT_STATES:
             v = Verdict(prog.name, prog.state, TRANSIENT, f"{prog.state}; looked at again next check", seen)
-        elif prog.name not in policy.watches:
-            v = Verdict(prog.name, prog.state, UNWATCHED, "running; no progress measure configured", seen)
         elif prog.uptime_s < policy.startup_grace_s:
             v = Verdict(prog.name, prog.state, HEALTHY,
                         f"running for {prog.uptime_s:.0f}s, within the start-up grace", seen)
@@ -231,7 +232,7 @@ def raise_on_failures(verdicts: Iterable[Verdict]) -> None:
 
 # Consumer groups of the streaming daemons. Overridable per run (the supervisor DAG's Params)
 # so that renaming a group in streaming/ is a configuration change here.
-DEFAULT_GROUPS = {"transform": "cryptopipe-transform", "load": "cryptopipe-load", "archive": "cryptopipe-archive"}
+DEFAULT_GROUPS = {"transform": "transformer", "load": "loader", "archive": "archiver"}
 
 
 def default_watches(groups: Mapping[str, str] | None = None) -> dict[str, Watch]:

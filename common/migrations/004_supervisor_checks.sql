@@ -6,7 +6,7 @@ CREATE TABLE supervisor_checks (
     program      text        NOT NULL,       -- supervisord program name, e.g. extract-binance
     state        text        NOT NULL,       -- supervisord state seen: RUNNING, FATAL, ...
     verdict      text        NOT NULL
-                 CHECK (verdict IN ('healthy', 'dead', 'stuck', 'stopped', 'transient', 'unwatched')),
+                 CHECK (verdict IN ('healthy', 'dead', 'stuck', 'stopped', 'transient')),
     action       text        NOT NULL DEFAULT 'none' CHECK (action IN ('none', 'restart')),
     outcome      text        CHECK (outcome IN ('recovered', 'failed')),
     state_after  text,                       -- state after a restart

@@ -69,7 +69,7 @@ def observe(health, supervisor, policy):
     """One Observation: supervisord states, tick ages, topic end offsets, group lags."""
     from plugins.supervision import Observation
 
-    programs = tuple(supervisor.get_all_programs())
+    programs = tuple(p for p in supervisor.get_all_programs() if p.name in policy.watches)
     exchanges = sorted({w.exchange for w in policy.watches.values() if w.exchange})
     raw_topics = sorted({w.raw_topic for w in policy.watches.values() if w.raw_topic})
     groups = {w.group: w.topics for w in policy.watches.values() if w.group}
@@ -90,6 +90,6 @@ def run_check(health, supervisor, policy, *, run_id: str | None, log) -> list[di
             line += f" -> restarted: {v.outcome} ({v.state_after})"
         (log.error if v.outcome == "failed" else log.warning if v.action == "restart" else log.info)(line)
     if not obs.programs:
-        log.warning("supervisord reports no programs")
+        log.warning("supervisord runs none of the pipeline programs %s", ", ".join(policy.watches))
     raise_on_failures(verdicts)
     return [v.as_dict() for v in verdicts]
