@@ -1,0 +1,196 @@
+"""One REST request budget per exchange, shared by every worker thread of the process.
+
+`budget_for(exchange) -> ExchangeBudget` returns the process-wide budget. Workers call
+`acquire(weight)` before each request (blocks while the local sliding-window budget is spent or
+while the exchange told us to stop) and `observe(status, headers, body)` after each response, so
+that what the server says reaches every worker at once:
+
+- Binance `x-mbx-used-weight-1m` (the IP's weight this minute, counted by the server across all
+  our processes): at or above 90 % of the limit, everyone waits for the next minute.
+- KuCoin `gw-ratelimit-remaining` / `gw-ratelimit-reset` (ms): with fewer than 5 % left,
+  everyone waits until the reset.
+- 429 (both) and KuCoin body code 429000: everyone waits `Retry-After` seconds (default 10 s,
+  doubled on repeats).
+- 418 (Binance IP ban): everyone waits until the ban ends (`Retry-After`, or the
+  'banned until <ms>' in the body; default 120 s).
+
+`backoff(attempt)` is exponential backoff with jitter for transient failures (timeouts, 5xx).
+Clock, sleep and randomness are injectable for tests.
+"""
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+# Exchange limits (REQUEST_WEIGHT per window) and our share of them: keep headroom for the
+# streaming side and other processes on the same IP.
+LIMITS = {
+    # exchange: (server limit, window seconds, fraction we use)
+    "binance": (6000, 60.0, 0.8),
+    "kucoin": (2000, 30.0, 0.8),
+}
+# Request weights of the endpoints backfill calls.
+WEIGHTS = {
+    "binance": {"ohlcv": 2, "markets": 20},
+    "kucoin": {"ohlcv": 3, "markets": 15},
+}
+
+_BANNED_UNTIL = re.compile(r"banned until (\d{12,14})")
+
+
+def _header(headers, name: str):
+    if not headers:
+        return None
+    try:
+        value = headers.get(name)
+        if value is None:
+            value = next((v for k, v in headers.items() if k.lower() == name), None)
+    except AttributeError:
+        return None
+    return value
+
+
+def _number(value) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if f >= 0 and f == f and f != float("inf") else None
+
+
+@dataclass
+class BudgetStats:
+    requests: int = 0
+    weight: int = 0
+    waits: int = 0
+    waited_s: float = 0.0
+    rate_limited: int = 0      # 429 responses seen
+    banned: int = 0            # 418 responses seen
+    header_pauses: int = 0     # pauses because server headers said the budget was nearly spent
+
+
+class ExchangeBudget:
+    def __init__(self, exchange: str, *, limit: int | None = None, window_s: float | None = None,
+                 share: float | None = None, clock=time.monotonic, wall=time.time, sleep=time.sleep,
+                 rng: random.Random | None = None, max_pause_s: float = 900.0):
+        server_limit, default_window, default_share = LIMITS[exchange]
+        self.exchange = exchange
+        self.server_limit = limit or server_limit
+        self.window_s = window_s or default_window
+        self.capacity = max(1, int(self.server_limit * (share or default_share)))
+        self.max_pause_s = max_pause_s
+        self._clock, self._wall, self._sleep = clock, wall, sleep
+        self._rng = rng or random.Random()
+        self._cond = threading.Lock()
+        self._spent: deque[tuple[float, int]] = deque()
+        self._spent_total = 0
+        self._paused_until = 0.0
+        self._last_429_pause = 0.0
+        self.stats = BudgetStats()
+
+    # -- local budget -------------------------------------------------------------------------
+
+    def acquire(self, weight: int = 1) -> float:
+        """Block until `weight` fits the budget and no pause is in force; returns seconds waited."""
+        weight = min(max(1, int(weight)), self.capacity)
+        waited = 0.0
+        while True:
+            with self._cond:
+                now = self._clock()
+                while self._spent and self._spent[0][0] <= now - self.window_s:
+                    self._spent_total -= self._spent.popleft()[1]
+                if self._paused_until > now:
+                    wait = self._paused_until - now
+                elif self._spent_total + weight <= self.capacity:
+                    self._spent.append((now, weight))
+                    self._spent_total += weight
+                    self.stats.requests += 1
+                    self.stats.weight += weight
+                    if waited:
+                        self.stats.waits += 1
+                        self.stats.waited_s += waited
+                    return waited
+                else:
+                    wait = self._spent[0][0] + self.window_s - now
+            wait = max(0.01, min(wait, 1.0))    # re-check often: a pause may be lifted or extended
+            self._sleep(wait)
+            waited += wait
+
+    def pause(self, seconds: float) -> float:
+        """Stop every worker of this exchange for `seconds` (capped); returns the pause applied."""
+        seconds = max(0.0, min(float(seconds), self.max_pause_s))
+        with self._cond:
+            self._paused_until = max(self._paused_until, self._clock() + seconds)
+        return seconds
+
+    def paused_for(self) -> float:
+        with self._cond:
+            return max(0.0, self._paused_until - self._clock())
+
+    # -- server signals -----------------------------------------------------------------------
+
+    def observe(self, status: int | None, headers=None, body: str | None = None) -> float:
+        """Apply what a response says about our budget; returns the pause it caused (0 if none)."""
+        if status == 418:
+            self.stats.banned += 1
+            return self.pause(self._ban_seconds(headers, body))
+        if status == 429 or (self.exchange == "kucoin" and body and '"429000"' in body[:200]):
+            self.stats.rate_limited += 1
+            retry_after = _number(_header(headers, "retry-after"))
+            if retry_after is None:
+                # no hint: double the previous pause (10 s, 20 s, ... up to 5 min)
+                retry_after = min(300.0, max(10.0, self._last_429_pause * 2))
+            self._last_429_pause = retry_after
+            return self.pause(retry_after + self._rng.uniform(0, 0.25))
+        self._last_429_pause = 0.0
+        if self.exchange == "binance":
+            used = _number(_header(headers, "x-mbx-used-weight-1m"))
+            if used is not None and used >= 0.9 * self.server_limit:
+                self.stats.header_pauses += 1
+                return self.pause(60.0 - (self._wall() % 60.0) + 0.5)
+        elif self.exchange == "kucoin":
+            remaining = _number(_header(headers, "gw-ratelimit-remaining"))
+            reset_ms = _number(_header(headers, "gw-ratelimit-reset"))
+            if remaining is not None and remaining < 0.05 * self.server_limit:
+                self.stats.header_pauses += 1
+                return self.pause((reset_ms / 1000.0 if reset_ms is not None else self.window_s) + 0.25)
+        return 0.0
+
+    def _ban_seconds(self, headers, body: str | None) -> float:
+        retry_after = _number(_header(headers, "retry-after"))
+        if retry_after is not None:
+            return retry_after + 1.0
+        match = _BANNED_UNTIL.search(body or "")
+        if match:
+            return max(1.0, int(match.group(1)) / 1000.0 - self._wall() + 1.0)
+        return 120.0
+
+    # -- transient failures -------------------------------------------------------------------
+
+    def backoff(self, attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
+        """Seconds to wait before retry number `attempt` (1, 2, ...): exponential, half jittered."""
+        ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+
+_BUDGETS: dict[str, ExchangeBudget] = {}
+_BUDGETS_LOCK = threading.Lock()
+
+
+def budget_for(exchange: str) -> ExchangeBudget:
+    """The process-wide budget of `exchange` (created on first use)."""
+    with _BUDGETS_LOCK:
+        budget = _BUDGETS.get(exchange)
+        if budget is None:
+            budget = _BUDGETS[exchange] = ExchangeBudget(exchange)
+        return budget
+
+
+def reset_budgets() -> None:
+    """Forget every budget (tests; a new simulator is a new server)."""
+    with _BUDGETS_LOCK:
+        _BUDGETS.clear()
