@@ -114,9 +114,10 @@ class Airflow(Component):
         env = airflow_env(ctx)
         cmds = {
             "airflow-api-server": f"{airflow_bin(ctx)} api-server",
-            "airflow-scheduler": f"{airflow_bin(ctx)} scheduler",
+            # log servers bind every interface (hard-coded): skipped; the api-server reads the local log folder
+            "airflow-scheduler": f"{airflow_bin(ctx)} scheduler --skip-serve-logs",
             "airflow-dag-processor": f"{airflow_bin(ctx)} dag-processor",
-            "airflow-triggerer": f"{airflow_bin(ctx)} triggerer",
+            "airflow-triggerer": f"{airflow_bin(ctx)} triggerer --skip-serve-logs",
         }
         return "\n".join(program_block(name, cmd, log=ctx.paths.logs / f"{name}.log", environment=env,
                                        directory=str(ctx.paths.airflow_home), stopwaitsecs=30, startsecs=3)

@@ -23,6 +23,7 @@ def print_status(st: dict) -> None:
     for name, p in st["programs"].items():
         progs.add_row(name, p["state"], str(p["pid"] or ""), f"{p['uptime_s']}s")
     console.print(progs)
+    console.print(f"overall: {'[green]healthy[/green]' if st['healthy'] else '[red]NOT healthy[/red]'}")
     console.print(f"settings and secrets: {st['env_file']}   logs: {st['logs']}")
 
 
@@ -56,8 +57,6 @@ def main(argv: list[str]) -> int:
             print()
         else:
             print_status(st_)
-        healthy = st_["supervisord"]["running"] and all(c["healthy"] for c in st_["components"].values()
-                                                       if c["state"] != "ABSENT")
-        return 0 if healthy else 3
+        return 0 if st_["healthy"] else 3
     except StepFailed as exc:
         return manager.fail(exc)

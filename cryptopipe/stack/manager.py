@@ -1,6 +1,7 @@
 """`cryptopipe stack up|down|clean|status`: bring the local stack up in order, idempotently."""
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -74,7 +75,20 @@ def _all_sections(ctx: StackContext) -> list[str]:
     return sections
 
 
+def _record_profile(ctx: StackContext, programs: list[str]) -> None:
+    """Remember which programs the last `up` meant to run, so `status` judges health by them."""
+    path = ctx.paths.home / "profile.json"
+    wanted = set(json.loads(path.read_text())) if path.exists() else set()
+    path.write_text(json.dumps(sorted(wanted | set(programs))))
+
+
+def expected_programs(ctx: StackContext) -> set[str]:
+    path = ctx.paths.home / "profile.json"
+    return set(json.loads(path.read_text())) if path.exists() else set()
+
+
 def bring_up(ctx: StackContext, comps: list[Component]) -> None:
+    _record_profile(ctx, [p for c in comps for p in (AIRFLOW_PROGRAMS if isinstance(c, Airflow) else (c.program,))])
     with step("supervisord"):
         supervisor.ensure_running(ctx, supervisor.render_conf(ctx, _all_sections(ctx)))
     for comp in comps:
@@ -113,6 +127,7 @@ def up(source: str = "live", *, core_only: bool = False, with_airflow: bool = Tr
     comps = list(CORE) if core_only else components(ctx, with_airflow=with_airflow)
     bring_up(ctx, comps)
     if with_pipeline and not core_only:
+        _record_profile(ctx, list(supervisor.PIPELINE_PROGRAMS))
         with step("streaming daemons"):
             for program in supervisor.PIPELINE_PROGRAMS:
                 supervisor.start_program(ctx, program, ctx.paths.logs / f"{program}.log")
@@ -159,6 +174,7 @@ def down() -> int:
                 supervisor.stop_program(ctx, program)
     with step("stop supervisord"):
         supervisor.shutdown(ctx)
+    (ctx.paths.home / "profile.json").unlink(missing_ok=True)
     return 0
 
 
@@ -176,6 +192,7 @@ def clean() -> int:
 def status() -> dict:
     ctx = make_context()
     states = supervisor.program_states(ctx)
+    expected = expected_programs(ctx)
     comps = {}
     for comp in (*CORE, Simulator(), Airflow()):
         if comp.program not in states and not isinstance(comp, Airflow):
@@ -185,13 +202,17 @@ def status() -> dict:
             healthy = bool(comp.healthy(ctx)) if state == "RUNNING" else False
         except Exception:
             healthy = False
-        comps[comp.name] = {"state": state, "healthy": healthy, **comp.describe(ctx)}
+        comps[comp.name] = {"state": state, "healthy": healthy, "expected": comp.program in expected, **comp.describe(ctx)}
     return {
         "source": ctx.source,
         "supervisord": {"running": supervisor.running(ctx), "socket": str(ctx.paths.supervisor_socket)},
         "components": comps,
-        "programs": {name: {"state": s["state"], "pid": s["pid"], "uptime_s": s["uptime_s"]}
+        "programs": {name: {"state": s["state"], "pid": s["pid"], "uptime_s": s["uptime_s"],
+                            "expected": name in expected}
                      for name, s in states.items()},
+        "healthy": supervisor.running(ctx) and bool(expected) and all(
+            states.get(p, {}).get("state") == "RUNNING" for p in expected) and all(
+            c["healthy"] for c in comps.values() if c["expected"]),
         "env_file": str(ctx.paths.env_file),
         "logs": str(ctx.paths.logs),
     }
