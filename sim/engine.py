@@ -1,0 +1,408 @@
+"""The tick engine: advances every symbol's trade stream in real time and fans frames out.
+
+Each step (default every 50 ms) takes, per exchange, every trade with t < now from the seeded
+market, in time order, and builds only the frames somebody subscribed to. Frames go to each
+connection's bounded queue as one batch per step; the connection's writer applies frame faults,
+writes, and records the ticks it wrote in the ground truth.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+from collections import defaultdict
+
+from sim.market import MINUTE_MS, Market, fmt_fixed, fmt_plain, is_buyer_maker
+from sim.truth import Truth, now_ms
+
+log = logging.getLogger("sim")
+
+QUEUE_BATCHES = 400          # per connection: ~20 s of steps; a client slower than that is dropped
+_ids = itertools.count(1)
+
+
+def b8(value: int, decimals: int) -> str:
+    """Binance style: always 8 decimals (values with more decimals are truncated to 8)."""
+    if decimals > 8:
+        return fmt_fixed(value // 10 ** (decimals - 8), 8, 8)
+    return fmt_fixed(value, decimals, 8)
+
+
+class Conn:
+    """One websocket connection (either exchange)."""
+
+    def __init__(self, sim, exchange: str, ws, request, path: str):
+        self.sim = sim
+        self.exchange = exchange
+        self.ws = ws
+        self.request = request
+        self.id = f"{exchange[0]}{next(_ids)}"
+        self.path = path
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=QUEUE_BATCHES)
+        self.closed = False
+        self.combined = False
+        self.keys: set = set()            # engine subscription keys
+        self.names: list[str] = []        # subscriptions as the client named them
+        self.opened = time.monotonic()
+        self.last_pong = time.monotonic()
+        self.last_ping = time.monotonic()
+        self.token = None
+        sim.truth.open_conn(self.id, exchange, path)
+
+    def wrap(self, stream: str, payload: str) -> str:
+        return f'{{"stream":"{stream}","data":{payload}}}' if self.combined else payload
+
+    def push(self, batch: list) -> None:
+        """Queue frames [(text, ticks|None)]; a full queue means a client too slow to keep: drop it."""
+        if self.closed:
+            return
+        try:
+            self.queue.put_nowait(batch)
+        except asyncio.QueueFull:
+            log.warning("connection %s too slow (queue full): closing", self.id)
+            asyncio.get_running_loop().create_task(self.close("slow_consumer", code=1008))
+
+    def reply(self, obj) -> None:
+        if not self.sim.faults.stalled(self.exchange):
+            self.push([(json.dumps(obj, separators=(",", ":")), None)])
+
+    async def writer(self) -> None:
+        sim, ex, ws = self.sim, self.exchange, self.ws
+        faults, truth = sim.faults, sim.truth
+        corrupt, dup = faults.corrupt[ex], faults.duplicate[ex]
+        try:
+            while not self.closed:
+                batch = await self.queue.get()
+                if batch is None:
+                    break
+                sent = now_ms()
+                for frame, ticks in batch:
+                    if self.closed:
+                        return
+                    if ticks is not None:
+                        big = faults.oversized_pending[ex]
+                        if big:
+                            faults.oversized_pending[ex] = 0
+                            pad = "x" * max(0, big - 40)
+                            await ws.send_str(f'{{"e":"oversized","pad":"{pad}"}}')
+                            faults.note("oversized_sent", conn_id=self.id, bytes=len(pad) + 23)
+                        flag = ""
+                        if (corrupt.count or corrupt.ratio) and corrupt.hit(faults.rng):
+                            flag = corrupt.kind
+                            frame = frame[: len(frame) // 2] if flag == "truncated" else frame.replace(":", ";", 1)
+                            faults.note(flag + "_sent", conn_id=self.id, frame=frame[:200])
+                        await ws.send_str(frame)
+                        sim.ticks_out += len(ticks)
+                        if ticks:
+                            truth.add_many(self.id, ticks, sent, flag)
+                        if (dup.count or dup.ratio) and dup.hit(faults.rng):
+                            await ws.send_str(frame)
+                            sim.ticks_out += len(ticks)
+                            faults.note("duplicate_sent", conn_id=self.id, frame=frame[:200])
+                            if ticks:
+                                truth.add_many(self.id, ticks, sent, "dup")
+                    else:
+                        await ws.send_str(frame)
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            pass
+        finally:
+            if not self.closed:
+                await self.close("write_failed")
+
+    async def close(self, reason: str, code: int = 1000, abort: bool = False, message: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.sim.engine.remove(self)
+        self.sim.truth.close_conn(self.id, reason)
+        self.sim.conns.pop(self.id, None)
+        try:
+            self.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            pass
+        try:
+            if abort:
+                tr = self.request.transport
+                if tr is not None:
+                    tr.abort()
+            else:
+                await asyncio.wait_for(self.ws.close(code=code, message=message.encode()), 2.0)
+        except Exception:  # noqa: BLE001 - the peer may be gone already; the close is recorded
+            pass
+
+
+class Engine:
+    def __init__(self, sim, markets: dict[str, Market], step_s: float = 0.05):
+        self.sim = sim
+        self.markets = markets
+        self.step_s = step_s
+        self.subs: dict[str, dict] = {ex: defaultdict(lambda: defaultdict(set)) for ex in markets}
+        self.all_subs: dict[str, set] = {ex: set() for ex in markets}   # !miniTicker@arr / ticker:all
+        start = now_ms()
+        self.start_ms = start
+        minute = start // MINUTE_MS
+        self.streams = {}
+        for ex, m in markets.items():
+            heads = []
+            for s in m.symbols:
+                if m.lam_per_minute[s.idx] <= 0:
+                    continue
+                gen = m.trade_stream(s, minute)
+                head = next(gen)
+                while head[0] < start:
+                    head = next(gen)
+                heads.append([head, gen, s.idx])
+            self.streams[ex] = heads
+        self.last_ms = start
+        u = next(iter(markets.values())).symbols
+        self.canon = [s.canonical for s in u]
+        self.bname = [s.binance for s in u]
+        self.lname = [s.binance.lower() for s in u]
+        self.pdec = [s.price_decimals for s in u]
+        self.qdec = [s.qty_decimals for s in u]
+        # Binance rolling state: 24h stats [o, h, l, v, qv, c, last_t] and per-second changes
+        self.bstats: dict[int, list] = {}
+        self.bsec = start // 1000
+        self.changed: dict[int, None] = {}
+        self.bkline: dict[int, list] = {}
+        self.kcandle: dict[int, list] = {}
+
+    # --- subscriptions
+    def add(self, conn: Conn, key) -> None:
+        ex = conn.exchange
+        if key == "all":
+            self.all_subs[ex].add(conn)
+        else:
+            kind, idx = key
+            self.subs[ex][kind][idx].add(conn)
+        conn.keys.add(key)
+
+    def discard(self, conn: Conn, key) -> None:
+        ex = conn.exchange
+        if key == "all":
+            self.all_subs[ex].discard(conn)
+        else:
+            kind, idx = key
+            s = self.subs[ex][kind].get(idx)
+            if s is not None:
+                s.discard(conn)
+                if not s:
+                    del self.subs[ex][kind][idx]
+        conn.keys.discard(key)
+
+    def remove(self, conn: Conn) -> None:
+        for key in list(conn.keys):
+            self.discard(conn, key)
+
+    # --- the loop
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.step_s)
+            try:
+                self.step(now_ms())
+            except Exception:  # noqa: BLE001 - a bug in one step must not stop the market
+                log.exception("engine step failed")
+
+    def step(self, now: int) -> None:
+        for ex, heads in self.streams.items():
+            trades = []
+            for h in heads:
+                head = h[0]
+                if head[0] >= now:
+                    continue
+                gen, idx = h[1], h[2]
+                while head[0] < now:
+                    trades.append((head[0], idx, head[1], head[2], head[3]))
+                    head = next(gen)
+                h[0] = head
+            trades.sort()
+            stalled = self.sim.faults.stalled(ex)
+            out: dict[Conn, list] = defaultdict(list)
+            if ex == "binance":
+                self._binance(trades, now, out)
+            else:
+                self._kucoin(trades, out)
+            if stalled:
+                continue
+            for conn, batch in out.items():
+                conn.push(batch)
+        self.last_ms = now
+
+    # --- Binance
+    def _bstat(self, idx: int, p: int) -> list:
+        st = self.bstats.get(idx)
+        if st is None:
+            m = self.markets["binance"]
+            s = m.symbols[idx]
+            o = max(1, int(round(m.ref(s, self.start_ms - 86_400_000) * 10 ** s.price_decimals)))
+            v0 = int(m.lam_per_minute[idx] * 1440 * s.qty_scale)
+            st = self.bstats[idx] = [o, max(o, p), min(o, p), v0, v0 * o, p, 0]
+        return st
+
+    def _binance(self, trades, now: int, out) -> None:
+        subs = self.subs["binance"]
+        tsubs, bsubs, ksubs = subs["trade"], subs["bookTicker"], subs["kline_1m"]
+        for t, idx, p, q, seq in trades:
+            sec = t // 1000
+            if sec > self.bsec:
+                self._bflush(sec, out)
+            st = self._bstat(idx, p)
+            if p > st[1]:
+                st[1] = p
+            if p < st[2]:
+                st[2] = p
+            st[3] += q
+            st[4] += p * q
+            st[5] = p
+            st[6] = t
+            self.changed[idx] = None
+            pd = self.pdec[idx]
+            if idx in tsubs:
+                qd = self.qdec[idx]
+                pstr = b8(p, pd)
+                m = "true" if is_buyer_maker(seq) else "false"
+                payload = (f'{{"e":"trade","E":{t},"s":"{self.bname[idx]}","t":{seq},"p":"{pstr}",'
+                           f'"q":"{b8(q, qd)}","T":{t},"m":{m},"M":true}}')
+                tick = ("binance", "trade", self.canon[idx], t, seq, pstr)
+                name = f"{self.lname[idx]}@trade"
+                for c in tsubs[idx]:
+                    out[c].append((c.wrap(name, payload), (tick,)))
+            if idx in bsubs:
+                qd = self.qdec[idx]
+                bid = p if is_buyer_maker(seq) else p - 1
+                bstr = b8(bid, pd)
+                payload = (f'{{"u":{seq},"s":"{self.bname[idx]}","b":"{bstr}","B":"{b8(q + seq % 97, qd)}",'
+                           f'"a":"{b8(bid + 1, pd)}","A":"{b8(q + seq % 89, qd)}"}}')
+                tick = ("binance", "bookTicker", self.canon[idx], t, seq, bstr)
+                name = f"{self.lname[idx]}@bookTicker"
+                for c in bsubs[idx]:
+                    out[c].append((c.wrap(name, payload), (tick,)))
+            if idx in ksubs:
+                k = self.bkline.get(idx)
+                minute = t // MINUTE_MS
+                if k is None or k[0] != minute:
+                    k = self.bkline[idx] = [minute, p, p, p, p, 0, 0, 0, seq, seq, 0, 0, t]
+                k[2] = max(k[2], p)
+                k[3] = min(k[3], p)
+                k[4] = p
+                k[5] += q
+                k[6] += p * q
+                k[7] += 1
+                k[9] = seq
+                k[12] = t
+                if not is_buyer_maker(seq):
+                    k[10] += q
+                    k[11] += p * q
+        if now // 1000 > self.bsec:
+            self._bflush(now // 1000, out)
+
+    def _bflush(self, upto_sec: int, out) -> None:
+        """Emit the per-second streams of every second before `upto_sec`."""
+        while self.bsec < upto_sec:
+            sec = self.bsec
+            self.bsec += 1
+            changed, self.changed = self.changed, {}
+            subs = self.subs["binance"]
+            arr = self.all_subs["binance"]
+            msubs, ksubs = subs["miniTicker"], subs["kline_1m"]
+            if changed and (arr or msubs):
+                parts, ticks = [], []
+                for idx in changed:
+                    o, h, l, v, qv, c, t = self.bstats[idx]
+                    pd, qd = self.pdec[idx], self.qdec[idx]
+                    cstr = b8(c, pd)
+                    payload = (f'{{"e":"24hrMiniTicker","E":{t},"s":"{self.bname[idx]}","c":"{cstr}",'
+                               f'"o":"{b8(o, pd)}","h":"{b8(h, pd)}","l":"{b8(l, pd)}","v":"{b8(v, qd)}",'
+                               f'"q":"{b8(qv, pd + qd)}"}}')
+                    if arr:
+                        parts.append(payload)
+                        ticks.append(("binance", "miniTicker@arr", self.canon[idx], t, None, cstr))
+                    if idx in msubs:
+                        tick = ("binance", "miniTicker", self.canon[idx], t, None, cstr)
+                        name = f"{self.lname[idx]}@miniTicker"
+                        for cn in msubs[idx]:
+                            out[cn].append((cn.wrap(name, payload), (tick,)))
+                if arr:
+                    frame = "[" + ",".join(parts) + "]"
+                    ticks = tuple(ticks)
+                    for cn in arr:
+                        out[cn].append((cn.wrap("!miniTicker@arr", frame), ticks))
+            if ksubs:
+                closing = sec % 60 == 59
+                for idx, conns in ksubs.items():
+                    k = self.bkline.get(idx)
+                    if k is None or k[0] != sec // 60 or not (idx in changed or closing):
+                        continue
+                    ev = k[12] if idx in changed else sec * 1000 + 999
+                    payload = self._kline_payload(idx, k, ev, closing)
+                    tick = ("binance", "kline_1m", self.canon[idx], ev, None, b8(k[4], self.pdec[idx]))
+                    name = f"{self.lname[idx]}@kline_1m"
+                    for cn in conns:
+                        out[cn].append((cn.wrap(name, payload), (tick,)))
+
+    def _kline_payload(self, idx: int, k: list, ev: int, closed: bool) -> str:
+        minute, o, h, l, c, v, qv, n, first, last, tbv, tbq, _ = k
+        pd, qd = self.pdec[idx], self.qdec[idx]
+        t0 = minute * MINUTE_MS
+        return (f'{{"e":"kline","E":{ev},"s":"{self.bname[idx]}","k":{{"t":{t0},"T":{t0 + MINUTE_MS - 1},'
+                f'"s":"{self.bname[idx]}","i":"1m","f":{first},"L":{last},"o":"{b8(o, pd)}","c":"{b8(c, pd)}",'
+                f'"h":"{b8(h, pd)}","l":"{b8(l, pd)}","v":"{b8(v, qd)}","n":{n},"x":{"true" if closed else "false"},'
+                f'"q":"{b8(qv, pd + qd)}","V":"{b8(tbv, qd)}","Q":"{b8(tbq, pd + qd)}","B":"0"}}}}')
+
+    # --- KuCoin
+    def _kucoin(self, trades, out) -> None:
+        subs = self.subs["kucoin"]
+        allc = self.all_subs["kucoin"]
+        tsubs, msubs, csubs = subs["ticker"], subs["match"], subs["candles"]
+        if not (allc or tsubs or msubs or csubs):
+            return
+        canon = self.canon
+        for t, idx, p, q, seq in trades:
+            sym = canon[idx]
+            pd, qd = self.pdec[idx], self.qdec[idx]
+            pstr = fmt_plain(p, pd)
+            maker = is_buyer_maker(seq)
+            if allc or idx in tsubs:
+                bid = p if maker else p - 1
+                data = (f'{{"bestAsk":"{fmt_plain(bid + 1, pd)}","bestAskSize":"{fmt_plain(q + seq % 89, qd)}",'
+                        f'"bestBid":"{fmt_plain(bid, pd)}","bestBidSize":"{fmt_plain(q + seq % 97, qd)}",'
+                        f'"price":"{pstr}","sequence":"{seq}","size":"{fmt_plain(q, qd)}","time":{t}}}')
+                if allc:
+                    frame = f'{{"topic":"/market/ticker:all","type":"message","subject":"{sym}","data":{data}}}'
+                    item = (frame, (("kucoin", "ticker:all", sym, t, seq, pstr),))
+                    for c in allc:
+                        out[c].append(item)
+                if idx in tsubs:
+                    frame = f'{{"topic":"/market/ticker:{sym}","type":"message","subject":"trade.ticker","data":{data}}}'
+                    item = (frame, (("kucoin", "ticker", sym, t, seq, pstr),))
+                    for c in tsubs[idx]:
+                        out[c].append(item)
+            if idx in msubs:
+                side = "sell" if maker else "buy"
+                frame = (f'{{"topic":"/market/match:{sym}","type":"message","subject":"trade.l3match","data":'
+                         f'{{"makerOrderId":"{seq * 7919 % 16 ** 24:024x}","price":"{pstr}","sequence":"{seq}",'
+                         f'"side":"{side}","size":"{fmt_plain(q, qd)}","symbol":"{sym}",'
+                         f'"takerOrderId":"{seq * 104729 % 16 ** 24:024x}","time":"{t * 1_000_000}",'
+                         f'"tradeId":"{seq}","type":"match"}}}}')
+                item = (frame, (("kucoin", "match", sym, t, seq, pstr),))
+                for c in msubs[idx]:
+                    out[c].append(item)
+            if idx in csubs:
+                minute = t // MINUTE_MS
+                k = self.kcandle.get(idx)
+                if k is None or k[0] != minute:
+                    k = self.kcandle[idx] = [minute, p, p, p, p, 0, 0]
+                k[2] = max(k[2], p)
+                k[3] = min(k[3], p)
+                k[4] = p
+                k[5] += q
+                k[6] += p * q
+                frame = (f'{{"topic":"/market/candles:{sym}_1min","type":"message","subject":"trade.candles.update",'
+                         f'"data":{{"symbol":"{sym}","candles":["{minute * 60}","{fmt_plain(k[1], pd)}",'
+                         f'"{pstr}","{fmt_plain(k[2], pd)}","{fmt_plain(k[3], pd)}","{fmt_plain(k[5], qd)}",'
+                         f'"{fmt_plain(k[6], pd + qd)}"],"time":{t * 1_000_000}}}}}')
+                item = (frame, (("kucoin", "candles", sym, t, seq, pstr),))
+                for c in csubs[idx]:
+                    out[c].append(item)
