@@ -62,7 +62,7 @@ class Tick:
         for name in _DECIMAL_FIELDS:
             value = getattr(self, name)
             if value is not None:
-                out[name] = str(value)
+                out[name] = format(value, "f")  # plain notation: never "1.1E-7"
         return json.dumps(out, separators=(",", ":")).encode()
 
     @classmethod

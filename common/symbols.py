@@ -23,7 +23,7 @@ def canonical(base: str, quote: str) -> str:
 
 def check_canonical(symbol: str) -> str:
     """Return `symbol` if it is a valid canonical symbol, else raise InvalidSymbol."""
-    if not isinstance(symbol, str) or not CANONICAL_RE.match(symbol):
+    if not isinstance(symbol, str) or not CANONICAL_RE.fullmatch(symbol):
         raise InvalidSymbol(f"not a canonical BASE-QUOTE symbol: {symbol!r:.80}")
     return symbol
 

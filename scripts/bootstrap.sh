@@ -37,4 +37,5 @@ from cryptopipe.cli import main
 sys.exit(main())
 PYEOF
 chmod +x "$VENV/bin/cryptopipe"
+ln -sfn "$VENV" "$CACHE/venv-current"   # the stack's programs run from this stable link
 echo "$VENV/bin/python"

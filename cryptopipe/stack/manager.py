@@ -221,3 +221,16 @@ def status() -> dict:
 def fail(exc: StepFailed) -> int:
     print(f"cryptopipe stack: {exc}", file=sys.stderr)
     return 1
+
+
+def ensure_airflow(source: str | None = None) -> dict:
+    """Core services plus Airflow running (for Airflow integration tests); returns how to reach it:
+    {"url", "user", "password", "env"} where env is the environment Airflow's processes use."""
+    from cryptopipe.stack.airflow import ADMIN_USER, airflow_env
+    from cryptopipe.stack.paths import AIRFLOW_PORT
+
+    ctx = make_context(source)
+    write_stack_env(ctx)
+    bring_up(ctx, [*CORE, Airflow()])
+    return {"url": f"http://127.0.0.1:{AIRFLOW_PORT}", "user": ADMIN_USER,
+            "password": ctx.env["CRYPTOPIPE_AIRFLOW_ADMIN_PASSWORD"], "env": airflow_env(ctx)}

@@ -63,7 +63,15 @@ def get_paths() -> Paths:
 
 
 def python_bin() -> str:
-    return sys.executable
+    """The interpreter the stack's programs run with: the bootstrap venv's stable link when it
+    exists (so the supervisord config does not depend on which venv called `up`)."""
+    import os
+
+    explicit = os.environ.get("CRYPTOPIPE_PYTHON")
+    if explicit:
+        return explicit
+    current = cache_home() / "venv-current" / "bin" / "python"
+    return str(current) if current.exists() else sys.executable
 
 
 def repo_root() -> Path:

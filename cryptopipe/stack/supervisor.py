@@ -96,6 +96,7 @@ def ensure_running(ctx: StackContext, conf_text: str) -> None:
 def apply_config_changes(ctx: StackContext) -> None:
     """What `supervisorctl update` does: add, replace and remove process groups."""
     s = rpc(ctx).supervisor
+    was_running = {i["group"] for i in s.getAllProcessInfo() if i["statename"] in ("RUNNING", "STARTING")}
     added, changed, removed = s.reloadConfig()[0]
     for name in removed:
         s.stopProcessGroup(name)
@@ -104,6 +105,8 @@ def apply_config_changes(ctx: StackContext) -> None:
         s.stopProcessGroup(name)
         s.removeProcessGroup(name)
         s.addProcessGroup(name)
+        if name in was_running:
+            s.startProcessGroup(name, True)
     for name in added:
         s.addProcessGroup(name)
 

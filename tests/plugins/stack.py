@@ -53,3 +53,20 @@ def kafka_admin(stack):
     from common.kafka import make_admin
 
     return make_admin()
+
+
+@pytest.fixture(scope="session")
+def airflow_stack(stack):
+    """Core services plus Airflow (api-server, scheduler, dag-processor, triggerer) running.
+    Returns {"url", "user", "password", "env"}."""
+    from cryptopipe.stack.manager import ensure_airflow
+
+    return ensure_airflow()
+
+
+@pytest.fixture(scope="session")
+def stack_ctx(stack):
+    """The stack manager's context (paths, generated env) for tests that stop/start components."""
+    from cryptopipe.stack.manager import make_context
+
+    return make_context()
