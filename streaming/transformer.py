@@ -1,0 +1,343 @@
+"""Transformer: raw frames -> canonical ticks (`cryptopipe transform`, group `transformer`).
+
+Exactly-once between the topics with Kafka transactions: each consumed batch is parsed, its
+ticks and dead-letter records are produced, and the batch's input offsets are sent to the same
+transaction (`send_offsets_to_transaction`), which then commits atomically. A crash or an abort
+leaves nothing visible to `read_committed` readers (the loader), and the batch is consumed again
+from the committed offsets. A restarted instance with the same `transactional.id` fences its
+predecessor's open transaction at once (`init_transactions`), and the consumer group metadata
+in the transaction fences zombies after a rebalance (KIP-447), so two instances in one group
+split the partitions without doubling a tick.
+
+Parsing is the exchange adapters' (`streaming.exchanges`); this module only routes:
+ticks -> `<ex>_transformed_data` (key = canonical symbol, headers = source coordinates),
+anything bad -> `<ex>_dlq` (value = the original bytes, headers = reason and coordinates).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from pathlib import Path
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from common.kafka import make_consumer, make_transactional_producer
+from common.symbols import BinanceSymbolMap
+from common.topics import EXCHANGES, dlq_topic, exchange_of_topic, raw_topic, transformed_topic
+from streaming.consumer_loop import (LagReporter, Metrics, StopFlag, backoff_delays, base_parser,
+                                     log_consumer_errors, next_offsets, received_ns_of, safe_reason, setup_logging,
+                                     split_errors, start_metrics_server)
+
+log = logging.getLogger("streaming.transformer")
+
+COMPONENT = "transform"
+DEFAULT_GROUP = "transformer"
+DEFAULT_METRICS_PORT = 9103
+MAX_REJECT_INDEXES = 50
+
+
+# --------------------------------------------------------------------------- symbol metadata
+
+def load_binance_symbol_map() -> dict[str, str]:
+    """{BTCUSDT: BTC-USDT} for TRADING spot symbols, from exchangeInfo through ccxt."""
+    from common.exchange_clients import make_ccxt, spot_symbol_map
+
+    client = make_ccxt("binance", timeout=10_000)
+    return spot_symbol_map(client.load_markets(reload=True))
+
+
+def symbol_map_from_file(path: str | Path) -> dict[str, str]:
+    """A saved exchangeInfo response or a plain {raw: canonical} JSON object (offline runs, tests)."""
+    obj = json.loads(Path(path).read_text())
+    if isinstance(obj, dict) and isinstance(obj.get("symbols"), list):
+        return dict(BinanceSymbolMap.from_exchange_info(obj)._map)  # noqa: SLF001
+    if isinstance(obj, dict) and isinstance(obj.get("response"), dict):
+        return symbol_map_from_file_obj(obj["response"])
+    if isinstance(obj, dict) and all(isinstance(v, str) for v in obj.values()):
+        return dict(obj)
+    raise ValueError(f"{path}: neither an exchangeInfo response nor a symbol map")
+
+
+def symbol_map_from_file_obj(obj: dict) -> dict[str, str]:
+    return dict(BinanceSymbolMap.from_exchange_info(obj)._map)  # noqa: SLF001
+
+
+class SymbolMetadata:
+    """The Binance symbol map: loaded at start, refreshed on a schedule and on an unknown symbol
+    (at most once per `min_interval_s`, so a flood of unknown symbols is not a flood of REST calls)."""
+
+    def __init__(self, loader=load_binance_symbol_map, refresh_s: float = 3600.0, min_interval_s: float = 60.0,
+                 clock=time.monotonic):
+        self.loader = loader
+        self.refresh_s = refresh_s
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self.symbols: dict[str, str] = {}
+        self.loaded_at: float | None = None
+        self.attempted_at: float | None = None
+        self.version = 0
+
+    def load(self) -> bool:
+        self.attempted_at = self.clock()
+        try:
+            fresh = self.loader()
+        except Exception as exc:  # ccxt raises many types; keep the old map
+            log.warning("binance symbol metadata refresh failed: %s", safe_reason(exc, 200))
+            return False
+        if not fresh:
+            log.warning("binance symbol metadata came back empty; keeping %d symbols", len(self.symbols))
+            return False
+        self.symbols = dict(fresh)
+        self.loaded_at = self.attempted_at
+        self.version += 1
+        log.info("binance symbol metadata: %d TRADING spot symbols", len(self.symbols))
+        return True
+
+    def load_initial(self, stop: StopFlag) -> bool:
+        for delay in backoff_delays(1.0, 30.0):
+            if self.load():
+                return True
+            if stop.wait(delay):
+                return False
+        return False
+
+    def refresh_due(self) -> bool:
+        return self.loaded_at is None or self.clock() - self.loaded_at >= self.refresh_s
+
+    def refresh_on_unknown(self) -> bool:
+        """Refresh now unless one was tried within `min_interval_s`; True if the map changed."""
+        if self.attempted_at is not None and self.clock() - self.attempted_at < self.min_interval_s:
+            return False
+        return self.load()
+
+
+# --------------------------------------------------------------------------- transform one record
+
+class Router:
+    """Turns one raw record into produce calls (ticks or one DLQ record). No transactions here."""
+
+    def __init__(self, producer, metrics: Metrics, metadata: SymbolMetadata | None, topic_suffix: str = "",
+                 adapters: dict | None = None):
+        self.producer = producer
+        self.metrics = metrics
+        self.metadata = metadata
+        self.suffix = topic_suffix
+        self._adapters = adapters or {}
+        self._metadata_version = -1
+        self.out_topics = {e: transformed_topic(e) + topic_suffix for e in EXCHANGES}
+        self.dlq_topics = {e: dlq_topic(e) + topic_suffix for e in EXCHANGES}
+        self.ticks_out = 0
+        self.dlq_out = 0
+
+    def adapter(self, exchange: str):
+        if exchange == "binance" and self.metadata is not None and self._metadata_version != self.metadata.version:
+            self._metadata_version = self.metadata.version
+            if "binance" in self._adapters:
+                self._adapters["binance"].update_symbols(self.metadata.symbols)
+            else:
+                self._adapters["binance"] = self._make_adapter("binance", self.metadata.symbols)
+        if exchange not in self._adapters:
+            self._adapters[exchange] = self._make_adapter(exchange, None)
+        return self._adapters[exchange]
+
+    @staticmethod
+    def _make_adapter(exchange: str, symbol_map):
+        from streaming.exchanges import get_adapter
+
+        return get_adapter(exchange, symbol_map=symbol_map)
+
+    def route(self, message) -> None:
+        from streaming.exchanges.base import BadFrame, UnknownSymbol
+
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        exchange = exchange_of_topic(topic)
+        headers = dict(message.headers() or ())
+        received_ns = received_ns_of(headers, message)
+        raw = message.value() or b""
+        self.metrics.consumed(topic)
+        try:
+            ticks, rejects = self._parse(exchange, raw, received_ns)
+        except UnknownSymbol as exc:
+            self._dead_letter(message, exchange, received_ns, f"{exc.reason}: {exc.symbol!r:.60}")
+            return
+        except BadFrame as exc:
+            self._dead_letter(message, exchange, received_ns, str(exc))
+            return
+        except Exception as exc:  # an adapter bug must not stop the stream: the frame is kept in the DLQ
+            log.exception("adapter %s failed on %s[%d]@%d", exchange, topic, partition, offset)
+            self._dead_letter(message, exchange, received_ns, f"adapter_error: {type(exc).__name__}: {exc}")
+            return
+        if ticks:
+            out = self.out_topics[exchange]
+            source = [("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
+                      ("source_offset", str(offset).encode())]
+            for tick in ticks:
+                self._produce(out, tick.to_json(), tick.symbol.encode(), source)
+            self.ticks_out += len(ticks)
+        if rejects:
+            first = rejects[0]
+            indexes = ",".join(str(r.index) for r in rejects[:MAX_REJECT_INDEXES])
+            reason = f"{len(rejects)} bad element(s); first [{first.index}] {first.error}"
+            self._dead_letter(message, exchange, received_ns, reason, [("rejected_elements", indexes.encode())])
+
+    def _parse(self, exchange: str, raw: bytes, received_ns: int):
+        from streaming.exchanges.base import UnknownSymbol
+
+        rejects: list = []
+        adapter = self.adapter(exchange)
+        ticks = adapter.parse_ticks(raw, received_ns, rejects)
+        unknown = any(isinstance(r.error, UnknownSymbol) for r in rejects)
+        if unknown and exchange == "binance" and self.metadata is not None and self.metadata.refresh_on_unknown():
+            rejects = []
+            ticks = self.adapter(exchange).parse_ticks(raw, received_ns, rejects)
+        return ticks, rejects
+
+    def _dead_letter(self, message, exchange: str, received_ns: int, reason: str, extra: list | None = None) -> None:
+        topic = self.dlq_topics[exchange]
+        headers = [("reason", safe_reason(reason).encode()), ("source_topic", message.topic().encode()),
+                   ("source_partition", str(message.partition()).encode()),
+                   ("source_offset", str(message.offset()).encode()), ("exchange", exchange.encode()),
+                   ("received_ns", str(received_ns).encode())]
+        headers += extra or []
+        self._produce(topic, message.value(), message.key(), headers)
+        self.metrics.dead_lettered(topic)
+        self.dlq_out += 1
+
+    def _produce(self, topic: str, value, key, headers) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers)
+                return
+            except BufferError:  # the producer queue is bounded: wait for deliveries
+                self.producer.poll(0.05)
+
+
+# --------------------------------------------------------------------------- the loop
+
+class Transformer:
+    def __init__(self, consumer, producer, router: Router, metrics: Metrics, stop: StopFlag,
+                 topics: list[str], batch_size: int = 5000, poll_timeout: float = 0.5):
+        self.consumer = consumer
+        self.producer = producer
+        self.router = router
+        self.metrics = metrics
+        self.stop = stop
+        self.topics = topics
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self.lag = LagReporter(metrics)
+        self.batches = 0
+
+    def process(self, messages: list) -> None:
+        """One transaction: produce everything derived from `messages` plus their offsets."""
+        started = time.monotonic()
+        ticks_before, dlq_before = self.router.ticks_out, self.router.dlq_out
+        self.producer.begin_transaction()
+        try:
+            for m in messages:
+                self.router.route(m)
+            self.producer.send_offsets_to_transaction(next_offsets(messages),
+                                                      self.consumer.consumer_group_metadata())
+            self._commit()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.txn_requires_abort():
+                log.warning("transaction aborted (%s); re-reading the batch", err)
+                self.producer.abort_transaction()
+                self._rewind(messages)
+                self.router.ticks_out, self.router.dlq_out = ticks_before, dlq_before
+                return
+            raise  # fatal (e.g. fenced by a newer instance with our transactional.id): exit, restart
+        self.batches += 1
+        self.metrics.wrote("ticks", self.router.ticks_out - ticks_before)
+        self.metrics.batch(len(messages), time.monotonic() - started)
+
+    def _commit(self) -> None:
+        for delay in backoff_delays(0.2, 5.0):
+            try:
+                self.producer.commit_transaction()
+                return
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.retriable() and not self.stop.is_set():
+                    log.warning("commit_transaction retriable error (%s); retrying", err)
+                    time.sleep(delay)
+                    continue
+                raise
+
+    def _rewind(self, messages: list) -> None:
+        """Seek the batch's partitions back to their committed offsets (the aborted output is gone)."""
+        parts = [TopicPartition(tp.topic, tp.partition) for tp in next_offsets(messages)]
+        for tp in self.consumer.committed(parts, timeout=30):
+            if (tp.topic, tp.partition) in {(a.topic, a.partition) for a in self.consumer.assignment()}:
+                offset = tp.offset if tp.offset >= 0 else 0  # no commit yet: from the beginning
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def run(self) -> int:
+        self.producer.init_transactions(60)
+        self.consumer.subscribe(self.topics)
+        self.metrics.up.labels(COMPONENT).set(1)
+        log.info("transforming %s", ", ".join(self.topics))
+        metadata = self.router.metadata
+        try:
+            while not self.stop.is_set():
+                messages = self.consumer.consume(self.batch_size, timeout=self.poll_timeout)
+                good, errors = split_errors(messages)
+                log_consumer_errors(errors, COMPONENT)
+                if good:
+                    self.process(good)
+                elif metadata is not None and metadata.refresh_due():
+                    metadata.load()  # between transactions, so a slow REST call delays nothing
+                self.lag.maybe_report(self.consumer)
+        finally:
+            self.metrics.up.labels(COMPONENT).set(0)
+            self.consumer.close()
+            self.producer.flush(10)
+        return 0
+
+
+def default_transactional_id(group: str, instance: str) -> str:
+    return f"cryptopipe-{group}-{socket.gethostname()}-{instance}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser("cryptopipe transform", "raw topics -> normalized ticks (+ DLQ)", DEFAULT_GROUP,
+                    DEFAULT_METRICS_PORT)
+    p.add_argument("--topic-suffix", default="", help="suffix of every topic name (tests)")
+    p.add_argument("--exchanges", default=",".join(EXCHANGES), help="comma-separated exchanges to transform")
+    p.add_argument("--instance", default="0",
+                   help="instance name, unique per running transformer of a group: it makes the stable "
+                        "transactional.id that lets a restart fence its crashed predecessor at once")
+    p.add_argument("--binance-symbols-file", default=None,
+                   help="exchangeInfo JSON or {raw: canonical} map instead of loading markets via ccxt")
+    p.add_argument("--metadata-refresh", type=float, default=3600.0, help="seconds between symbol refreshes")
+    args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    stop = StopFlag().install()
+    metrics = Metrics(COMPONENT)
+    start_metrics_server(args.metrics_port)
+    exchanges = [e.strip() for e in args.exchanges.split(",") if e.strip()]
+    unknown = [e for e in exchanges if e not in EXCHANGES]
+    if unknown:
+        p.error(f"unknown exchange(s): {', '.join(unknown)}")
+    metadata = None
+    if "binance" in exchanges:
+        if args.binance_symbols_file:
+            path = args.binance_symbols_file
+            metadata = SymbolMetadata(lambda: symbol_map_from_file(path), refresh_s=args.metadata_refresh)
+        else:
+            metadata = SymbolMetadata(refresh_s=args.metadata_refresh)
+        if not metadata.load_initial(stop):
+            return 0  # stopped before the metadata ever loaded
+    consumer = make_consumer(args.group)
+    producer = make_transactional_producer(default_transactional_id(args.group, args.instance))
+    router = Router(producer, metrics, metadata, topic_suffix=args.topic_suffix)
+    topics = [raw_topic(e) + args.topic_suffix for e in exchanges]
+    return Transformer(consumer, producer, router, metrics, stop, topics, batch_size=args.batch_size,
+                       poll_timeout=args.poll_timeout).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Loader, pure parts: which transformed records and pipeline events it accepts, and how."""
+from decimal import Decimal
+
+import pytest
+
+from common.models import PipelineEvent, Tick
+from streaming.consumer_loop import Metrics, StopFlag
+from streaming.loader import BadRecord, Loader, merge_events, parse_event, tick_copy_line
+from tests.unit.streaming.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
+
+NS = 1_764_000_000_000_000_000
+MS = NS // 1_000_000
+
+
+def tick(**kw):
+    base = dict(exchange="binance", symbol="BTC-USDT", event_time_ms=MS, price=Decimal("67220.01"),
+                received_ns=NS + 5, sequence=7, bid=Decimal("0.0000001141"), volume_24h=Decimal("12.5"))
+    base.update(kw)
+    return Tick(**base)
+
+
+def test_copy_line_keeps_exact_decimals_and_nulls():
+    line = tick_copy_line(tick().to_json(), "binance")
+    fields = line.split("\t")
+    assert fields[:5] == ["binance", "BTC-USDT", str(MS), "7", "67220.01"]
+    assert Decimal(fields[5]) == Decimal("0.0000001141")     # bid, exact
+    assert fields[6] == "\\N"                                 # bid_size absent -> NULL
+    assert Decimal(fields[13]) == Decimal("12.5")             # volume_24h
+    assert fields[-1] == str(NS + 5)
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b"", "empty"),
+    (b"{not json", "malformed JSON"),
+    (b"[1,2]", "not a JSON object"),
+    (b'{"exchange":"ftx"}', "unknown exchange"),
+    (b'{"exchange":"kucoin","symbol":"BTC-USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"1"}',
+     "on the binance topic"),
+    (b'{"exchange":"binance","symbol":"BTC/USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"1"}',
+     "canonical"),
+    (b'{"exchange":"binance","symbol":"BTC-USDT\\t","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"1"}',
+     "canonical"),
+    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":"1764000000000","received_ns":1764000000000000000,"price":"1"}',
+     "event_time_ms is not an integer"),
+    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":99,"received_ns":1764000000000000000,"price":"1"}',
+     "event_time_ms out of range"),
+    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000}',
+     "missing price"),
+    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"NaN"}',
+     "not a finite decimal"),
+    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"0"}',
+     "not positive"),
+    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"-1"}',
+     "not positive"),
+    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":1.5}',
+     "not a finite decimal"),
+    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"1","bid":"1\\t2"}',
+     "bid is not a finite decimal"),
+])
+def test_bad_transformed_records_are_rejected_with_a_reason(value, reason):
+    with pytest.raises(BadRecord, match=reason):
+        tick_copy_line(value, "binance")
+
+
+def test_events_merge_per_connection_with_first_disconnect_reason():
+    evs = [PipelineEvent("kucoin", "c1", "heartbeat", NS + 50),
+           PipelineEvent("kucoin", "c1", "connected", NS + 10),
+           PipelineEvent("kucoin", "c1", "subscribed", NS + 20),
+           PipelineEvent("kucoin", "c1", "disconnected", NS + 90, reason="later"),
+           PipelineEvent("kucoin", "c1", "disconnected", NS + 80, reason="first"),
+           PipelineEvent("kucoin", "c2", "heartbeat", NS + 5)]
+    s = merge_events(evs)
+    assert (s["c1"].connected_ns, s["c1"].subscribed_ns, s["c1"].last_seen_ns) == (NS + 10, NS + 20, NS + 90)
+    assert (s["c1"].disconnected_ns, s["c1"].reason) == (NS + 80, "first")
+    assert s["c2"].connected_ns is None and s["c2"].first_seen_ns == NS + 5
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b"{}", "malformed"),
+    (b'{"exchange":"x","conn_id":"c","kind":"connected","at_ns":1764000000000000000}', "unknown exchange"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"exploded","at_ns":1764000000000000000}', "unknown event kind"),
+    (b'{"exchange":"binance","conn_id":"","kind":"connected","at_ns":1764000000000000000}', "bad conn_id"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":5}', "out of range"),
+])
+def test_bad_events_are_rejected(value, reason):
+    with pytest.raises(BadRecord, match=reason):
+        parse_event(value)
+
+
+class RecordingWriter:
+    def __init__(self):
+        self.calls = []
+
+    def write(self, lines, days, sessions):
+        from streaming.loader import BatchResult
+        self.calls.append((list(lines), set(days), dict(sessions)))
+        return BatchResult(ticks_in=len(lines), ticks_inserted=len(lines), sessions=len(sessions))
+
+    def close(self):
+        pass
+
+
+def test_batch_routes_good_rows_to_db_bad_ones_to_dlq_then_commits():
+    good = FakeMessage("binance_transformed_data", 1, 10, tick().to_json(), b"BTC-USDT")
+    bad = FakeMessage("kucoin_transformed_data", 0, 4, b"garbage", b"X")
+    ev = FakeMessage("pipeline_events", 0, 3, PipelineEvent("binance", "c9", "connected", NS).to_json())
+    bad_ev = FakeMessage("pipeline_events", 0, 4, b'{"exchange":"kucoin","conn_id":"c","kind":"?","at_ns":1}')
+    consumer, producer, writer = FakeConsumer(), FakeProducer(), RecordingWriter()
+    loader = Loader(consumer, producer, writer, Metrics("load"), StopFlag())
+    loader.process([good, bad, ev, bad_ev])
+    (lines, days, sessions), = writer.calls
+    assert len(lines) == 1 and days == {MS // 86_400_000} and list(sessions) == ["c9"]
+    dlq = producer.by_topic("kucoin_dlq")
+    assert [r[1] for r in dlq] == [b"garbage", bad_ev.value()]
+    headers = dict(dlq[0][3])
+    assert headers["reason"].startswith(b"loader: malformed JSON")
+    assert (headers["source_topic"], headers["source_partition"], headers["source_offset"]) == \
+        (b"kucoin_transformed_data", b"0", b"4")
+    assert consumer.commits == [[("binance_transformed_data", 1, 11), ("kucoin_transformed_data", 0, 5),
+                                 ("pipeline_events", 0, 5)]]
+
+
+def test_db_outage_is_retried_without_committing_until_it_succeeds():
+    import psycopg2
+
+    class FlakyWriter(RecordingWriter):
+        fails = 2
+
+        def write(self, lines, days, sessions):
+            if self.fails:
+                self.fails -= 1
+                raise psycopg2.OperationalError("server closed the connection")
+            return super().write(lines, days, sessions)
+
+    consumer = FakeConsumer(assignment=[("binance_transformed_data", 0)])
+    writer = FlakyWriter()
+    loader = Loader(consumer, FakeProducer(), writer, Metrics("load"), StopFlag())
+    import streaming.loader as mod
+    mod_backoff = mod.backoff_delays
+    mod.backoff_delays = lambda *a, **k: iter([0.0] * 10)
+    try:
+        loader.process([FakeMessage("binance_transformed_data", 0, 0, tick().to_json())])
+    finally:
+        mod.backoff_delays = mod_backoff
+    assert len(writer.calls) == 1
+    assert consumer.commits == [[("binance_transformed_data", 0, 1)]]
+    assert len(consumer.paused) == 1 and len(consumer.resumed) == 1
