@@ -1,0 +1,1 @@
+"""Streaming wing: exchange adapters, extractors, transformer, loader, archiver (imports only `common`)."""
