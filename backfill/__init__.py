@@ -1,0 +1,60 @@
+"""REST backfill and gap detection: plain Python, usable without Airflow, cheap to import.
+
+Importing `backfill` or any submodule costs no network and no database; ccxt, psycopg2 and boto3
+work starts only when a function is called. Settings come from `common.settings.get_settings()`.
+
+Public interface (what the DAGs and the CLI use)
+------------------------------------------------
+
+backfill.validation
+    validate_request(exchange, symbols, start, end, *, now=None, known_symbols=None,
+                     max_window=None) -> BackfillRequest
+        Raises InvalidBackfillRequest (a ValueError; `.problems` is the list of messages, str()
+        joins them). symbols: list, comma-separated text, or 'ALL'. Times: datetime or ISO text,
+        naive = UTC. Window [start floored, end ceiled) in whole minutes, clamped to closed
+        minutes. Checks: exchange known, symbols canonical and known to the exchange, end after
+        start, nothing in the future, nothing before 2017-07-01, window <= max_window
+        (settings.backfill_max_window_hours).
+    BackfillRequest(exchange, symbols: tuple, start, end) with .to_dict()/.from_dict(), .minutes
+
+backfill.engine
+    plan_chunks(request) -> list[Chunk]          one REST request each (Binance 1000 min, KuCoin 1500)
+    run_chunk(chunk | dict, *, force=False, raise_on_error=False) -> ChunkResult
+        Idempotent and resumable: skipped if a done chunk covers it; raw responses kept in S3 at
+        common.s3.backfill_response_key(...); candles upserted into candles_1m with source 'rest'
+        (a REST candle replaces a stream candle); chunk recorded in backfill_chunks.
+        status: done | skipped | partial (minutes too recent to confirm, not recorded) | failed.
+    run_backfill(request, progress=None, *, workers=4, force=False, dry_run=False) -> Summary
+    Chunk / ChunkResult / Summary: .to_dict() is plain JSON (XCom); Chunk.from_dict(d).
+    Summary.ok is True when no chunk failed.
+
+backfill.gaps
+    detect_gaps(now=None, *, lookback=6h, settle=60s, stale_after=30s, exchanges=None) -> list[Gap]
+        Records into `gaps` (kinds uncovered | silence | missing_candles); returns gaps created
+        or extended by this run; never duplicates. See the module docstring for the rules.
+    open_gaps(exchange=None, limit=100) -> list[Gap]      oldest first
+    list_gaps(status=None, exchange=None, limit=100) -> list[Gap]   newest first
+    claim(gap_id) -> bool                                  open|failed -> backfilling (atomic)
+    mark(gap_id, status, *, rows_filled=None, error=None) -> Gap
+    request_for_gap(gap, *, now=None, known_symbols=None) -> BackfillRequest
+    fill_gap(gap | id, *, workers=4, progress=None) -> Summary | None   claim+backfill+mark
+    mark_covered(request, summary=None) -> list[int]       gaps inside a successful backfill -> filled
+    tracked_symbols(exchange, start, end) -> list[str]
+    Gap(id, exchange, symbol|None, gap_start, gap_end, status, kind, detected_at, filled_at,
+        rows_filled, error) with .to_dict()
+
+backfill.rest
+    known_symbols(exchange) -> set[str]   active spot markets, canonical, cached 10 min
+    RestFetcher(exchange).fetch_minutes(symbol, start, end) -> FetchResult   (one per thread)
+
+backfill.ratelimit
+    budget_for(exchange) -> ExchangeBudget   one per exchange per process, shared by threads:
+        acquire(weight), observe(status, headers, body), pause(seconds), backoff(attempt)
+
+backfill.cli
+    backfill_main(argv) -> int   `cryptopipe backfill --exchange --symbols --start --end
+                                  [--dry-run] [--force] [--workers N] [--json]`; exit 2 = bad params
+    gaps_main(argv) -> int       `cryptopipe gaps [--status] [--exchange] [--detect] [--fill] [--json]`
+
+Tables: candles_1m, gaps (001), backfill_chunks (003_backfill.sql).
+"""

@@ -110,7 +110,7 @@ def normalize_symbol(raw) -> str:
     """'btc/usdt', 'BTC-USDT' -> 'BTC-USDT'; raises InvalidSymbol for anything else."""
     if not isinstance(raw, str):
         raise InvalidSymbol(f"symbol {_show(raw)} is not text")
-    text = raw.strip()
+    text = original = raw.strip()
     # check ASCII before upper(): 'ſ'.upper() == 'S' would otherwise let unicode through
     if not text.isascii():
         raise InvalidSymbol(f"symbol {_show(text)} has non-ASCII characters; use BASE-QUOTE like BTC-USDT")
@@ -119,7 +119,7 @@ def normalize_symbol(raw) -> str:
     try:
         return check_canonical(text.upper())
     except InvalidSymbol:
-        raise InvalidSymbol(f"symbol {_show(text)} is not BASE-QUOTE (letters and digits joined by one dash, "
+        raise InvalidSymbol(f"symbol {_show(original)} is not BASE-QUOTE (letters and digits joined by one dash, "
                             "like BTC-USDT)") from None
 
 

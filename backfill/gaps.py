@@ -1,0 +1,437 @@
+"""Gap detection over Postgres and the life of a gap: open -> backfilling -> filled | failed.
+
+Detection (`detect_gaps(now=None, *, lookback=6 h, settle=60 s, stale_after=30 s,
+exchanges=None) -> list[Gap]`) looks at [horizon_start, horizon_end) per exchange, where
+horizon_end = start of the minute `settle` before now (the loader may still be writing the
+newest ticks) and horizon_start = max(now - lookback, the start of the exchange's first stream
+session; an exchange never streamed has no gaps). It finds:
+
+(a) `uncovered`: time no websocket session covered. A session covers
+    [coalesce(subscribed_at, connected_at), coalesce(disconnected_at, last_seen_at)); an open
+    session whose last heartbeat (last_seen_at) is younger than `stale_after` covers up to now.
+(b) `silence`: whole minutes inside covered time with no tick of the exchange at all (a session
+    that claims to be up but delivers nothing).
+(c) `missing_candles`: for each tracked symbol, minutes with no `candles_1m` row, from the
+    symbol's first candle in the window on. Islands closer than MERGE_TOLERANCE are merged.
+    Tracked symbols = symbols with candles on that exchange within the window, restricted to the
+    SYMBOLS setting when it is set (`tracked_symbols`).
+
+Edges: a gap spans whole minutes; a minute only partly seen by the stream belongs to the gap
+(uncovered intervals are widened to whole minutes; a silence is widened by one minute on each
+side), because its stream candle is incomplete and must be replaced by the REST one.
+
+Recording: (a) and (b) merge into exchange-wide gaps (`symbol` NULL, `kind` e.g.
+'silence,uncovered'); (c) gives per-symbol gaps minus the exchange-wide ones. Time already in a
+recorded gap of any status (exchange-wide gaps count for every symbol) is not recorded again; a
+finding that touches an `open` gap extends it. So detecting again never duplicates a gap, and a
+filled gap is not found again. Detection runs under an advisory lock (one detector at a time).
+
+Life: `claim(gap_id)` (open|failed -> backfilling, atomic), `mark(gap_id, status, rows_filled=,
+error=)` (validated transitions), `fill_gap(gap)` (claim, backfill, mark filled/failed),
+`mark_covered(request, summary)` (gaps inside a finished backfill become filled),
+`open_gaps()`, `list_gaps()`, `request_for_gap(gap)`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from backfill.validation import BackfillRequest, ceil_minute, floor_minute, validate_request
+from common.topics import EXCHANGES
+
+UTC = timezone.utc
+MINUTE = timedelta(minutes=1)
+MERGE_TOLERANCE = timedelta(minutes=3)
+STATUSES = ("open", "backfilling", "filled", "failed")
+TRANSITIONS = {
+    "open": {"backfilling", "filled", "failed"},
+    "backfilling": {"filled", "failed", "open"},
+    "failed": {"open", "backfilling", "filled"},
+    "filled": set(),
+}
+_LOCK_ID = 727276
+_COLUMNS = "id, exchange, symbol, gap_start, gap_end, status, kind, detected_at, filled_at, rows_filled, error"
+
+Interval = tuple[datetime, datetime]
+
+
+@dataclass
+class Gap:
+    id: int
+    exchange: str
+    symbol: str | None          # None: every tracked symbol of the exchange
+    gap_start: datetime
+    gap_end: datetime           # exclusive
+    status: str
+    kind: str | None
+    detected_at: datetime | None = None
+    filled_at: datetime | None = None
+    rows_filled: int | None = None
+    error: str | None = None
+
+    @property
+    def minutes(self) -> int:
+        return int((self.gap_end - self.gap_start).total_seconds() // 60)
+
+    def to_dict(self) -> dict:
+        iso = lambda t: t.isoformat() if t else None  # noqa: E731
+        return {"id": self.id, "exchange": self.exchange, "symbol": self.symbol,
+                "gap_start": iso(self.gap_start), "gap_end": iso(self.gap_end), "status": self.status,
+                "kind": self.kind, "detected_at": iso(self.detected_at), "filled_at": iso(self.filled_at),
+                "rows_filled": self.rows_filled, "error": self.error}
+
+
+# -- interval arithmetic (pure) -------------------------------------------------------------
+
+def merge_intervals(intervals: Iterable[Interval], tolerance: timedelta = timedelta(0)) -> list[Interval]:
+    out: list[list[datetime]] = []
+    for s, e in sorted(i for i in intervals if i[1] > i[0]):
+        if out and s <= out[-1][1] + tolerance:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def subtract_intervals(base: Iterable[Interval], minus: Iterable[Interval]) -> list[Interval]:
+    minus = merge_intervals(minus)
+    out = []
+    for s, e in merge_intervals(base):
+        cur = s
+        for ms, me in minus:
+            if me <= cur or ms >= e:
+                continue
+            if ms > cur:
+                out.append((cur, ms))
+            cur = max(cur, me)
+            if cur >= e:
+                break
+        if cur < e:
+            out.append((cur, e))
+    return out
+
+
+def widen_to_minutes(intervals: Iterable[Interval]) -> list[Interval]:
+    return merge_intervals((floor_minute(s), ceil_minute(e)) for s, e in intervals)
+
+
+def minutes_to_intervals(minutes: Iterable[datetime], tolerance: timedelta = timedelta(0)) -> list[Interval]:
+    return merge_intervals(((m, m + MINUTE) for m in minutes), tolerance)
+
+
+def clip(intervals: Iterable[Interval], lo: datetime, hi: datetime) -> list[Interval]:
+    return [(max(s, lo), min(e, hi)) for s, e in intervals if min(e, hi) > max(s, lo)]
+
+
+# -- queries --------------------------------------------------------------------------------
+
+def _connect(conn):
+    from common.db import connect
+    return (conn, False) if conn is not None else (connect(), True)
+
+
+def tracked_symbols(exchange: str, start: datetime, end: datetime, conn=None) -> list[str]:
+    """Symbols with candles on `exchange` in [start, end), restricted to SYMBOLS when set."""
+    from common.settings import get_settings
+    conn, own = _connect(conn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT DISTINCT symbol FROM candles_1m WHERE exchange = %s "
+                        "AND open_time >= %s AND open_time < %s", (exchange, start, end))
+            found = {r[0] for r in cur.fetchall()}
+    finally:
+        if own:
+            conn.close()
+    configured = set(get_settings().symbols)
+    return sorted(found & configured if configured else found)
+
+
+def _coverage(cur, exchange: str, lo: datetime, now: datetime, stale_after: timedelta):
+    """(first session start ever or None, coverage intervals overlapping [lo, now))."""
+    cur.execute("SELECT min(coalesce(subscribed_at, connected_at)) FROM stream_sessions WHERE exchange = %s",
+                (exchange,))
+    first = cur.fetchone()[0]
+    if first is None:
+        return None, []
+    cur.execute("""
+        SELECT coalesce(subscribed_at, connected_at),
+               CASE WHEN disconnected_at IS NOT NULL THEN disconnected_at
+                    WHEN last_seen_at >= %(fresh)s THEN %(now)s
+                    ELSE last_seen_at END
+        FROM stream_sessions
+        WHERE exchange = %(ex)s AND coalesce(subscribed_at, connected_at) < %(now)s
+          AND (disconnected_at IS NULL OR disconnected_at > %(lo)s)
+          AND (disconnected_at IS NOT NULL OR last_seen_at > %(lo)s OR last_seen_at >= %(fresh)s)""",
+                {"ex": exchange, "lo": lo, "now": now, "fresh": now - stale_after})
+    return first, merge_intervals((s, e) for s, e in cur.fetchall())
+
+
+def _silent_minutes(cur, exchange: str, covered_minutes: list[Interval]) -> list[datetime]:
+    silent = []
+    for s, e in covered_minutes:
+        cur.execute("""
+            SELECT m FROM generate_series(%(s)s::timestamptz, %(e)s::timestamptz - interval '1 minute',
+                                          interval '1 minute') AS m
+            WHERE NOT EXISTS (SELECT 1 FROM ticks t WHERE t.exchange = %(ex)s
+                              AND t.event_time >= m AND t.event_time < m + interval '1 minute')""",
+                    {"s": s, "e": e, "ex": exchange})
+        silent.extend(r[0] for r in cur.fetchall())
+    return silent
+
+
+def _missing_candle_minutes(cur, exchange: str, symbols: list[str], lo: datetime, hi: datetime
+                            ) -> dict[str, list[datetime]]:
+    if not symbols:
+        return {}
+    cur.execute("""
+        WITH sym AS (
+            SELECT symbol, min(open_time) AS first FROM candles_1m
+            WHERE exchange = %(ex)s AND symbol = ANY(%(symbols)s) AND open_time >= %(lo)s AND open_time < %(hi)s
+            GROUP BY symbol)
+        SELECT s.symbol, m
+        FROM sym s CROSS JOIN LATERAL generate_series(s.first, %(hi)s::timestamptz - interval '1 minute',
+                                                      interval '1 minute') AS m
+        WHERE NOT EXISTS (SELECT 1 FROM candles_1m c
+                          WHERE c.exchange = %(ex)s AND c.symbol = s.symbol AND c.open_time = m)
+        ORDER BY 1, 2""", {"ex": exchange, "symbols": list(symbols), "lo": lo, "hi": hi})
+    out: dict[str, list[datetime]] = {}
+    for symbol, minute in cur.fetchall():
+        out.setdefault(symbol, []).append(minute)
+    return out
+
+
+def _existing(cur, exchange: str, lo: datetime, hi: datetime) -> list[Gap]:
+    cur.execute(f"SELECT {_COLUMNS} FROM gaps WHERE exchange = %s AND gap_end >= %s AND gap_start <= %s",
+                (exchange, lo, hi))
+    return [Gap(*row) for row in cur.fetchall()]
+
+
+def _record(cur, exchange: str, symbol: str | None, findings: list[tuple[Interval, set[str]]],
+            existing: list[Gap]) -> list[Gap]:
+    """Insert findings minus existing gaps; extend an open gap a finding touches."""
+    mine = [g for g in existing if g.symbol == symbol]
+    covered = [(g.gap_start, g.gap_end) for g in existing if g.symbol is None or g.symbol == symbol]
+    out = []
+    for (s, e), kinds in findings:
+        for ns, ne in subtract_intervals([(s, e)], covered):
+            touching = [g for g in mine if g.status == "open" and g.gap_start <= ne and g.gap_end >= ns]
+            if touching:
+                g = touching[0]
+                kind = ",".join(sorted(set((g.kind or "").split(",")) - {""} | kinds))
+                cur.execute(f"UPDATE gaps SET gap_start = least(gap_start, %s), gap_end = greatest(gap_end, %s), "
+                            f"kind = %s WHERE id = %s RETURNING {_COLUMNS}", (ns, ne, kind, g.id))
+            else:
+                cur.execute(f"INSERT INTO gaps (exchange, symbol, gap_start, gap_end, status, kind) "
+                            f"VALUES (%s, %s, %s, %s, 'open', %s) RETURNING {_COLUMNS}",
+                            (exchange, symbol, ns, ne, ",".join(sorted(kinds))))
+            gap = Gap(*cur.fetchone())
+            mine = [x for x in mine if x.id != gap.id] + [gap]
+            existing[:] = [x for x in existing if x.id != gap.id] + [gap]
+            covered.append((gap.gap_start, gap.gap_end))
+            out = [x for x in out if x.id != gap.id] + [gap]
+    return out
+
+
+def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(hours=6),
+                settle: timedelta = timedelta(seconds=60), stale_after: timedelta = timedelta(seconds=30),
+                exchanges: Iterable[str] | None = None, conn=None) -> list[Gap]:
+    """Find and record gaps (see the module docstring); returns the gaps created or extended."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    hi = floor_minute(now - settle)
+    conn, own = _connect(conn)
+    changed: list[Gap] = []
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            for exchange in (exchanges or EXCHANGES):
+                lo_window = floor_minute(now - lookback)
+                first, coverage = _coverage(cur, exchange, lo_window, now, stale_after)
+                wide: list[tuple[Interval, set[str]]] = []
+                if first is not None and first < hi:
+                    lo = max(lo_window, first)
+                    uncovered = clip(widen_to_minutes(subtract_intervals([(lo, hi)], coverage)), lo_window, hi)
+                    covered_minutes = subtract_intervals([(ceil_minute(lo), hi)], uncovered)
+                    silent = _silent_minutes(cur, exchange, covered_minutes)
+                    silences = clip(merge_intervals((s - MINUTE, e + MINUTE)
+                                                    for s, e in minutes_to_intervals(silent)), lo_window, hi)
+                    spans = merge_intervals(uncovered + silences)
+                    for s, e in spans:
+                        kinds = set()
+                        if any(us < e and ue > s for us, ue in uncovered):
+                            kinds.add("uncovered")
+                        if any(ss < e and se > s for ss, se in silences):
+                            kinds.add("silence")
+                        wide.append(((s, e), kinds))
+                existing = _existing(cur, exchange, lo_window - timedelta(days=1), hi + timedelta(days=1))
+                changed += _record(cur, exchange, None, wide, existing)
+
+                symbols = tracked_symbols(exchange, lo_window, hi, conn=conn)
+                wide_spans = [(s, e) for (s, e), _ in wide]
+                for symbol, minutes in _missing_candle_minutes(cur, exchange, symbols, lo_window, hi).items():
+                    spans = subtract_intervals(minutes_to_intervals(minutes, MERGE_TOLERANCE), wide_spans)
+                    changed += _record(cur, exchange, symbol, [(span, {"missing_candles"}) for span in spans],
+                                       existing)
+    finally:
+        if own:
+            conn.close()
+    return changed
+
+
+# -- the life of a gap ----------------------------------------------------------------------
+
+def list_gaps(status: str | None = None, exchange: str | None = None, limit: int = 100, conn=None) -> list[Gap]:
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"unknown gap status {status!r:.40}; choose one of {', '.join(STATUSES)}")
+    if exchange is not None and exchange not in EXCHANGES:
+        raise ValueError(f"unknown exchange {exchange!r:.40}; choose one of {', '.join(EXCHANGES)}")
+    conn, own = _connect(conn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(f"SELECT {_COLUMNS} FROM gaps WHERE (%(st)s::text IS NULL OR status = %(st)s) "
+                        f"AND (%(ex)s::text IS NULL OR exchange = %(ex)s) ORDER BY gap_start DESC, id DESC "
+                        f"LIMIT %(lim)s", {"st": status, "ex": exchange, "lim": int(limit)})
+            return [Gap(*row) for row in cur.fetchall()]
+    finally:
+        if own:
+            conn.close()
+
+
+def open_gaps(exchange: str | None = None, limit: int = 100, conn=None) -> list[Gap]:
+    """Open gaps, oldest first."""
+    return sorted(list_gaps("open", exchange, limit, conn), key=lambda g: (g.gap_start, g.id))
+
+
+def get_gap(gap_id: int, conn=None) -> Gap:
+    conn, own = _connect(conn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(f"SELECT {_COLUMNS} FROM gaps WHERE id = %s", (int(gap_id),))
+            row = cur.fetchone()
+    finally:
+        if own:
+            conn.close()
+    if row is None:
+        raise LookupError(f"no gap with id {gap_id}")
+    return Gap(*row)
+
+
+def mark(gap_id: int, status: str, *, rows_filled: int | None = None, error: str | None = None,
+         conn=None) -> Gap:
+    """Move a gap to `status` (validated against TRANSITIONS); returns the updated gap."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown gap status {status!r:.40}; choose one of {', '.join(STATUSES)}")
+    conn, own = _connect(conn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT status FROM gaps WHERE id = %s FOR UPDATE", (int(gap_id),))
+            row = cur.fetchone()
+            if row is None:
+                raise LookupError(f"no gap with id {gap_id}")
+            if status != row[0] and status not in TRANSITIONS[row[0]]:
+                raise ValueError(f"gap {gap_id} is {row[0]}; it cannot become {status}")
+            cur.execute(f"""UPDATE gaps SET status = %(st)s,
+                                filled_at = CASE WHEN %(st)s = 'filled' THEN now() ELSE filled_at END,
+                                rows_filled = coalesce(%(rows)s, rows_filled),
+                                error = CASE WHEN %(st)s = 'filled' THEN NULL ELSE coalesce(%(err)s, error) END
+                            WHERE id = %(id)s RETURNING {_COLUMNS}""",
+                        {"st": status, "rows": rows_filled, "err": error[:2000] if error else None,
+                         "id": int(gap_id)})
+            return Gap(*cur.fetchone())
+    finally:
+        if own:
+            conn.close()
+
+
+def claim(gap_id: int, conn=None) -> bool:
+    """open|failed -> backfilling, atomically; False if another worker has it or it is filled."""
+    conn, own = _connect(conn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("UPDATE gaps SET status = 'backfilling', error = NULL WHERE id = %s "
+                        "AND status IN ('open', 'failed') RETURNING id", (int(gap_id),))
+            return cur.fetchone() is not None
+    finally:
+        if own:
+            conn.close()
+
+
+def request_for_gap(gap: Gap, *, now: datetime | None = None, known_symbols=None,
+                    context: timedelta = timedelta(hours=1)) -> BackfillRequest:
+    """The backfill that fills `gap`: its symbol, or the exchange's tracked symbols around it."""
+    if gap.symbol is not None:
+        symbols = [gap.symbol]
+    else:
+        symbols = tracked_symbols(gap.exchange, gap.gap_start - context, gap.gap_end + context)
+        if known_symbols is None:
+            from backfill.rest import known_symbols as fetch_known
+            known_symbols = fetch_known(gap.exchange)
+        known = set(known_symbols)
+        symbols = [s for s in symbols if s in known]
+        if not symbols:
+            raise ValueError(f"gap {gap.id}: no tracked {gap.exchange} symbol around "
+                             f"{gap.gap_start:%Y-%m-%d %H:%M} to fill")
+    return validate_request(gap.exchange, symbols, gap.gap_start, gap.gap_end, now=now,
+                            known_symbols=known_symbols if known_symbols is not None else None,
+                            max_window=max(gap.gap_end - gap.gap_start, timedelta(minutes=1)))
+
+
+def mark_covered(request: BackfillRequest, summary=None, conn=None) -> list[int]:
+    """Mark filled the not-yet-filled gaps inside a backfill that finished without failure.
+
+    A per-symbol gap is covered when its symbol was backfilled; an exchange-wide gap when every
+    symbol tracked around it was. Returns the ids marked filled (none if `summary` failed).
+    """
+    if summary is not None and not summary.ok:
+        return []
+    wanted = set(request.symbols)
+    conn, own = _connect(conn)
+    done = []
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(f"SELECT {_COLUMNS} FROM gaps WHERE exchange = %s AND status <> 'filled' "
+                        f"AND gap_start >= %s AND gap_end <= %s FOR UPDATE",
+                        (request.exchange, request.start, request.end))
+            for gap in [Gap(*row) for row in cur.fetchall()]:
+                if gap.symbol is not None:
+                    ok = gap.symbol in wanted
+                else:
+                    ok = set(tracked_symbols(gap.exchange, gap.gap_start - timedelta(hours=1),
+                                             gap.gap_end + timedelta(hours=1), conn=conn)) <= wanted
+                if ok:
+                    cur.execute("""SELECT coalesce(sum(1), 0) FROM candles_1m WHERE exchange = %s
+                                   AND source = 'rest' AND open_time >= %s AND open_time < %s
+                                   AND (%s::text IS NULL OR symbol = %s)""",
+                                (gap.exchange, gap.gap_start, gap.gap_end, gap.symbol, gap.symbol))
+                    rows = cur.fetchone()[0]
+                    cur.execute("UPDATE gaps SET status = 'filled', filled_at = now(), rows_filled = %s, "
+                                "error = NULL WHERE id = %s", (rows, gap.id))
+                    done.append(gap.id)
+    finally:
+        if own:
+            conn.close()
+    return done
+
+
+def fill_gap(gap: "Gap | int", *, workers: int = 4, progress=None, now: datetime | None = None,
+             known_symbols=None):
+    """Claim `gap`, backfill it, mark it filled or failed; returns the engine Summary (None if not claimed)."""
+    from backfill.engine import run_backfill
+
+    gap = get_gap(gap) if isinstance(gap, int) else gap
+    if not claim(gap.id):
+        return None
+    try:
+        request = request_for_gap(gap, now=now, known_symbols=known_symbols)
+        summary = run_backfill(request, progress, workers=workers)
+    except Exception as e:  # validation, markets, database: the gap records why
+        mark(gap.id, "failed", error=f"{type(e).__name__}: {str(e)[:500]}")
+        raise
+    if summary.ok and summary.chunks_partial == 0:
+        mark_covered(request, summary)
+        mark(gap.id, "filled")
+    else:
+        reason = "; ".join(f"{f['symbol']} {f['start']}: {f['error']}" for f in summary.failures[:3]) \
+            or f"{summary.chunks_partial} chunk(s) not settled yet"
+        mark(gap.id, "failed", rows_filled=summary.rows_written, error=reason)
+    return summary
