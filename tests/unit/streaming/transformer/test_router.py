@@ -1,0 +1,188 @@
+"""Transformer routing on recorded frames: ticks field by field, control frames, every bad-input
+class to the DLQ with its reason, unknown Binance symbols refreshed once, then dead-lettered."""
+import json
+from decimal import Decimal
+
+import pytest
+
+from common.models import Tick
+from common.symbols import BinanceSymbolMap
+from streaming.consumer_loop import Metrics
+from streaming.transformer import Router, SymbolMetadata, symbol_map_from_file
+from tests.conftest import SAMPLES
+from tests.unit.streaming.kafka_fakes import FakeMessage, FakeProducer
+
+RECEIVED_NS = 1_795_000_000_000_000_000
+BINANCE_MAP = symbol_map_from_file(SAMPLES / "binance-rest-exchangeInfo-spot-trimmed-2021-10-12.json")
+
+
+def msg(topic, value, offset=0, partition=0, received_ns=RECEIVED_NS):
+    return FakeMessage(topic, partition, offset, value, b"conn-1",
+                       [("received_ns", str(received_ns).encode()), ("conn_id", b"conn-1")], 0)
+
+
+def make_router(symbols=None, loader=None):
+    calls = []
+
+    def load():
+        calls.append(1)
+        return loader() if loader else dict(BINANCE_MAP if symbols is None else symbols)
+
+    meta = SymbolMetadata(load, min_interval_s=60, clock=lambda: 1000.0 + len(calls) * 100)
+    meta.load()
+    return Router(FakeProducer(), Metrics("transform"), meta), calls
+
+
+def ticks_of(producer, topic):
+    return [(Tick.from_json(v), k, dict(h)) for t, v, k, h in producer.records if t == topic]
+
+
+def sample_lines(name):
+    return [l.encode() for l in (SAMPLES / name).read_text().splitlines() if l.strip()]
+
+
+def test_binance_mini_ticker_array_field_by_field():
+    router, _ = make_router()
+    frame = (SAMPLES / "binance-miniTicker-arr-2022-10-14.json").read_bytes().strip()
+    router.route(msg("binance_raw_data", frame, offset=17, partition=2))
+    out = ticks_of(router.producer, "binance_transformed_data")
+    by_symbol = {t.symbol: (t, k, h) for t, k, h in out}
+    t, key, headers = by_symbol["BTC-USDT"]
+    assert key == b"BTC-USDT"
+    assert (t.exchange, t.event_time_ms, t.price) == ("binance", 1665778598188, Decimal("19182.10000000"))
+    assert (t.open_24h, t.high_24h, t.low_24h) == (Decimal("19478.02"), Decimal("19951.87"), Decimal("19100.01"))
+    assert (t.volume_24h, t.quote_volume_24h) == (Decimal("363872.29609"), Decimal("7119945056.1549644"))
+    assert t.received_ns == RECEIVED_NS and t.bid is None
+    assert headers == {"source_topic": b"binance_raw_data", "source_partition": b"2", "source_offset": b"17"}
+    eth_btc = by_symbol["ETH-BTC"][0]
+    assert (eth_btc.price, eth_btc.event_time_ms) == (Decimal("0.06778"), 1665778598150)
+    # symbols the trimmed exchangeInfo does not list are dead-lettered in one record with the frame
+    dlq = router.producer.by_topic("binance_dlq")
+    n_elements = len(json.loads(frame))
+    assert len(out) + (int(dict(dlq[0][3])["reason"].split(b" ")[0]) if dlq else 0) == n_elements
+
+
+def test_binance_combined_trade_and_control_frames():
+    router, _ = make_router()
+    for i, frame in enumerate(sample_lines("binance-ws-unicorn-fy-2020.jsonl")[:3]):
+        router.route(msg("binance_raw_data", frame, offset=i))
+    out = [t for t, _, _ in ticks_of(router.producer, "binance_transformed_data")]
+    assert router.producer.by_topic("binance_dlq") == []      # the SUBSCRIBE reply is a control frame
+    agg, trade = out
+    assert (agg.symbol, agg.price, agg.sequence, agg.last_size, agg.event_time_ms) == \
+        ("BTC-USDT", Decimal("9319.00000000"), 315753210, Decimal("0.01864900"), 1592584651517)
+    assert (trade.price, trade.sequence, trade.last_size) == (Decimal("9302"), 343719861, Decimal("0.001019"))
+
+
+def test_kucoin_ticker_all_and_symbol_topic_field_by_field():
+    router, _ = make_router()
+    frames = sample_lines("kucoin-ws-live-2026-10-03.jsonl")
+    for i, frame in enumerate(frames[:2]):
+        router.route(msg("kucoin_raw_data", frame, offset=i))
+    (mog, k1, _), (eth, k2, _) = ticks_of(router.producer, "kucoin_transformed_data")
+    assert (k1, k2) == (b"MOG-USDT", b"ETH-USDT")
+    assert (mog.exchange, mog.price, mog.event_time_ms, mog.sequence) == \
+        ("kucoin", Decimal("0.0000001141"), 1790983975701, 1226485690)
+    assert (mog.bid, mog.bid_size, mog.ask, mog.ask_size) == \
+        (Decimal("0.000000114"), Decimal("110091671"), Decimal("0.0000001143"), Decimal("10171660581"))
+    assert (eth.price, eth.last_size, eth.sequence) == (Decimal("2667.64"), Decimal("0.002"), 23242050174)
+    # the exact price survives the wire form
+    assert b'"price":"0.0000001141"' in router.producer.by_topic("kucoin_transformed_data")[0][1]
+
+
+K_OK = {"topic": "/market/ticker:all", "type": "message", "subject": "BTC-USDT",
+        "data": {"bestAsk": "2", "bestAskSize": "1", "bestBid": "1", "bestBidSize": "1", "price": "1.5",
+                 "sequence": "5", "size": "1", "time": 1790983975701}}
+
+
+def kucoin(**data):
+    frame = json.loads(json.dumps(K_OK))
+    for k, v in data.items():
+        if v is None:
+            frame["data"].pop(k)
+        else:
+            frame["data"][k] = v
+    return json.dumps(frame).encode()
+
+
+@pytest.mark.parametrize("frame, reason", [
+    (b'{"topic": "/market/ticker:all", "data": {', b"malformed_json"),
+    (b"\xff\xfe not utf8", b"malformed_json"),
+    (kucoin(price=None), b"missing_field"),
+    (kucoin(price=1.5), b"mistyped_field"),
+    (kucoin(price="0"), b"non_positive_price"),
+    (kucoin(price="-3"), b"non_positive_price"),
+    (kucoin(price="NaN"), b"non_finite"),
+    (kucoin(price="Infinity"), b"non_finite"),
+    (kucoin(time=1), b"absurd_timestamp"),
+    (kucoin(time=RECEIVED_NS // 1_000_000 + 10 * 86_400_000), b"absurd_timestamp"),
+])
+def test_every_bad_input_class_goes_to_the_dlq_with_reason_and_source(frame, reason):
+    router, _ = make_router()
+    router.route(msg("kucoin_raw_data", frame, offset=99, partition=1))
+    router.route(msg("kucoin_raw_data", kucoin(), offset=100, partition=1))   # the stream keeps flowing
+    (topic, value, key, headers), = router.producer.by_topic("kucoin_dlq")
+    h = dict(headers)
+    assert value == frame and key == b"conn-1"
+    assert reason in h["reason"] and len(h["reason"]) <= 300
+    assert (h["source_topic"], h["source_partition"], h["source_offset"], h["exchange"]) == \
+        (b"kucoin_raw_data", b"1", b"99", b"kucoin")
+    assert h["received_ns"] == str(RECEIVED_NS).encode()
+    assert len(router.producer.by_topic("kucoin_transformed_data")) == 1
+
+
+def binance_mini(symbol, price="1.5"):
+    return json.dumps({"stream": "!miniTicker@arr", "data": [
+        {"e": "24hrMiniTicker", "E": 1665778598150, "s": symbol, "c": price, "o": "1", "h": "2", "l": "1",
+         "v": "1", "q": "1"}]}).encode()
+
+
+def test_unknown_symbol_triggers_one_refresh_then_parses():
+    state = {"map": {"BTCUSDT": "BTC-USDT"}}
+    router, calls = make_router(loader=lambda: dict(state["map"]))
+    state["map"]["NEWUSDT"] = "NEW-USDT"                  # listed after our last load
+    router.route(msg("binance_raw_data", binance_mini("NEWUSDT")))
+    assert len(calls) == 2
+    assert [t.symbol for t, _, _ in ticks_of(router.producer, "binance_transformed_data")] == ["NEW-USDT"]
+
+
+def test_symbol_still_unknown_after_refresh_is_dead_lettered_and_refresh_is_rate_limited():
+    router, calls = make_router(symbols={"BTCUSDT": "BTC-USDT"})
+    router.metadata.clock = lambda: 5000.0                 # long after the initial load
+    router.route(msg("binance_raw_data", binance_mini("GHOSTUSDT"), offset=1))
+    router.route(msg("binance_raw_data", binance_mini("GHOSTUSDT"), offset=2))
+    assert len(calls) == 2                                  # one refresh for both frames
+    dlq = router.producer.by_topic("binance_dlq")
+    assert [dict(h)["source_offset"] for _, _, _, h in dlq] == [b"1", b"2"]
+    assert all(b"unknown_symbol" in dict(h)["reason"] for _, _, _, h in dlq)
+
+
+def test_partly_bad_array_keeps_good_ticks_and_dead_letters_the_frame_once():
+    router, _ = make_router(symbols={"BTCUSDT": "BTC-USDT"})
+    frame = json.dumps([
+        {"e": "24hrMiniTicker", "E": 1665778598150, "s": "BTCUSDT", "c": "10", "o": "1", "h": "2", "l": "1", "v": "1", "q": "1"},
+        {"e": "24hrMiniTicker", "E": 1665778598150, "s": "BTCUSDT", "c": "-1", "o": "1", "h": "2", "l": "1", "v": "1", "q": "1"},
+    ]).encode()
+    router.route(msg("binance_raw_data", frame))
+    assert len(ticks_of(router.producer, "binance_transformed_data")) == 1
+    (_, value, _, headers), = router.producer.by_topic("binance_dlq")
+    assert value == frame and dict(headers)["rejected_elements"] == b"1"
+    assert b"non_positive_price" in dict(headers)["reason"]
+
+
+def test_hostile_bytes_never_reach_a_header_unescaped():
+    router, _ = make_router(symbols={})
+    router.metadata.clock = lambda: 0.0
+    router.metadata.attempted_at = 0.0                      # no refresh possible now
+    router.route(msg("binance_raw_data", binance_mini("BAD\u202e\nSYM\x00")))
+    (_, _, _, headers), = router.producer.by_topic("binance_dlq")
+    reason = dict(headers)["reason"]
+    assert all(32 <= b < 127 for b in reason)
+
+
+def test_symbol_map_file_keeps_only_trading_symbols():
+    assert BINANCE_MAP["BTCUSDT"] == "BTC-USDT"
+    raw = json.loads((SAMPLES / "binance-rest-exchangeInfo-spot-trimmed-2021-10-12.json").read_text())["response"]
+    breaking = [s["symbol"] for s in raw["symbols"] if s["status"] != "TRADING"]
+    assert breaking and not set(breaking) & set(BINANCE_MAP)
+    assert len(BINANCE_MAP) == len(BinanceSymbolMap.from_exchange_info(raw))
