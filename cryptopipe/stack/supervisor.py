@@ -52,6 +52,7 @@ def supervisord_env(ctx: StackContext) -> dict[str, str]:
     keep["PATH"] = venv_bin + os.pathsep + keep.get("PATH", "/usr/local/bin:/usr/bin:/bin")
     keep.update({"CRYPTOPIPE_HOME": str(ctx.paths.home), "CRYPTOPIPE_PYTHON": ctx.python,
                  "CRYPTOPIPE_REPO": str(repo_root()), "PYTHONPATH": str(repo_root()),
+                 "CRYPTOPIPE_AUTOSTART": "false",  # the manager starts programs in order
                  "PYTHONUNBUFFERED": "1"})
     return keep
 

@@ -1,0 +1,62 @@
+"""docker-compose.yaml cannot run here (no Docker engine): hold it to the native stack instead."""
+import re
+from pathlib import Path
+
+import yaml
+
+from common.settings import Settings
+from cryptopipe.stack import paths
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+
+
+def test_compose_has_every_service_the_readme_names():
+    services = set(COMPOSE["services"])
+    assert {"kafka", "postgres", "s3proxy", "pipeline", "airflow-api-server", "airflow-scheduler",
+            "airflow-dag-processor", "airflow-triggerer", "sim"} <= services
+    readme = (ROOT / "README.md").read_text()
+    for name in ("kafka", "postgres", "s3proxy", "airflow-api-server", "pipeline"):
+        assert name in readme
+
+
+def test_published_ports_bind_loopback_and_match_the_native_stack():
+    published = {}
+    for name, svc in COMPOSE["services"].items():
+        for port in svc.get("ports", []):
+            host, hport, cport = port.split(":")
+            assert host == "127.0.0.1", f"{name} publishes {port} beyond loopback"
+            published[name] = int(hport)
+    assert published["kafka"] == paths.KAFKA_PORT
+    assert published["postgres"] == paths.POSTGRES_PORT
+    assert published["s3proxy"] == paths.S3_PORT
+    assert published["airflow-api-server"] == paths.AIRFLOW_PORT
+    assert published["sim"] == paths.SIM_PORT
+
+
+def test_pipeline_env_names_are_settings_fields():
+    env = COMPOSE["services"]["pipeline"]["environment"]
+    fields = {f.upper() for f in Settings.model_fields}
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "POSTGRES_DSN", "S3_ENDPOINT_URL", "S3_BUCKET", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY", "BINANCE_WS_URL", "BINANCE_REST_URL", "KUCOIN_REST_URL", "SYMBOLS",
+                 "SUPERVISOR_SOCKET"):
+        assert name in env and name in fields
+
+
+def test_no_secret_literal_in_compose():
+    text = (ROOT / "docker-compose.yaml").read_text()
+    found = re.findall(r"^\s*([A-Z_]*(?:PASSWORD|SECRET|FERNET_KEY|CREDENTIAL)[A-Z_]*):\s*(\S+)", text, re.M)
+    assert found, "expected the secret variables to be declared"
+    for name, value in found:
+        assert value.startswith("${"), f"literal secret in compose: {name}: {value}"
+
+
+def test_airflow_connections_match_the_native_names():
+    env = COMPOSE["services"]["airflow-scheduler"]["environment"]
+    assert {"AIRFLOW_CONN_CRYPTO_POSTGRES", "AIRFLOW_CONN_CRYPTO_S3", "AIRFLOW_CONN_CRYPTO_KAFKA"} <= set(env)
+
+
+def test_pipeline_programs_are_the_design_names():
+    conf = (ROOT / "streaming" / "supervisord.conf").read_text()
+    programs = re.findall(r"^\[program:([\w-]+)\]", conf, re.M)
+    assert programs == ["extract-binance", "extract-kucoin", "transform", "load", "archive"]
