@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gaps": ("backfill.cli", "gaps_main", "detect and list gaps in the stored history"),
     "sim": ("sim.cli", "main", "run the Binance/KuCoin exchange simulator on loopback"),
     "bench": ("cryptopipe.bench", "main", "end-to-end benchmark on the real stack"),
+    "peek": ("cryptopipe.peek", "main", "look at the data: peek topic NAME | peek s3 [PREFIX] | peek sql"),
 }
 
 
