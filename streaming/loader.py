@@ -325,8 +325,9 @@ class TickWriter:
                             for cid, s in sorted(sessions.items())]
                     psycopg2.extras.execute_values(cur, UPSERT_SESSIONS, rows, template=_SESSION_TEMPLATE,
                                                    page_size=1000)
-        except psycopg2.errors.UndefinedTable:
-            # a partition we believed in was dropped (retention) or the temp table vanished
+        except (psycopg2.errors.UndefinedTable, psycopg2.errors.CheckViolation):
+            # a partition we believed in was dropped (retention: "no partition of relation found
+            # for row") or the temp table vanished: forget what we knew and let the retry recreate
             self._known_days.clear()
             self.close()
             raise
@@ -348,7 +349,8 @@ class TickWriter:
 # --------------------------------------------------------------------------- the loop
 
 _RETRYABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.errors.DeadlockDetected,
-              psycopg2.errors.SerializationFailure, psycopg2.errors.UndefinedTable)
+              psycopg2.errors.SerializationFailure, psycopg2.errors.UndefinedTable,
+              psycopg2.errors.CheckViolation)
 
 
 class Loader:

@@ -1,0 +1,159 @@
+"""Helpers for the transformer/loader/archiver integration tests on the real stack.
+
+Every test works on its own topics (`<canonical name>_t<random>`, passed to the daemons with
+`--topic-suffix`) and its own consumer groups, so parallel runs and a running stack never steal
+each other's partitions or records.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from common.kafka import make_admin, make_producer
+from common.settings import get_settings
+from common.topics import DLQ_TOPICS, PIPELINE_EVENTS, RAW_TOPICS, TRANSFORMED_TOPICS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def new_suffix() -> str:
+    return "_t" + uuid.uuid4().hex[:10]
+
+
+def create_topics(suffix: str, partitions: int = 3) -> list[str]:
+    admin = make_admin()
+    names = {t + suffix: partitions for t in RAW_TOPICS + TRANSFORMED_TOPICS}
+    names.update({t + suffix: 1 for t in DLQ_TOPICS + (PIPELINE_EVENTS,)})
+    futures = admin.create_topics([NewTopic(n, num_partitions=p, replication_factor=1) for n, p in names.items()],
+                                  operation_timeout=30)
+    for f in futures.values():
+        f.result()
+    return list(names)
+
+
+def delete_topics(names: list[str]) -> None:
+    try:
+        for f in make_admin().delete_topics(names, operation_timeout=30).values():
+            try:
+                f.result()
+            except Exception:
+                pass
+    except Exception:
+        pass
+
+
+def produce(topic: str, records: list[tuple], partition: int | None = None) -> None:
+    """records: (key, value, headers)."""
+    p = make_producer()
+    for key, value, headers in records:
+        kwargs = {"partition": partition} if partition is not None else {}
+        p.produce(topic, value=value, key=key, headers=headers, **kwargs)
+    assert p.flush(60) == 0
+
+
+def raw_headers(received_ns: int, conn_id: str, exchange: str) -> list:
+    return [("received_ns", str(received_ns).encode()), ("conn_id", conn_id.encode()),
+            ("exchange", exchange.encode())]
+
+
+def read_topic(topic: str, timeout: float = 60.0) -> list:
+    """Every committed record of `topic` (read_committed, up to the end at call time)."""
+    c = Consumer({"bootstrap.servers": get_settings().kafka_bootstrap_servers, "group.id": "reader-" + uuid.uuid4().hex,
+                  "enable.auto.commit": False, "isolation.level": "read_committed",
+                  "auto.offset.reset": "earliest"})
+    try:
+        md = c.list_topics(topic, timeout=30).topics[topic]
+        parts = [TopicPartition(topic, p, 0) for p in md.partitions]
+        ends = {}
+        for tp in parts:
+            _lo, hi = c.get_watermark_offsets(tp, timeout=30)
+            ends[tp.partition] = hi
+        c.assign(parts)
+        out, done = [], {p for p, hi in ends.items() if hi == 0}
+        deadline = time.monotonic() + timeout
+        while len(done) < len(ends) and time.monotonic() < deadline:
+            for m in c.consume(10000, timeout=0.5):
+                if m.error():
+                    continue
+                out.append(m)
+            for tp in c.position([TopicPartition(topic, p) for p in ends]):
+                if tp.offset >= ends[tp.partition]:
+                    done.add(tp.partition)
+        return out
+    finally:
+        c.close()
+
+
+def committed(group: str, topic: str, partitions: int) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": get_settings().kafka_bootstrap_servers, "group.id": group,
+                  "enable.auto.commit": False})
+    try:
+        return {tp.partition: tp.offset for tp in
+                c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)}
+    finally:
+        c.close()
+
+
+def end_offsets(topic: str, partitions: int) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": get_settings().kafka_bootstrap_servers, "group.id": "w-" + uuid.uuid4().hex})
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(partitions)}
+    finally:
+        c.close()
+
+
+class Daemon:
+    """`python -m cryptopipe <command> ...` as a subprocess, its output in a log file."""
+
+    def __init__(self, args: list[str], log_dir: Path, name: str):
+        self.args = args
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Daemon":
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "cryptopipe", *self.args], cwd=ROOT, env=env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def term(self, timeout: float = 60) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def wait_until(predicate, timeout: float, what: str, daemons: list[Daemon] = ()) -> None:
+    """Poll `predicate` until true; on timeout fail with the daemons' logs (a deadline, not an assertion on time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        for d in daemons:
+            if d.proc is not None and d.proc.poll() is not None and d.proc.returncode not in (0, -9):
+                raise AssertionError(f"{d.args} exited {d.proc.returncode}:\n{d.log()[-4000:]}")
+        time.sleep(0.3)
+    logs = "\n".join(f"--- {d.args}\n{d.log()[-3000:]}" for d in daemons)
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
