@@ -5,6 +5,7 @@ comes from `common.supervisor_rpc.supervisor_proxy` (the one factory).
 """
 from __future__ import annotations
 
+import http.client
 import time
 import xmlrpc.client
 
@@ -14,6 +15,10 @@ from plugins.supervision import ProgramStatus
 
 # supervisor.xmlrpc.Faults, copied as plain numbers so this module imports without supervisor
 ABNORMAL_TERMINATION, SPAWN_ERROR, ALREADY_STARTED, NOT_RUNNING = 40, 50, 60, 70
+
+
+class SupervisorUnreachable(ConnectionError):
+    """supervisord's control socket does not answer."""
 
 
 class SupervisorHook(BaseHook):
@@ -34,11 +39,26 @@ class SupervisorHook(BaseHook):
             self._proxy = supervisor_proxy(self.socket_path)
         return self._proxy
 
+    def _socket(self) -> str:
+        if self.socket_path:
+            return self.socket_path
+        from common.settings import get_settings
+
+        return get_settings().supervisor_socket
+
+    def _read(self, method: str, *args):
+        try:
+            return getattr(self.get_conn().supervisor, method)(*args)
+        except (OSError, http.client.HTTPException) as exc:
+            self._proxy = None      # a transport that failed mid-request cannot be reused
+            raise SupervisorUnreachable(f"supervisord does not answer on {self._socket()}: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+
     def get_all_programs(self) -> list[ProgramStatus]:
-        return [ProgramStatus.from_rpc(info) for info in self.get_conn().supervisor.getAllProcessInfo()]
+        return [ProgramStatus.from_rpc(info) for info in self._read("getAllProcessInfo")]
 
     def get_program(self, fullname: str) -> ProgramStatus:
-        return ProgramStatus.from_rpc(self.get_conn().supervisor.getProcessInfo(fullname))
+        return ProgramStatus.from_rpc(self._read("getProcessInfo", fullname))
 
     def restart(self, program: ProgramStatus) -> ProgramStatus:
         """Stop (if running) and start `program`, waiting for supervisord's verdict; return its
