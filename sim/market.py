@@ -175,6 +175,8 @@ class Market:
         self.seed = seed
         self.symbols = universe
         self.salt = {"binance": 1, "kucoin": 2}[exchange]
+        self.by_binance = {x.binance: x for x in universe}
+        self.by_canonical = {x.canonical: x for x in universe}
         rng = random.Random(f"liquidity/{seed}/{exchange}")
         weights = []
         for s in universe:
