@@ -97,6 +97,7 @@ def bring_up(ctx: StackContext, comps: list[Component]) -> None:
         with step(f"{comp.name}: prepare"):
             comp.prepare(ctx)
         programs = AIRFLOW_PROGRAMS if isinstance(comp, Airflow) else (comp.program,)
+        check_port_free(ctx, comp)
         with step(f"{comp.name}: start"):
             for program in programs:
                 supervisor.start_program(ctx, program, comp.log_path(ctx))
@@ -104,6 +105,31 @@ def bring_up(ctx: StackContext, comps: list[Component]) -> None:
                        f"{comp.name} on port {comp.port}", comp.log_path(ctx))
         with step(f"{comp.name}: initialise"):
             comp.after_start(ctx)
+
+
+def port_owner(port: int) -> str:
+    import psutil
+
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.status == "LISTEN" and conn.laddr.port == port and conn.pid:
+                proc = psutil.Process(conn.pid)
+                return f"pid {conn.pid} ({' '.join(proc.cmdline())[:120]})"
+    except (psutil.Error, OSError):
+        pass
+    return "another process"
+
+
+def check_port_free(ctx: StackContext, comp: Component) -> None:
+    """A component that is not running under our supervisord must find its port free."""
+    from cryptopipe.stack.component import port_open
+
+    if comp.port is None:
+        return
+    state = supervisor.program_states(ctx).get(comp.program, {}).get("state")
+    if state not in ("RUNNING", "STARTING", "BACKOFF") and port_open(comp.port):
+        raise StepFailed(f"port {comp.port} for {comp.name} is already taken by {port_owner(comp.port)}; "
+                         "stop it (or the other stack using it) and run again")
 
 
 def ensure_core(source: str | None = None):
