@@ -181,3 +181,33 @@ def test_second_up_is_idempotent(stack, stack_ctx):
     assert set(before) == set(after)
     for name in ("kafka", "postgres", "s3proxy"):
         assert before[name]["pid"] == after[name]["pid"], f"{name} was restarted by a no-op up"
+
+
+def test_a_taken_port_is_a_clear_error(stack_ctx):
+    import socket
+
+    from cryptopipe.stack.component import Component
+    from cryptopipe.stack.manager import check_port_free
+    from cryptopipe.stack.progress import StepFailed
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+
+    class Probe(Component):
+        name = "probe"
+        program = "probe-not-in-supervisord"
+        port = squatter.getsockname()[1]
+
+    with pytest.raises(StepFailed, match=f"port {Probe.port} for probe is already taken by pid {os.getpid()}"):
+        check_port_free(stack_ctx, Probe())
+    squatter.close()
+    check_port_free(stack_ctx, Probe())  # free again: no error
+
+
+def test_a_missing_tool_is_a_clear_error():
+    from cryptopipe.stack.kafka import require_tool
+    from cryptopipe.stack.progress import StepFailed
+
+    with pytest.raises(StepFailed, match="`no-such-tool-xyz` not found on PATH — install it"):
+        require_tool("no-such-tool-xyz", "install it")
