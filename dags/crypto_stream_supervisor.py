@@ -1,0 +1,50 @@
+"""crypto_stream_supervisor — every 5 minutes (CRYPTOPIPE_SUPERVISOR_MINUTES), never two at once:
+read the streaming daemons' states from supervisord, the age of the newest tick per exchange and
+each consumer group's lag; restart a dead or stuck program; record what it saw in
+`supervisor_checks`; fail loudly when a restart does not bring a program back.
+Logic: plugins/supervision.py (decisions), plugins/hooks/, plugins/operators/stream_supervisor.py.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Param, dag
+
+from plugins.operators.stream_supervisor import StreamSupervisorOperator
+
+INTERVAL_MINUTES = int(os.environ.get("CRYPTOPIPE_SUPERVISOR_MINUTES", "5"))
+
+
+@dag(
+    dag_id="crypto_stream_supervisor",
+    schedule=timedelta(minutes=INTERVAL_MINUTES),
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=INTERVAL_MINUTES * 2),
+    tags=["cryptopipe", "streaming"],
+    doc_md=__doc__,
+    params={
+        "stale_tick_seconds": Param(180, type="integer", minimum=10,
+                                    description="an extractor whose exchange's newest tick is older is stuck"),
+        "startup_grace_seconds": Param(120, type="integer", minimum=0,
+                                       description="a program running for less is never called stuck"),
+        "restart_stopped": Param(False, type="boolean",
+                                 description="also start programs that were stopped on purpose"),
+        "consumer_groups": Param({}, type="object",
+                                 description='override consumer groups, e.g. {"load": "loader"}'),
+    },
+    default_args={"retries": 0},
+)
+def crypto_stream_supervisor():
+    StreamSupervisorOperator(
+        task_id="check_and_restart",
+        stale_tick_s="{{ params.stale_tick_seconds }}",
+        startup_grace_s="{{ params.startup_grace_seconds }}",
+        restart_stopped="{{ params.restart_stopped }}",
+        groups="{{ params.consumer_groups | tojson }}",
+    )
+
+
+crypto_stream_supervisor()

@@ -1,0 +1,239 @@
+"""What the tasks of `crypto_backfill` and `crypto_gap_detection` do, as plain functions.
+
+The DAG files only wire these; the backfill logic itself (validation, chunk planning, REST
+fetching, gap lifecycle) is `backfill/`'s. Every function takes and returns plain JSON (XCom).
+Exceptions meant for people: `InvalidParams` (the request must not run; no retry).
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+log = logging.getLogger(__name__)
+UTC = timezone.utc
+
+DEFAULT_MAX_TASKS = 16
+
+
+class InvalidParams(ValueError):
+    """Trigger parameters that must not run; str() is the message for the person who triggered."""
+
+
+class BackfillFailed(RuntimeError):
+    """Some chunks could not be fetched or stored; the gaps the run was for are marked failed."""
+
+
+# -- crypto_backfill ------------------------------------------------------------------------
+
+def _gap_ids(params: dict) -> list[int]:
+    raw = params.get("gap_ids") or []
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
+        raise InvalidParams(f"gap_ids must be a list of gap ids (integers), got {str(raw)[:80]}")
+    return list(raw)
+
+
+def validate_params(params: dict, *, now: datetime | None = None, known_symbols=None) -> dict:
+    """Trigger params -> {"request": BackfillRequest dict, "dry_run", "gap_ids", "max_tasks"}.
+
+    Raises InvalidParams listing every problem ("end (...) must be after start (...)", "kucoin has
+    no active spot market FOO-BAR", ...). Gaps named in `gap_ids` are marked failed with the same
+    message, so the gap scheduler does not trigger the same bad request again.
+    """
+    from backfill.validation import InvalidBackfillRequest, validate_request
+
+    gap_ids = _gap_ids(params)
+    try:
+        request = validate_request(params.get("exchange"), params.get("symbols"), params.get("start"),
+                                   params.get("end"), now=now, known_symbols=known_symbols)
+    except InvalidBackfillRequest as e:
+        message = "invalid backfill parameters: " + "; ".join(e.problems)
+        _fail_gaps(gap_ids, message)
+        raise InvalidParams(message) from None
+    max_tasks = params.get("max_tasks", DEFAULT_MAX_TASKS)
+    if not isinstance(max_tasks, int) or isinstance(max_tasks, bool) or not 1 <= max_tasks <= 256:
+        raise InvalidParams(f"max_tasks must be a whole number from 1 to 256, got {str(max_tasks)[:40]}")
+    return {"request": request.to_dict(), "dry_run": bool(params.get("dry_run", False)), "gap_ids": gap_ids,
+            "max_tasks": max_tasks}
+
+
+def _fail_gaps(gap_ids: Iterable[int], error: str) -> None:
+    from backfill.gaps import mark
+
+    for gap_id in gap_ids:
+        try:
+            mark(gap_id, "failed", error=error)
+        except (LookupError, ValueError) as e:       # unknown or already filled: nothing to undo
+            log.warning("gap %s not marked failed: %s", gap_id, e)
+
+
+def validate_and_claim(params: dict, *, now: datetime | None = None, known_symbols=None) -> dict:
+    """`validate_params`, then claim the named gaps: adds "owned_gap_ids"."""
+    validated = validate_params(params, now=now, known_symbols=known_symbols)
+    validated["owned_gap_ids"] = [] if validated["dry_run"] else claim_gaps(validated["gap_ids"])
+    return validated
+
+
+def claim_gaps(gap_ids: Iterable[int]) -> list[int]:
+    """open|failed -> backfilling; returns the ids this run owns (others are someone else's)."""
+    from backfill.gaps import claim
+
+    owned = [gap_id for gap_id in gap_ids if claim(gap_id)]
+    skipped = sorted(set(gap_ids) - set(owned))
+    if skipped:
+        log.info("gaps %s are already being filled or filled; not claimed", skipped)
+    return owned
+
+
+def plan(validated: dict) -> dict:
+    """{"batches": [[chunk dict, ...], ...], "chunks": n, "minutes": m}; no batch on a dry run.
+
+    One mapped task per chunk, up to `max_tasks`; beyond that chunks are dealt round-robin into
+    `max_tasks` batches (keeps the number of task instances bounded however long the window).
+    """
+    from backfill.engine import plan_chunks
+    from backfill.validation import BackfillRequest
+
+    request = BackfillRequest.from_dict(validated["request"])
+    chunks = [c.to_dict() for c in plan_chunks(request)]
+    n = min(len(chunks), validated.get("max_tasks", DEFAULT_MAX_TASKS))
+    batches = [chunks[i::n] for i in range(n)] if n else []
+    stats = {"chunks": len(chunks), "minutes": request.minutes * len(request.symbols),
+             "symbols": len(request.symbols), "tasks": 0 if validated["dry_run"] else len(batches)}
+    log.info("planned %(chunks)d chunks (%(minutes)d symbol-minutes of %(symbols)d symbols) in %(tasks)d tasks",
+             stats)
+    return {"batches": [] if validated["dry_run"] else batches, "stats": stats}
+
+
+def run_batch(request: dict, batch: Sequence[dict], workers: int = 2) -> dict:
+    """Fetch and store the chunks of one batch; the engine's Summary as a dict.
+
+    Raises BackfillFailed when a chunk failed, so Airflow retries the task; chunks already done
+    are skipped on the retry (the engine is resumable)."""
+    from backfill.engine import Chunk, run_backfill
+    from backfill.validation import BackfillRequest
+
+    chunks = [Chunk.from_dict(c) for c in batch]
+    summary = run_backfill(BackfillRequest.from_dict(request), workers=workers, chunks=chunks)
+    out = summary.to_dict()
+    log.info("batch: %d chunks, %d done, %d skipped, %d partial, %d failed, %d rows, %d requests",
+             out["chunks_total"], out["chunks_done"], out["chunks_skipped"], out["chunks_partial"],
+             out["chunks_failed"], out["rows_written"], out["requests"])
+    if not summary.ok:
+        raise BackfillFailed("; ".join(f"{f['symbol']} {f['start']}..{f['end']}: {f['error']}"
+                                       for f in summary.failures[:5]))
+    return out
+
+
+_COUNTERS = ("chunks_total", "chunks_done", "chunks_skipped", "chunks_partial", "chunks_failed", "rows_written",
+             "empty_minutes", "requests", "retries", "rate_limit_waits")
+
+
+def summarize(validated: dict, stats: dict, results: Sequence[dict | None], batches_planned: int) -> dict:
+    """Add up the batch summaries, settle the gaps, return the run summary (XCom).
+
+    A batch with no result failed for good (all retries used). Gaps inside the window become
+    `filled` only when every chunk is done or skipped; otherwise the gaps this run claimed
+    (`owned_gap_ids`) become `failed` with the reason. `summary["ok"]` says whether it all worked.
+    """
+    from backfill.gaps import mark, mark_covered
+    from backfill.validation import BackfillRequest
+
+    got = [r for r in results if r]
+    total = {k: sum(int(r.get(k, 0)) for r in got) for k in _COUNTERS}
+    failed_batches = max(0, batches_planned - len(got))
+    failures = [f for r in got for f in r.get("failures", [])][:20]
+    summary = {"request": validated["request"], "dry_run": validated["dry_run"], **stats, **total,
+               "batches_planned": batches_planned, "batches_failed": failed_batches, "failures": failures,
+               "gaps_filled": [], "gaps_failed": []}
+    if validated["dry_run"]:
+        summary["ok"] = True
+        return summary
+    complete = failed_batches == 0 and total["chunks_failed"] == 0 and total["chunks_partial"] == 0
+    summary["ok"] = complete
+    request = BackfillRequest.from_dict(validated["request"])
+    if complete:
+        summary["gaps_filled"] = mark_covered(request)
+    for gap_id in validated.get("owned_gap_ids", []):
+        if gap_id in summary["gaps_filled"]:
+            continue
+        if complete:
+            # a gap named by the trigger but not inside the window (clamped to closed minutes)
+            gap = mark(gap_id, "open")
+            log.warning("gap %s (%s..%s) not entirely inside the backfilled window; reopened",
+                        gap_id, gap.gap_start, gap.gap_end)
+            continue
+        reason = (f"{failed_batches} of {batches_planned} tasks failed" if failed_batches else
+                  f"{total['chunks_failed']} chunks failed, {total['chunks_partial']} not settled yet")
+        try:
+            mark(gap_id, "failed", rows_filled=total["rows_written"], error=reason)
+            summary["gaps_failed"].append(gap_id)
+        except (LookupError, ValueError) as e:
+            log.warning("gap %s not marked failed: %s", gap_id, e)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    req = summary["request"]
+    lines = [f"backfill {req['exchange']} {len(req['symbols'])} symbols {req['start']} .. {req['end']}"
+             + (" (dry run)" if summary["dry_run"] else ""),
+             f"  chunks: {summary.get('chunks', 0)} planned, {summary['chunks_done']} done, "
+             f"{summary['chunks_skipped']} skipped, {summary['chunks_partial']} partial, "
+             f"{summary['chunks_failed']} failed; tasks failed: {summary['batches_failed']}",
+             f"  rows written: {summary['rows_written']}, confirmed-empty minutes: {summary['empty_minutes']}, "
+             f"REST requests: {summary['requests']} (retries {summary['retries']}, "
+             f"rate-limit waits {summary['rate_limit_waits']})",
+             f"  gaps filled: {summary['gaps_filled'] or 'none'}; gaps failed: {summary['gaps_failed'] or 'none'}"]
+    lines += [f"  failure: {f.get('symbol')} {f.get('start')}: {f.get('error')}" for f in summary["failures"][:5]]
+    return "\n".join(lines)
+
+
+# -- crypto_gap_detection -------------------------------------------------------------------
+
+def detect(lookback_hours: float, settle_s: float, now: datetime | None = None) -> list[dict]:
+    """Record new gaps (backfill.gaps.detect_gaps); returns the gaps created or extended."""
+    from datetime import timedelta
+
+    from backfill.gaps import detect_gaps
+
+    found = detect_gaps(now, lookback=timedelta(hours=float(lookback_hours)), settle=timedelta(seconds=float(settle_s)))
+    for gap in found:
+        log.info("gap %s %s %s %s .. %s (%s)", gap.id, gap.exchange, gap.symbol or "*", gap.gap_start,
+                 gap.gap_end, gap.kind)
+    return [_jsonable(g.to_dict()) for g in found]
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in d.items()}
+
+
+def backfill_triggers(limit: int, run_id: str, now: datetime | None = None, known_symbols=None) -> list[dict]:
+    """Open gaps (oldest first, at most `limit`) -> kwargs for one TriggerDagRunOperator each:
+    {"conf": crypto_backfill params, "trigger_run_id": ...}. A gap that cannot become a valid
+    request (no tracked symbol, ...) is marked failed with the reason instead."""
+    import re
+
+    from backfill.gaps import mark, open_gaps, request_for_gap
+
+    out = []
+    safe_run = re.sub(r"[^A-Za-z0-9_.:+-]", "_", run_id)[-80:]
+    for gap in open_gaps(limit=int(limit)):
+        try:
+            request = request_for_gap(gap, now=now, known_symbols=known_symbols)
+        except ValueError as e:
+            log.warning("gap %s cannot be backfilled: %s", gap.id, e)
+            mark(gap.id, "failed", error=str(e)[:500])
+            continue
+        conf = {"exchange": request.exchange, "symbols": list(request.symbols),
+                "start": request.start.isoformat(), "end": request.end.isoformat(),
+                "dry_run": False, "gap_ids": [gap.id]}
+        out.append({"conf": conf, "trigger_run_id": f"gap_{gap.id}__{safe_run}"})
+    log.info("%d backfill runs to trigger", len(out))
+    return out
+
+
+def as_int(value: Any, what: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidParams(f"{what} must be a whole number, got {str(value)[:40]}") from None
