@@ -1,0 +1,102 @@
+"""`cryptopipe extract binance|kucoin [options]` - one extractor process (supervisord programs
+`extract-binance`, `extract-kucoin`). Logs to stderr, one line per event; SIGTERM closes the
+sockets, flushes the producer and the spool, and exits 0."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from common.kafka import make_producer
+from common.settings import get_settings, stack_home
+
+from .events import Events
+from .metrics import Metrics
+from .runner import Extractor, plan_binance, plan_kucoin
+from .sink import KafkaSink
+from .spool import Spool
+from .transport import Options
+
+log = logging.getLogger("cryptopipe.extractor")
+
+DEFAULT_METRICS_PORT = {"binance": 9101, "kucoin": 9102}
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="cryptopipe extract", description=__doc__.split("\n")[0])
+    p.add_argument("exchange", choices=["binance", "kucoin"])
+    p.add_argument("--symbols", type=_csv, default=None,
+                   help="canonical symbols (BTC-USDT,...); default $SYMBOLS, empty = the all-market stream")
+    p.add_argument("--streams", type=_csv, default=[], help="binance: extra stream names (btcusdt@trade,...)")
+    p.add_argument("--topics", type=_csv, default=[], help="kucoin: extra subscribe topics")
+    p.add_argument("--per-connection", type=int, default=0,
+                   help="streams (binance, max 1024) or topics (kucoin, max 300) per connection")
+    p.add_argument("--stall-seconds", type=float, default=15.0, help="no data frame for this long = stalled")
+    p.add_argument("--rotate-after", type=float, default=23 * 3600.0,
+                   help="seconds before a connection is replaced (the exchanges cut them at 24 h)")
+    p.add_argument("--heartbeat-seconds", type=float, default=5.0)
+    p.add_argument("--spool-dir", default=None, help="default $CRYPTOPIPE_HOME/spool/<exchange>")
+    p.add_argument("--spool-max-bytes", type=int, default=1 << 30)
+    p.add_argument("--metrics-port", type=int, default=None, help="0 = disabled; default binance 9101, kucoin 9102")
+    p.add_argument("--backoff-base", type=float, default=0.5)
+    p.add_argument("--backoff-cap", type=float, default=30.0)
+    p.add_argument("--linger-ms", type=int, default=5, help="producer linger (the micro-batching bound)")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def build(args: argparse.Namespace):
+    settings = get_settings()
+    exchange = args.exchange
+    symbols = args.symbols if args.symbols is not None else list(settings.symbols)
+    if exchange == "binance":
+        shards = plan_binance(symbols, args.streams, args.per_connection or 1024)
+    else:
+        shards = plan_kucoin(symbols, args.topics, args.per_connection or 300)
+    metrics = Metrics(exchange)
+    spool = Spool(args.spool_dir or stack_home() / "spool" / exchange, max_bytes=args.spool_max_bytes)
+    producer = make_producer({"linger.ms": args.linger_ms, "client.id": f"extract-{exchange}"})
+    events_box: list[Events] = []
+    sink = KafkaSink(producer, spool, metrics,
+                     on_spool_full=lambda: events_box[0].emit("spool_full", "-", "spool_full",
+                                                              spool_bytes=spool.depth_bytes),
+                     on_spool_drained=lambda n: events_box[0].emit("spool_drained", "-", records=n))
+    events = Events(exchange, sink, metrics)
+    events_box.append(events)
+    options = Options(stall_s=args.stall_seconds, rotate_after_s=args.rotate_after,
+                      binance_ws_url=settings.binance_ws_url, kucoin_rest_url=settings.kucoin_rest_url)
+    extractor = Extractor(exchange, shards, sink, events, metrics, options, heartbeat_s=args.heartbeat_seconds,
+                          backoff={"base_s": args.backoff_base, "cap_s": args.backoff_cap})
+    return extractor, sink
+
+
+async def _amain(args: argparse.Namespace) -> int:
+    extractor, sink = build(args)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, extractor.stop.set)
+    try:
+        await extractor.run()
+    finally:
+        left = sink.close(timeout=3.0)
+        log.info("stopped (%d delivered, %d saved to the spool, spool %d bytes)", sink.delivered, left,
+                 sink.spool.depth_bytes)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    port = DEFAULT_METRICS_PORT[args.exchange] if args.metrics_port is None else args.metrics_port
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr="127.0.0.1")
+    return asyncio.run(_amain(args))
