@@ -60,6 +60,7 @@ class Config:
     ban_seconds: float = 120.0
     kucoin_pool: int = 2000
     truth_max: int = 1_000_000
+    truth_dir: str | None = None
     step_s: float = 0.05
 
 
@@ -69,7 +70,7 @@ class Sim:
         universe = build_universe(cfg.seed, cfg.symbols)
         # both exchanges list the same symbols; each has its own trades at the full --rate
         self.markets = {ex: Market(ex, cfg.seed, universe, cfg.rate) for ex in EXCHANGES}
-        self.truth = Truth(cfg.truth_max)
+        self.truth = Truth(cfg.truth_max, cfg.truth_dir)
         self.faults = Faults(cfg.seed)
         self.conns: dict = {}
         self.rest_calls = {ex: 0 for ex in EXCHANGES}
@@ -121,6 +122,7 @@ class Sim:
             "started_ms": self.engine.start_ms, "ticks_out": self.ticks_out, "rest_calls": self.rest_calls,
             "effective_rate": {ex: m.effective_rate for ex, m in self.markets.items()},
             "truth": {"records": len(self.truth.records), "dropped": self.truth.dropped,
+                      "dir": self.cfg.truth_dir, "spool_dropped": self.truth.spool_dropped,
                       "oldest_ms": self.truth.oldest_ms()},
             "connections": [{"conn_id": c.id, "exchange": c.exchange, "subscriptions": list(c.names),
                              "queued_batches": c.queue.qsize()} for c in self.conns.values()],
@@ -253,6 +255,7 @@ async def serve(cfg: Config, ready=None) -> None:
     await site.start()
     sim.port = site._server.sockets[0].getsockname()[1]
     engine = asyncio.get_running_loop().create_task(sim.engine.run())
+    flusher = asyncio.get_running_loop().create_task(sim.truth.run_flusher()) if cfg.truth_dir else None
     if ready:
         ready(sim)
     try:
@@ -261,4 +264,7 @@ async def serve(cfg: Config, ready=None) -> None:
         engine.cancel()
         for c in list(sim.conns.values()):
             await c.close("sim_stopped", code=1001)
+        if flusher:
+            flusher.cancel()
+            sim.truth.flush_files()
         await runner.cleanup()

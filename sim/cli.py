@@ -34,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ban-seconds", type=float, default=120.0, help="Binance 418 ban length")
     p.add_argument("--kucoin-pool", type=int, default=2000, help="KuCoin public requests per 30 s")
     p.add_argument("--truth-max", type=int, default=1_000_000, help="ground-truth ring size in ticks (0 = off)")
+    p.add_argument("--truth-dir", default=None, help="also append the ground truth to JSONL files here")
     p.add_argument("--step", type=float, default=0.05, help="engine step, s")
     p.add_argument("--log-level", default="WARNING")
     g = p.add_argument_group("faults at start")
@@ -53,6 +54,7 @@ def config_from(args) -> Config:
                   binance_pong_timeout=args.binance_pong_timeout, kucoin_ping_interval=args.kucoin_ping_interval,
                   kucoin_ping_timeout=args.kucoin_ping_timeout, weight_limit=args.weight_limit,
                   ban_seconds=args.ban_seconds, kucoin_pool=args.kucoin_pool, truth_max=args.truth_max,
+                  truth_dir=args.truth_dir,
                   step_s=args.step)
 
 

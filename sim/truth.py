@@ -4,13 +4,27 @@ A tick is the tuple (exchange, kind, symbol, event_ms, sequence, price) shared b
 carries it; a record is (conn_id, tick, sent_ms, flag) with flag '' (normal), 'dup' (the second
 copy of a duplicated frame), 'malformed' or 'truncated' (the frame that carried it was corrupted).
 Records live in a bounded ring (`--truth-max`); `oldest_ms` says how far back it still reaches.
+
+With `--truth-dir DIR` every record is also appended, about once a second, to
+`DIR/ticks-YYYYMMDD-HH.jsonl` (UTC hour of sending; one JSON array per line in TICK_COLUMNS order)
+and every connection open/close to `DIR/connections.jsonl` (one JSON object per event), so long
+runs can be checked after the ring has moved on. The spool between the writer and the files is
+bounded (`SPOOL_MAX` records); records it had to drop are counted in `spool_dropped`.
 """
 from __future__ import annotations
 
+import asyncio
 import collections
+import json
+import logging
 import time
+from pathlib import Path
 
 TICK_COLUMNS = ["exchange", "conn_id", "kind", "symbol", "event_ms", "sequence", "price", "sent_ms", "flag"]
+
+
+SPOOL_MAX = 2_000_000
+log = logging.getLogger("sim")
 
 
 def now_ms() -> int:
@@ -18,8 +32,14 @@ def now_ms() -> int:
 
 
 class Truth:
-    def __init__(self, max_records: int = 1_000_000):
+    def __init__(self, max_records: int = 1_000_000, truth_dir: str | None = None):
         self.max_records = max_records
+        self.dir = Path(truth_dir) if truth_dir else None
+        self.spool: list = []
+        self.conn_events: list[dict] = []
+        self.spool_dropped = 0
+        if self.dir:
+            self.dir.mkdir(parents=True, exist_ok=True)
         self.records: collections.deque = collections.deque(maxlen=max(1, max_records))
         self.enabled = max_records > 0
         self.dropped = 0
@@ -27,6 +47,11 @@ class Truth:
         self.connections: dict[str, dict] = {}
 
     def add_many(self, conn_id: str, ticks, sent_ms: int, flag: str = "") -> None:
+        if self.dir is not None:
+            if len(self.spool) < SPOOL_MAX:
+                self.spool.append((conn_id, ticks, sent_ms, flag))
+            else:
+                self.spool_dropped += len(ticks)
         if not self.enabled:
             self.total += len(ticks)
             return
@@ -70,12 +95,16 @@ class Truth:
         self.connections[conn_id] = {"conn_id": conn_id, "exchange": exchange, "path": path,
                                      "opened_ms": now_ms(), "closed_ms": None, "close_reason": None,
                                      "subscriptions": []}
+        if self.dir is not None:
+            self.conn_events.append({"event": "open", **self.connections[conn_id]})
 
     def close_conn(self, conn_id: str, reason: str) -> None:
         c = self.connections.get(conn_id)
         if c is not None and c["closed_ms"] is None:
             c["closed_ms"] = now_ms()
             c["close_reason"] = reason
+            if self.dir is not None:
+                self.conn_events.append({"event": "close", **c})
 
     def connections_list(self, exchange=None, since_ms=None, until_ms=None) -> list[dict]:
         out = []
@@ -88,3 +117,33 @@ class Truth:
                 continue
             out.append(dict(c))
         return out
+
+    def flush_files(self) -> int:
+        """Append spooled records to the truth files; returns the number of ticks written."""
+        if self.dir is None:
+            return 0
+        spool, self.spool = self.spool, []
+        events, self.conn_events = self.conn_events, []
+        n = 0
+        files: dict[str, list[str]] = collections.defaultdict(list)
+        for conn_id, ticks, sent, flag in spool:
+            name = "ticks-" + time.strftime("%Y%m%d-%H", time.gmtime(sent / 1000)) + ".jsonl"
+            lines = files[name]
+            for ex, kind, sym, ev, seq, price in ticks:
+                lines.append(json.dumps([ex, conn_id, kind, sym, ev, seq, price, sent, flag], separators=(",", ":")))
+            n += len(ticks)
+        for name, lines in files.items():
+            with open(self.dir / name, "a", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+        if events:
+            with open(self.dir / "connections.jsonl", "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events))
+        return n
+
+    async def run_flusher(self, every_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                self.flush_files()
+            except OSError:
+                log.exception("cannot write ground truth to %s", self.dir)
