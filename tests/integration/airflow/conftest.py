@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# Airflow reads AIRFLOW_HOME when first imported: a throwaway one for these tests, never ~/airflow
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cp-airflow-home-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
 SUPERVISORD = str(Path(sys.executable).parent / "supervisord")
 
 
