@@ -93,10 +93,11 @@ def read_topic(topic: str, timeout: float = 60.0) -> list:
 
 
 def committed(group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offsets; a partition with no commit counts as 0 (matches an empty one)."""
     c = Consumer({"bootstrap.servers": get_settings().kafka_bootstrap_servers, "group.id": group,
                   "enable.auto.commit": False})
     try:
-        return {tp.partition: tp.offset for tp in
+        return {tp.partition: max(tp.offset, 0) for tp in
                 c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)}
     finally:
         c.close()
