@@ -47,6 +47,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--backoff-base", type=float, default=0.5)
     p.add_argument("--backoff-cap", type=float, default=30.0)
     p.add_argument("--linger-ms", type=int, default=5, help="producer linger (the micro-batching bound)")
+    p.add_argument("--label", default="", help="tag in connection ids (letters, digits, dashes)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -72,7 +73,7 @@ def build(args: argparse.Namespace):
     options = Options(stall_s=args.stall_seconds, rotate_after_s=args.rotate_after,
                       binance_ws_url=settings.binance_ws_url, kucoin_rest_url=settings.kucoin_rest_url)
     extractor = Extractor(exchange, shards, sink, events, metrics, options, heartbeat_s=args.heartbeat_seconds,
-                          backoff={"base_s": args.backoff_base, "cap_s": args.backoff_cap})
+                          backoff={"base_s": args.backoff_base, "cap_s": args.backoff_cap}, label=args.label)
     return extractor, sink
 
 

@@ -155,7 +155,11 @@ async def _first(*aws) -> None:
 
 class Extractor:
     def __init__(self, exchange: str, shards: list[list[str]], sink, events, metrics, options: Options, *,
-                 heartbeat_s: float = 5.0, backoff: dict | None = None, seed: int | None = None):
+                 heartbeat_s: float = 5.0, backoff: dict | None = None, seed: int | None = None,
+                 label: str = ""):
+        if label and not all(ch.isalnum() or ch == "-" for ch in label):
+            raise ValueError(f"label must be letters, digits and dashes: {label!r:.40}")
+        self.label = label
         if exchange not in ("binance", "kucoin"):
             raise ValueError(f"unknown exchange {exchange!r:.40}")
         self.exchange = exchange
@@ -172,7 +176,7 @@ class Extractor:
         self.http: aiohttp.ClientSession | None = None
 
     def new_connection(self, spec: list[str], index: int) -> Connection:
-        label = str(index)
+        label = f"{self.label}-{index}" if self.label else str(index)
         if self.exchange == "binance":
             return BinanceConnection(spec, self.sink, self.events, self.metrics, self.options, self.stop, label)
         return KuCoinConnection(spec, self.sink, self.events, self.metrics, self.options, self.stop, label,

@@ -281,7 +281,7 @@ class KuCoinConnection(Connection):
 
     async def _open(self) -> None:
         self.bullet = await self._fetch_bullet()                  # a new token on every connection
-        connect_id = uuid.uuid4().hex
+        connect_id = self.conn_id            # KuCoin echoes it in `welcome`; also ties logs together
         await self._connect(KuCoin.ws_url(self.bullet.endpoint, self.bullet.token, connect_id))
         raw = await asyncio.wait_for(self.ws.recv(decode=False), self.options.welcome_timeout_s)
         received_ns = time.time_ns()
