@@ -207,26 +207,27 @@ class RestFetcher:
             result.requests += 1
             try:
                 self.client.fetch_ohlcv(to_ccxt(symbol), "1m", since_ms, minutes, params)
-            except ccxt.DDoSProtection as e:        # 429 / 418 / KuCoin 429000
-                last = self._captured[-1] if self._captured else None
-                status = last.status if last else 429
-                pause = self.budget.observe(status if status in (418, 429) else 429,
-                                            last.headers if last else None, last.body if last else str(e))
-                waited += pause
-                result.rate_limit_waits += 1
-                if waited > self.max_wait_s:
-                    raise FetchError(f"{self.exchange} kept rate-limiting for {waited:.0f} s "
-                                     f"(last HTTP {status}); giving up on this chunk", retryable=True) from e
-                continue
-            except (ccxt.RequestTimeout, ccxt.ExchangeNotAvailable, ccxt.NetworkError) as e:
-                attempts += 1
-                result.retries += 1
-                if attempts >= self.max_attempts:
-                    raise FetchError(f"{self.exchange} unreachable after {attempts} attempts: "
-                                     f"{type(e).__name__}: {str(e)[:300]}", retryable=True) from e
-                self._sleep(self.budget.backoff(attempts))
-                continue
             except ccxt.BaseError as e:
+                last = self._captured[-1] if self._captured else None
+                status = last.status if last else 0
+                # ccxt 4.5 raises RateLimitExceeded (429) and DDoSProtection (418) as siblings
+                if status in (418, 429) or isinstance(e, (ccxt.DDoSProtection, ccxt.RateLimitExceeded)):
+                    pause = self.budget.observe(status if status in (418, 429) else 429,
+                                                last.headers if last else None, last.body if last else str(e))
+                    waited += pause
+                    result.rate_limit_waits += 1
+                    if waited > self.max_wait_s:
+                        raise FetchError(f"{self.exchange} kept rate-limiting for {waited:.0f} s "
+                                         f"(last HTTP {status}); giving up on this chunk", retryable=True) from e
+                    continue
+                if isinstance(e, ccxt.NetworkError):     # timeouts, connection errors, 5xx, maintenance
+                    attempts += 1
+                    result.retries += 1
+                    if attempts >= self.max_attempts:
+                        raise FetchError(f"{self.exchange} unreachable after {attempts} attempts: "
+                                         f"{type(e).__name__}: {str(e)[:300]}", retryable=True) from e
+                    self._sleep(self.budget.backoff(attempts))
+                    continue
                 raise FetchError(f"{self.exchange} refused the candles request for {symbol}: "
                                  f"{type(e).__name__}: {str(e)[:300]}") from e
             if not self._captured:
