@@ -1,6 +1,6 @@
 """What the stream supervisor decides, as pure functions of what it observed.
 
-No Airflow, no sockets, no database here: the hooks observe (`hooks.supervisor`,
+No Airflow, no sockets, no database here: the hooks observe (`hooks.supervisord`,
 `hooks.pipeline_health`), `supervise()` decides and acts through the callables it is given, and
 the operator records the outcome and fails the task when a restart did not bring a program back.
 

@@ -35,7 +35,7 @@ class StreamSupervisorOperator(BaseOperator):
 
     def execute(self, context) -> list[dict]:
         from plugins.hooks.pipeline_health import PipelineHealthHook
-        from plugins.hooks.supervisor import SupervisorHook
+        from plugins.hooks.supervisord import SupervisorHook
 
         health = PipelineHealthHook(postgres_conn_id=self.postgres_conn_id, kafka_config_id=self.kafka_config_id)
         supervisor = SupervisorHook(socket_path=self.socket_path)
