@@ -62,8 +62,8 @@ class Faults:
         self.slow_until = {ex: 0.0 for ex in EXCHANGES}
         self.log: list[dict] = []
 
-    def note(self, kind: str, **info) -> None:
-        self.log.append({"ms": int(time.time() * 1000), "fault": kind, **info})
+    def note(self, fault: str, /, **info) -> None:
+        self.log.append({"ms": int(time.time() * 1000), "fault": fault, **info})
         del self.log[:-10_000]
 
     # --- queries used on hot paths

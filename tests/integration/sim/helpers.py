@@ -5,9 +5,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from websockets.sync.client import connect
+from websockets.sync.client import connect as _connect
 
 SAMPLES = Path(__file__).resolve().parents[3].parent / "shared" / "exchange-samples"
+
+
+def connect(url, **kw):
+    """A sync websocket client on loopback (never through a proxy), usable with or without `with`."""
+    kw.setdefault("proxy", None)
+    kw.setdefault("close_timeout", 1)
+    kw.setdefault("max_queue", 4096)
+    return _connect(url, legacy=True, **kw)
 
 
 def shape(v):

@@ -3,9 +3,8 @@ import json
 import time
 
 import pytest
-from websockets.sync.client import connect
 
-from tests.integration.sim.helpers import get, kucoin_connect, post, read_until, sample_json, sample_lines, shape
+from tests.integration.sim.helpers import connect, get, kucoin_connect, post, read_until, sample_json, sample_lines, shape
 
 
 @pytest.fixture(scope="module")
