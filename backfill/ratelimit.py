@@ -7,6 +7,8 @@ that what the server says reaches every worker at once:
 
 - Binance `x-mbx-used-weight-1m` (the IP's weight this minute, counted by the server across all
   our processes): at or above 90 % of the limit, everyone waits for the next minute.
+- The server's own limit replaces the default when it is announced (Binance exchangeInfo
+  `rateLimits` REQUEST_WEIGHT per minute, via `set_server_limit`; KuCoin `gw-ratelimit-limit`).
 - KuCoin `gw-ratelimit-remaining` / `gw-ratelimit-reset` (ms): with fewer than 5 % left,
   everyone waits until the reset.
 - 429 (both) and KuCoin body code 429000: everyone waits `Retry-After` seconds (default 10 s,
@@ -120,6 +122,16 @@ class ExchangeBudget:
             self._sleep(wait)
             waited += wait
 
+    def set_server_limit(self, limit) -> None:
+        """The exchange announced its limit (Binance exchangeInfo rateLimits, KuCoin gw-ratelimit-limit)."""
+        value = _number(limit)
+        if value is None or value < 1:
+            return
+        with self._cond:
+            share = self.capacity / self.server_limit
+            self.server_limit = int(value)
+            self.capacity = max(1, int(self.server_limit * share))
+
     def pause(self, seconds: float) -> float:
         """Stop every worker of this exchange for `seconds` (capped); returns the pause applied."""
         seconds = max(0.0, min(float(seconds), self.max_pause_s))
@@ -153,6 +165,9 @@ class ExchangeBudget:
                 self.stats.header_pauses += 1
                 return self.pause(60.0 - (self._wall() % 60.0) + 0.5)
         elif self.exchange == "kucoin":
+            limit = _number(_header(headers, "gw-ratelimit-limit"))
+            if limit is not None and int(limit) != self.server_limit:
+                self.set_server_limit(limit)
             remaining = _number(_header(headers, "gw-ratelimit-remaining"))
             reset_ms = _number(_header(headers, "gw-ratelimit-reset"))
             if remaining is not None and remaining < 0.05 * self.server_limit:

@@ -106,8 +106,21 @@ def _markets(exchange: str, client=None, budget: ExchangeBudget | None = None) -
         except Exception as e:  # ccxt errors: tell the operator which exchange and why
             raise FetchError(f"cannot load {exchange} markets from {client.urls.get('api')!s:.120}: "
                              f"{type(e).__name__}: {str(e)[:300]}", retryable=True) from e
+        if exchange == "binance":
+            _learn_weight_limit(client.last_http_response, budget or budget_for(exchange))
         _MARKETS[exchange] = (time.monotonic(), markets)
         return markets
+
+
+def _learn_weight_limit(body, budget: ExchangeBudget) -> None:
+    """exchangeInfo `rateLimits`: REQUEST_WEIGHT per 1 MINUTE is the budget's server limit."""
+    try:
+        for item in json.loads(body or "{}").get("rateLimits") or []:
+            if (item.get("rateLimitType") == "REQUEST_WEIGHT" and item.get("interval") == "MINUTE"
+                    and int(item.get("intervalNum", 1)) == 1):
+                budget.set_server_limit(item.get("limit"))
+    except (ValueError, TypeError, AttributeError):
+        pass      # no usable announcement: keep the documented default
 
 
 def known_symbols(exchange: str) -> set[str]:

@@ -119,3 +119,14 @@ def test_shared_budget_across_threads_never_exceeds_capacity():
 def test_budget_for_is_one_per_exchange():
     assert budget_for("binance") is budget_for("binance")
     assert budget_for("binance") is not budget_for("kucoin")
+
+
+def test_announced_limits_replace_the_default():
+    b, _ = budget()
+    b.set_server_limit("100")
+    assert b.server_limit == 100 and b.capacity == 80
+    b.set_server_limit("garbage")
+    assert b.server_limit == 100
+    k, _ = budget("kucoin")
+    k.observe(200, {"gw-ratelimit-limit": "500", "gw-ratelimit-remaining": "400", "gw-ratelimit-reset": "1000"})
+    assert k.server_limit == 500 and k.capacity == 400
