@@ -158,3 +158,16 @@ def wait_until(predicate, timeout: float, what: str, daemons: list[Daemon] = ())
         time.sleep(0.3)
     logs = "\n".join(f"--- {d.args}\n{d.log()[-3000:]}" for d in daemons)
     raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+def data_ends(records: list, partitions: int) -> dict[int, int]:
+    """Per partition, the offset after the last data record (transaction markers excluded)."""
+    ends = {p: 0 for p in range(partitions)}
+    for m in records:
+        ends[m.partition()] = max(ends[m.partition()], m.offset() + 1)
+    return ends
+
+
+def caught_up(group: str, topic: str, ends: dict[int, int]) -> bool:
+    got = committed(group, topic, len(ends))
+    return all(got[p] >= ends[p] for p in ends)
