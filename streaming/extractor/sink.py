@@ -161,12 +161,13 @@ class KafkaSink:
             if self.on_spool_drained is not None:
                 self.on_spool_drained(self._spooled_since)
             return
+        positions = list(self.spool.last_positions)
         for n, record in enumerate(records):
             if not self._produce(record, True):
-                # the queue filled up mid-chunk: forget this chunk's tracking, it is still spooled
-                # and will be replayed again from the cursor (duplicates are removed downstream)
-                for rid in [r for r, e in self._pending.items() if e[1]]:
-                    self._pending.pop(rid, None)
+                # the producer's queue filled up mid-chunk: the cursor will stop after the last
+                # record it took; the rest is replayed on a later step
+                if n:
+                    self._replay_pos = positions[n - 1]
                 return
         self._replay_pos = pos
 

@@ -170,6 +170,7 @@ class Spool:
         segs = self._segment_numbers()
         cur_seg, cur_off = self._read_cursor()
         out: list[Record] = []
+        self.last_positions: list[tuple[int, int]] = []    # position after each returned record
         size = 0
         for seg in segs:
             off = cur_off if seg == cur_seg else 0
@@ -181,6 +182,7 @@ class Spool:
                     break
                 rec, pos = item
                 out.append(rec)
+                self.last_positions.append((seg, pos))
                 size += len(rec.value)
             if len(out) >= max_records or size >= max_bytes:
                 return out, (seg, pos)
