@@ -1,0 +1,212 @@
+"""Processes the benchmark starts itself: the simulator and the pipeline daemons, each with its own
+log file, and per-process CPU / RSS sampling with psutil."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SIM_KEYS = ("BINANCE_WS_URL", "BINANCE_REST_URL", "KUCOIN_REST_URL", "SIM_CONTROL_URL", "SIM_PORT")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Proc:
+    """One child process: its command, log file and resource samples."""
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen | None = None
+    ps: psutil.Process | None = None
+    cpu_start: float | None = None
+    wall_start: float | None = None
+    cpu_end: float | None = None
+    wall_end: float | None = None
+    peak_rss: int = 0
+    rss_samples: list[tuple[float, int]] = field(default_factory=list)
+
+    def start(self) -> "Proc":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(self.argv, cwd=REPO_ROOT, env=child_env(self.env), stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+        self.ps = psutil.Process(self.popen.pid)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def cpu_seconds(self) -> float | None:
+        try:
+            t = self.ps.cpu_times()
+            return t.user + t.system
+        except (psutil.Error, AttributeError):
+            return None
+
+    def sample(self, now: float) -> None:
+        try:
+            rss = self.ps.memory_info().rss
+        except (psutil.Error, AttributeError):
+            return
+        self.peak_rss = max(self.peak_rss, rss)
+        self.rss_samples.append((now, rss))
+
+    def mark_start(self) -> None:
+        self.cpu_start, self.wall_start = self.cpu_seconds(), time.monotonic()
+
+    def mark_end(self) -> None:
+        self.cpu_end, self.wall_end = self.cpu_seconds(), time.monotonic()
+
+    def cpu_percent(self) -> float | None:
+        """CPU over the measured window, in % of one core."""
+        if None in (self.cpu_start, self.cpu_end, self.wall_start, self.wall_end):
+            return None
+        wall = self.wall_end - self.wall_start
+        return 100.0 * (self.cpu_end - self.cpu_start) / wall if wall > 0 else None
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (the daemons finish their batch and exit), then SIGKILL after `timeout`."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        return self.popen.returncode
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+class SimProc(Proc):
+    """`python -m sim --port 0 ...`: waits for the NAME=value lines it prints once bound."""
+
+    def start(self, timeout: float = 60.0) -> "SimProc":  # type: ignore[override]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(self.argv, cwd=REPO_ROOT, env=child_env(self.env), stdout=subprocess.PIPE,
+                                      stderr=log, text=True, start_new_session=True)
+        log.close()
+        self.ps = psutil.Process(self.popen.pid)
+        self.urls: dict[str, str] = {}
+        timer = threading.Timer(timeout, self.popen.kill)
+        timer.start()
+        try:
+            while not all(k in self.urls for k in SIM_KEYS):
+                line = self.popen.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"simulator exited before printing its endpoints (rc={self.popen.poll()}):\n"
+                                       f"{self.log_tail()}")
+                key, sep, value = line.strip().partition("=")
+                if sep:
+                    self.urls[key] = value
+        finally:
+            timer.cancel()
+        # nothing else comes on stdout; drain it anyway so the pipe can never fill
+        threading.Thread(target=self.popen.stdout.read, daemon=True).start()
+        return self
+
+
+def find_infra() -> dict[str, list[psutil.Process]]:
+    """The shared services' processes on this machine (context for the per-process table)."""
+    out: dict[str, list[psutil.Process]] = {"kafka": [], "postgres": [], "s3proxy": []}
+    for p in psutil.process_iter(["name", "cmdline", "username"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or ())
+            if "kafka.Kafka" in cmd:
+                out["kafka"].append(p)
+            elif "s3proxy" in cmd and "java" in (p.info["name"] or ""):
+                out["s3proxy"].append(p)
+            elif (p.info["name"] or "") == "postgres":
+                out["postgres"].append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+class InfraSampler:
+    """CPU seconds and RSS of the shared services, summed over their processes."""
+
+    def __init__(self) -> None:
+        self.groups = find_infra()
+        self.cpu_start: dict[str, float] = {}
+        self.cpu_end: dict[str, float] = {}
+        self.peak_rss: dict[str, int] = {k: 0 for k in self.groups}
+        self.wall = [0.0, 0.0]
+
+    def _cpu(self, name: str) -> float:
+        total = 0.0
+        for p in self.groups[name]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
+            except psutil.Error:
+                continue
+        return total
+
+    def mark_start(self) -> None:
+        self.groups = find_infra()  # postgres forks a backend per connection: refresh
+        self.cpu_start = {k: self._cpu(k) for k in self.groups}
+        self.wall[0] = time.monotonic()
+
+    def mark_end(self) -> None:
+        self.cpu_end = {k: self._cpu(k) for k in self.groups}
+        self.wall[1] = time.monotonic()
+
+    def sample(self) -> None:
+        for name, procs in self.groups.items():
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak_rss[name] = max(self.peak_rss[name], total)
+
+    def rows(self) -> list[dict]:
+        wall = self.wall[1] - self.wall[0]
+        rows = []
+        for name in self.groups:
+            cpu = None
+            if wall > 0 and name in self.cpu_start and name in self.cpu_end:
+                cpu = 100.0 * max(0.0, self.cpu_end[name] - self.cpu_start[name]) / wall
+            rows.append({"process": f"{name} (shared)", "cpu_percent": cpu, "peak_rss_mb": self.peak_rss[name] / 2**20,
+                         "pids": len(self.groups[name])})
+        return rows
+
+
+def python() -> str:
+    return sys.executable
