@@ -59,7 +59,7 @@ class Config:
     weight_limit: int = 6000
     ban_seconds: float = 120.0
     kucoin_pool: int = 2000
-    truth_max: int = 1_000_000
+    truth_max: int = 500_000
     truth_dir: str | None = None
     step_s: float = 0.05
 

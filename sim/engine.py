@@ -142,19 +142,8 @@ class Engine:
         self.all_subs: dict[str, set] = {ex: set() for ex in markets}   # !miniTicker@arr / ticker:all
         start = now_ms()
         self.start_ms = start
-        minute = start // MINUTE_MS
-        self.streams = {}
-        for ex, m in markets.items():
-            heads = []
-            for s in m.symbols:
-                if m.lam_per_minute[s.idx] <= 0:
-                    continue
-                gen = m.trade_stream(s, minute)
-                head = next(gen)
-                while head[0] < start:
-                    head = next(gen)
-                heads.append([head, gen, s.idx])
-            self.streams[ex] = heads
+        self.streams = {ex: self._seek(m, start) for ex, m in markets.items()}
+        self.idle = {ex: False for ex in markets}
         self.last_ms = start
         u = next(iter(markets.values())).symbols
         self.canon = [s.canonical for s in u]
@@ -168,6 +157,20 @@ class Engine:
         self.changed: dict[int, None] = {}
         self.bkline: dict[int, list] = {}
         self.kcandle: dict[int, list] = {}
+
+    @staticmethod
+    def _seek(m: Market, start: int) -> list:
+        """Per trading symbol [next trade, trade generator, idx], positioned at `start` (ms)."""
+        heads = []
+        for s in m.symbols:
+            if m.lam_per_minute[s.idx] <= 0:
+                continue
+            gen = m.trade_stream(s, start // MINUTE_MS, skip_before=start)
+            heads.append([next(gen), gen, s.idx])
+        return heads
+
+    def listened(self, ex: str) -> bool:
+        return bool(self.all_subs[ex]) or any(self.subs[ex].values())
 
     # --- subscriptions
     def add(self, conn: Conn, key) -> None:
@@ -190,6 +193,8 @@ class Engine:
                 s.discard(conn)
                 if not s:
                     del self.subs[ex][kind][idx]
+                    # a running candle is only exact while somebody follows it
+                    (self.bkline if ex == "binance" else self.kcandle).pop(idx, None)
         conn.keys.discard(key)
 
     def remove(self, conn: Conn) -> None:
@@ -207,6 +212,16 @@ class Engine:
 
     def step(self, now: int) -> None:
         for ex, heads in self.streams.items():
+            if not self.listened(ex):
+                # nobody listens: generate nothing; jump to the present when somebody comes
+                self.idle[ex] = True
+                continue
+            if self.idle[ex]:
+                self.idle[ex] = False
+                heads = self.streams[ex] = self._seek(self.markets[ex], self.last_ms)
+                if ex == "binance":
+                    self.bsec = self.last_ms // 1000
+                    self.changed = {}
             trades = []
             for h in heads:
                 head = h[0]
@@ -283,7 +298,7 @@ class Engine:
                 k = self.bkline.get(idx)
                 minute = t // MINUTE_MS
                 if k is None or k[0] != minute:
-                    k = self.bkline[idx] = [minute, p, p, p, p, 0, 0, 0, seq, seq, 0, 0, t]
+                    k = self.bkline[idx] = self._start_candle("binance", idx, minute, t, k, p, seq)
                 k[2] = max(k[2], p)
                 k[3] = min(k[3], p)
                 k[4] = p
@@ -342,6 +357,17 @@ class Engine:
                     for cn in conns:
                         out[cn].append((cn.wrap(name, payload), (tick,)))
 
+    def _start_candle(self, ex: str, idx: int, minute: int, t: int, prev, p: int, seq: int) -> list:
+        """A running candle for `minute` before adding the trade at t: empty when the previous
+        minute was followed continuously, else rebuilt from the market (trades before t)."""
+        if prev is None or prev[0] != minute - 1:
+            m = self.markets[ex]
+            c = m.partial_candle(m.symbols[idx], minute, t - 1)
+            if c is not None:
+                return [minute, c.open, c.high, c.low, c.close, c.volume, c.quote_volume, c.trades,
+                        c.first_seq, c.last_seq, c.taker_buy_volume, c.taker_buy_quote, t]
+        return [minute, p, p, p, p, 0, 0, 0, seq, seq, 0, 0, t]
+
     def _kline_payload(self, idx: int, k: list, ev: int, closed: bool) -> str:
         minute, o, h, l, c, v, qv, n, first, last, tbv, tbq, _ = k
         pd, qd = self.pdec[idx], self.qdec[idx]
@@ -365,10 +391,14 @@ class Engine:
             pstr = fmt_plain(p, pd)
             maker = is_buyer_maker(seq)
             if allc or idx in tsubs:
-                bid = p if maker else p - 1
-                data = (f'{{"bestAsk":"{fmt_plain(bid + 1, pd)}","bestAskSize":"{fmt_plain(q + seq % 89, qd)}",'
-                        f'"bestBid":"{fmt_plain(bid, pd)}","bestBidSize":"{fmt_plain(q + seq % 97, qd)}",'
-                        f'"price":"{pstr}","sequence":"{seq}","size":"{fmt_plain(q, qd)}","time":{t}}}')
+                qstr = fmt_plain(q, qd)
+                if maker:   # the trade hit the bid: bid = price, ask one tick above
+                    bid_s, ask_s = pstr, fmt_plain(p + 1, pd)
+                else:
+                    bid_s, ask_s = fmt_plain(p - 1, pd), pstr
+                data = (f'{{"bestAsk":"{ask_s}","bestAskSize":"{fmt_plain(q + seq % 89, qd)}",'
+                        f'"bestBid":"{bid_s}","bestBidSize":"{qstr}",'
+                        f'"price":"{pstr}","sequence":"{seq}","size":"{qstr}","time":{t}}}')
                 if allc:
                     frame = f'{{"topic":"/market/ticker:all","type":"message","subject":"{sym}","data":{data}}}'
                     item = (frame, (("kucoin", "ticker:all", sym, t, seq, pstr),))
@@ -393,7 +423,7 @@ class Engine:
                 minute = t // MINUTE_MS
                 k = self.kcandle.get(idx)
                 if k is None or k[0] != minute:
-                    k = self.kcandle[idx] = [minute, p, p, p, p, 0, 0]
+                    k = self.kcandle[idx] = self._start_candle("kucoin", idx, minute, t, k, p, seq)[:7]
                 k[2] = max(k[2], p)
                 k[3] = min(k[3], p)
                 k[4] = p

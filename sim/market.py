@@ -207,40 +207,54 @@ class Market:
              + 0.003 * math.sin(t / 66.8 + c))
         return s.ref_price * math.exp(x)
 
-    def minute_trade_iter(self, s: Symbol, minute: int):
+    def minute_trade_iter(self, s: Symbol, minute: int, skip_before: int = 0):
         """Trades of `s` in `minute` (minutes since the epoch), lazily: (t_ms, price_int, qty_int, seq).
 
         A Poisson process with distinct-millisecond arrivals; the engine streams it, REST lists it.
+        Arrival times and values come from two random streams, so trades before `skip_before`
+        (not yielded) cost two draws each and the rest are identical to an unskipped run.
         """
         lam = self.lam_per_minute[s.idx]
         if lam <= 0:
             return
-        rng = random.Random((self.seed * 1_000_003 + self.salt) * 10_000_019 + s.idx * 100_000_007 + minute)
+        key = (self.seed * 1_000_003 + self.salt) * 10_000_019 + s.idx * 100_000_007 + minute
+        rt = random.Random(key).random
+        rv = random.Random(key ^ 0x5DEECE66D).random
+        log = math.log
         mean_gap = MINUTE_MS / lam
         base_ms = minute * MINUTE_MS
         scale = 10 ** s.price_decimals
-        gauss, expo = rng.gauss, rng.expovariate
         qscale = s.qty_scale
         seq = minute * MINUTE_MS
         off = -1
+        ref_sec = -1
+        ref = 0.0
         for _ in range(MAX_TRADES_PER_MINUTE):
-            off += max(1, int(expo(1.0) * mean_gap + 0.5))
+            off += 1 + int(-log(1.0 - rt()) * mean_gap)
             if off >= MINUTE_MS:
                 return
             t = base_ms + off
-            p = int(round(self.ref(s, t) * (1.0 + 0.0004 * gauss(0.0, 1.0)) * scale))
-            q = int(expo(1.0) * qscale) + 1
+            u1 = rv()
+            u2 = rv()
             seq += 1
-            yield (t, max(1, p), q, seq)
+            if t < skip_before:
+                continue
+            sec = t // 1000
+            if sec != ref_sec:
+                ref_sec = sec
+                ref = self.ref(s, sec * 1000) * scale
+            p = int(ref * (1.0 + 0.0012 * (u1 - 0.5)) + 0.5)
+            yield (t, p if p > 0 else 1, int(-log(1.0 - u2) * qscale) + 1, seq)
 
     def minute_trades(self, s: Symbol, minute: int) -> list[tuple[int, int, int, int]]:
         return list(self.minute_trade_iter(s, minute))
 
-    def trade_stream(self, s: Symbol, minute: int):
-        """Every trade of `s` from the start of `minute` on, forever (only for symbols that trade)."""
+    def trade_stream(self, s: Symbol, minute: int, skip_before: int = 0):
+        """Every trade of `s` from `skip_before` (ms) on, forever (only for symbols that trade)."""
+        yield from self.minute_trade_iter(s, minute, skip_before)
         while True:
-            yield from self.minute_trade_iter(s, minute)
             minute += 1
+            yield from self.minute_trade_iter(s, minute)
 
     def candle(self, s: Symbol, minute: int) -> Candle | None:
         """The true candle of a whole minute, None if no trade (cached)."""
