@@ -11,7 +11,7 @@ that what the server says reaches every worker at once:
   `rateLimits` REQUEST_WEIGHT per minute, via `set_server_limit`; KuCoin `gw-ratelimit-limit`).
 - KuCoin `gw-ratelimit-remaining` / `gw-ratelimit-reset` (ms): with fewer than 5 % left,
   everyone waits until the reset.
-- 429 (both) and KuCoin body code 429000: everyone waits `Retry-After` seconds (default 10 s,
+- 429 (both) and KuCoin body code 429000: everyone waits `Retry-After` seconds (default 5 s,
   doubled on repeats).
 - 418 (Binance IP ban): everyone waits until the ban ends (`Retry-After`, or the
   'banned until <ms>' in the body; default 120 s).
@@ -154,8 +154,12 @@ class ExchangeBudget:
             self.stats.rate_limited += 1
             retry_after = _number(_header(headers, "retry-after"))
             if retry_after is None:
-                # no hint: double the previous pause (10 s, 20 s, ... up to 5 min)
-                retry_after = min(300.0, max(10.0, self._last_429_pause * 2))
+                remaining = self.paused_for()
+                if remaining > 0:
+                    # a request that was in flight when the pause began: same storm, no escalation
+                    return remaining
+                # no hint: double the previous pause (5 s, 10 s, ... up to 5 min)
+                retry_after = min(300.0, max(5.0, self._last_429_pause * 2))
             self._last_429_pause = retry_after
             return self.pause(retry_after + self._rng.uniform(0, 0.25))
         self._last_429_pause = 0.0
