@@ -188,29 +188,36 @@ def safe_reason(reason: object, limit: int = REASON_MAX) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def commit_sync(consumer: Consumer, offsets: list[TopicPartition], attempts: int = 5) -> bool:
-    """Commit explicit offsets; retries transient errors. False if the partitions are no longer ours."""
+_GROUP_MOVED = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
+                KafkaError._NO_OFFSET, KafkaError.FENCED_INSTANCE_ID}
+_TRANSIENT = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+              KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TRANSPORT, KafkaError.REQUEST_TIMED_OUT,
+              KafkaError._TIMED_OUT, KafkaError._WAIT_COORD, KafkaError.NETWORK_EXCEPTION,
+              KafkaError._ALL_BROKERS_DOWN}
+
+
+def commit_sync(consumer: Consumer, offsets: list[TopicPartition], give_up_after: float = 300.0) -> bool:
+    """Commit explicit offsets; waits out a broker or coordinator restart. False if the partitions
+    are no longer ours (the group moved on: the new owner replays from the last commit, and every
+    sink here is idempotent, so the replay adds nothing twice)."""
     if not offsets:
         return True
-    delay = 0.2
-    for attempt in range(attempts):
+    deadline = time.monotonic() + give_up_after
+    for delay in backoff_delays(0.2, 5.0):
         try:
             consumer.commit(offsets=offsets, asynchronous=False)
             return True
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             code = err.code() if isinstance(err, KafkaError) else None
-            if code in (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
-                        KafkaError.UNKNOWN_MEMBER_ID, KafkaError._NO_OFFSET):
-                # the group moved on: whoever owns the partitions now replays from the last commit;
-                # every sink here is idempotent, so the replay adds nothing twice
+            if code in _GROUP_MOVED:
                 log.warning("offset commit refused (%s); the new owner will replay", exc)
                 return False
-            if attempt == attempts - 1:
+            transient = code in _TRANSIENT or (isinstance(err, KafkaError) and err.retriable())
+            if not transient or time.monotonic() > deadline:
                 raise
-            log.warning("offset commit failed (%s); retrying", exc)
+            log.warning("offset commit failed (%s); retrying in %.1fs", exc, delay)
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
     return False
 
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from common.kafka import make_admin, make_producer
@@ -97,8 +97,14 @@ def committed(group: str, topic: str, partitions: int) -> dict[int, int]:
     c = Consumer({"bootstrap.servers": get_settings().kafka_bootstrap_servers, "group.id": group,
                   "enable.auto.commit": False})
     try:
-        return {tp.partition: max(tp.offset, 0) for tp in
-                c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)}
+        for attempt in range(30):       # another test may be restarting the broker: wait it out
+            try:
+                return {tp.partition: max(tp.offset, 0) for tp in
+                        c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)}
+            except KafkaException:
+                if attempt == 29:
+                    raise
+                time.sleep(1)
     finally:
         c.close()
 
