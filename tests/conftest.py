@@ -1,4 +1,4 @@
-"""Shared fixtures. The stack fixtures start the real local services (see tests/plugins/stack.py)."""
+"""Shared fixtures. The stack fixtures start the real local services (see tests/plugins/)."""
 import os
 import sys
 from pathlib import Path
@@ -9,4 +9,20 @@ if str(ROOT) not in sys.path:
 
 SAMPLES = Path(os.environ.get("CRYPTOPIPE_SAMPLES", ROOT.parent / "shared" / "exchange-samples"))
 
-pytest_plugins = ["tests.plugins.stack", "tests.plugins.sim"]
+pytest_plugins = ["tests.plugins.stack", "tests.plugins.sim", "tests.plugins.pipeline"]
+
+# Cheap and isolated first; the long-running whole-pipeline suites last, so the session-scoped
+# pipeline they share runs once, after the tests that truncate tables or own the topics.
+_ORDER = ("tests/unit/", "tests/integration/", "tests/benchmarks/", "tests/e2e/", "tests/faults/")
+
+
+def _rank(item) -> int:
+    path = Path(str(item.fspath)).resolve().relative_to(ROOT).as_posix()
+    for i, prefix in enumerate(_ORDER):
+        if path.startswith(prefix):
+            return i
+    return len(_ORDER)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=_rank)  # stable: keeps file and definition order within a group

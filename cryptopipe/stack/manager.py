@@ -144,9 +144,11 @@ def ensure_core(source: str | None = None):
 
 
 def up(source: str = "live", *, core_only: bool = False, with_airflow: bool = True,
-       with_pipeline: bool = True) -> int:
+       with_pipeline: bool = True, sim_args: str | None = None) -> int:
     started = time.monotonic()
     ctx = make_context(source)
+    if sim_args is not None:
+        ctx.env["CRYPTOPIPE_SIM_ARGS"] = sim_args
     write_stack_env(ctx)
     if source == "live" and not core_only and with_pipeline:
         warn_if_exchanges_unreachable()

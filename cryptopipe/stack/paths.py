@@ -53,8 +53,6 @@ class Paths:
     @property
     def spool(self) -> Path: return self.home / "spool"
     @property
-    def sim_truth(self) -> Path: return self.home / "sim-truth"
-    @property
     def source_file(self) -> Path: return self.home / "source"
 
 

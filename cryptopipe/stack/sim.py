@@ -16,11 +16,11 @@ class Simulator(Component):
     program = "sim"
     port = SIM_PORT
 
-    def prepare(self, ctx: StackContext) -> None:
-        ctx.paths.sim_truth.mkdir(parents=True, exist_ok=True)
-
     def program_section(self, ctx: StackContext) -> str:
-        cmd = f"{ctx.python} -m cryptopipe sim --port {SIM_PORT} --truth-dir {ctx.paths.sim_truth}"
+        # CRYPTOPIPE_SIM_ARGS (kept in stack.env) sizes the simulated market, e.g. "--symbols 20 --rate 500"
+        args = ctx.env.get("CRYPTOPIPE_SIM_ARGS", "")
+        # the ground truth stays in the simulator's bounded in-memory ring (no ever-growing files)
+        cmd = f"{ctx.python} -m cryptopipe sim --port {SIM_PORT} {args}".rstrip()
         return program_block(self.program, cmd, log=self.log_path(ctx), directory=str(repo_root()),
                              environment={"PYTHONPATH": str(repo_root())}, startsecs=2)
 
