@@ -64,10 +64,12 @@ def build(args: argparse.Namespace):
     spool = Spool(args.spool_dir or stack_home() / "spool" / exchange, max_bytes=args.spool_max_bytes)
     producer = make_producer({"linger.ms": args.linger_ms, "client.id": f"extract-{exchange}"})
     events_box: list[Events] = []
+    # process-level events (spool) carry a conn_id naming the process, not a connection
+    proc_id = f"{exchange[:2]}-{args.label}-spool" if args.label else f"{exchange[:2]}-spool"
     sink = KafkaSink(producer, spool, metrics,
-                     on_spool_full=lambda: events_box[0].emit("spool_full", "-", "spool_full",
+                     on_spool_full=lambda: events_box[0].emit("spool_full", proc_id, "spool_full",
                                                               spool_bytes=spool.depth_bytes),
-                     on_spool_drained=lambda n: events_box[0].emit("spool_drained", "-", records=n))
+                     on_spool_drained=lambda n: events_box[0].emit("spool_drained", proc_id, records=n))
     events = Events(exchange, sink, metrics)
     events_box.append(events)
     options = Options(stall_s=args.stall_seconds, rotate_after_s=args.rotate_after,

@@ -80,6 +80,10 @@ class Slot:
         stop = self.x.stop
         while not stop.is_set():
             if self.current is None or self.current.done.done():
+                if self.x.sink.full:
+                    # nowhere to put frames: stay disconnected until Kafka takes the spool back
+                    await asyncio.sleep(0.2)
+                    continue
                 conn = self.x.new_connection(self.spec, self.index).start()
                 self.current = conn
                 await _first(conn.connected.wait(), conn.done, stop.wait())

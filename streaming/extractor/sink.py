@@ -43,6 +43,7 @@ class KafkaSink:
         # id -> (record, from_spool, produced at monotonic); dicts keep insertion order
         self._pending: dict[int, tuple[Record, bool, float]] = {}
         self._replay_pos: tuple[int, int] | None = None
+        self._replay_failed = False
         self.spooling = not spool.empty()          # a previous process left records: replay first
         self._full = False
         self._spooled_since = 0
@@ -112,7 +113,9 @@ class KafkaSink:
             if self.metrics is not None:
                 self.metrics.produce_errors.inc()
             log.error("delivery failed (%s): record goes back to the spool", str(err)[:200])
-            if not from_spool:
+            if from_spool:
+                self._replay_failed = True           # still in the spool: the cursor must not move
+            else:
                 self._enter_spooling()
                 self.spool.append(record, reserve=True)
             return
@@ -146,6 +149,10 @@ class KafkaSink:
     def _drain_step(self) -> None:
         if self._pending:
             return                              # older records first: wait for their acks
+        if self._replay_pos is not None and self._replay_failed:
+            self._replay_pos = None                  # replay the chunk again from the cursor
+            self._replay_failed = False
+            return
         if self._replay_pos is not None:
             self.spool.commit(self._replay_pos)
             self._replay_pos = None

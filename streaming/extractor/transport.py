@@ -177,8 +177,14 @@ class Connection:
                 raw = raw.encode()
             record = Record(self.topic, self.conn_id.encode(), raw,
                             [("received_ns", str(received_ns).encode()), *self._headers_base])
-            if not await self.sink.put(record, self.stop):
-                raise ConnectionEnded("shutdown")
+            if not self.sink.offer(record):
+                # spool full: the frame in hand takes the events' reserve (it was received, it is
+                # never dropped); then this connection stops reading and ends, so the uncovered
+                # span is on record (`disconnected` reason spool_full) and gets backfilled
+                if not self.sink.offer(record, event=True) and not await self.sink.put(record, self.stop):
+                    raise ConnectionEnded("shutdown")
+                self.frames += 1
+                raise ConnectionEnded("spool_full")
             self.frames += 1
             self._on_frame(raw, received_ns)
 

@@ -151,3 +151,23 @@ def test_buffer_error_switches_to_spool(tmp_path):
     for _ in range(20):
         sink.poll()
     assert producer.log == [rec(i).value for i in range(10)]
+
+
+def test_failed_replay_delivery_keeps_the_cursor(tmp_path):
+    sink, producer, spool, _ = make(tmp_path)
+    producer.up = False
+    sink.offer(rec(0))
+    time.sleep(0.06)
+    for i in range(1, 6):
+        sink.offer(rec(i))
+    # the broker answers the first direct record, then fails every replayed one once
+    producer.up = True
+    sink.poll()                                           # delivers 0, replays 1..5 into the queue
+    queue, producer.queue = producer.queue, []
+    for _, _, cb in queue:
+        cb("KafkaError{fatal}", None)
+    sink.poll()
+    for _ in range(10):
+        sink.poll()
+    assert producer.log == [rec(i).value for i in range(6)]
+    assert spool.empty() and not sink.spooling
