@@ -11,8 +11,9 @@ session; an exchange never streamed has no gaps). It finds:
     session whose last heartbeat (last_seen_at) is younger than `stale_after` covers up to now.
 (b) `silence`: whole minutes inside covered time with no tick of the exchange at all (a session
     that claims to be up but delivers nothing).
-(c) `missing_candles`: for each tracked symbol, minutes with no `candles_1m` row, from the
-    symbol's first candle in the window on. Islands closer than MERGE_TOLERANCE are merged.
+(c) `missing_candles`: for each tracked symbol, minutes with no `candles_1m` row in
+    [horizon_start, horizon_end) (horizon_start = now - lookback if the exchange never streamed).
+    Islands closer than MERGE_TOLERANCE are merged.
     Tracked symbols = symbols with candles on that exchange within the window, restricted to the
     SYMBOLS setting when it is set (`tracked_symbols`).
 
@@ -185,13 +186,10 @@ def _missing_candle_minutes(cur, exchange: str, symbols: list[str], lo: datetime
     if not symbols:
         return {}
     cur.execute("""
-        WITH sym AS (
-            SELECT symbol, min(open_time) AS first FROM candles_1m
-            WHERE exchange = %(ex)s AND symbol = ANY(%(symbols)s) AND open_time >= %(lo)s AND open_time < %(hi)s
-            GROUP BY symbol)
         SELECT s.symbol, m
-        FROM sym s CROSS JOIN LATERAL generate_series(s.first, %(hi)s::timestamptz - interval '1 minute',
-                                                      interval '1 minute') AS m
+        FROM unnest(%(symbols)s::text[]) AS s(symbol)
+        CROSS JOIN generate_series(%(lo)s::timestamptz, %(hi)s::timestamptz - interval '1 minute',
+                                   interval '1 minute') AS m
         WHERE NOT EXISTS (SELECT 1 FROM candles_1m c
                           WHERE c.exchange = %(ex)s AND c.symbol = s.symbol AND c.open_time = m)
         ORDER BY 1, 2""", {"ex": exchange, "symbols": list(symbols), "lo": lo, "hi": hi})
@@ -268,7 +266,8 @@ def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(
 
                 symbols = tracked_symbols(exchange, lo_window, hi, conn=conn)
                 wide_spans = [(s, e) for (s, e), _ in wide]
-                for symbol, minutes in _missing_candle_minutes(cur, exchange, symbols, lo_window, hi).items():
+                lo_symbols = ceil_minute(max(lo_window, first)) if first is not None else lo_window
+                for symbol, minutes in _missing_candle_minutes(cur, exchange, symbols, lo_symbols, hi).items():
                     spans = subtract_intervals(minutes_to_intervals(minutes, MERGE_TOLERANCE), wide_spans)
                     changed += _record(cur, exchange, symbol, [(span, {"missing_candles"}) for span in spans],
                                        existing)

@@ -1,0 +1,112 @@
+"""Outage -> detect_gaps finds it (edges included) -> fill_gap fills it with the true candles -> filled.
+
+The stream side (stream_sessions, ticks, stream candles) is written the way the extractor and
+the loader write it, for a private historical window; the REST side is the simulator.
+"""
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from backfill.gaps import detect_gaps, fill_gap, list_gaps, open_gaps
+from tests.integration.backfill.conftest import assert_matches_truth, ms, pick_symbols, stored_candles
+
+pytestmark = pytest.mark.integration
+M = timedelta(minutes=1)
+S = timedelta(seconds=1)
+
+
+def write_stream_side(pg, w, exchange, symbols, truth, *, outage, silent, edges):
+    T = w.start
+    s1, s2 = f"bftest-{uuid.uuid4().hex[:12]}", f"bftest-{uuid.uuid4().hex[:12]}"
+    w.conn_ids += [s1, s2]
+    with pg.cursor() as cur:
+        cur.execute("INSERT INTO stream_sessions (conn_id, exchange, connected_at, subscribed_at, last_seen_at, "
+                    "disconnected_at, reason) VALUES (%s, %s, %s, %s, %s, %s, 'abort'), "
+                    "(%s, %s, %s, %s, %s, NULL, NULL)",
+                    (s1, exchange, T - 5 * M, T - 5 * M, outage[0], outage[0],
+                     s2, exchange, outage[1] - 10 * S, outage[1], T + 41 * M + 20 * S))
+        for day in sorted({(T + i * M).date() for i in range(-5, 45)}):
+            cur.execute("SELECT ensure_ticks_partition(%s)", (day,))
+        for symbol in symbols:
+            ticks, candles = [], []
+            for i in range(-5, 40):
+                t = T + i * M
+                true = truth[symbol].get(ms(t))
+                seen = not (outage[0] < t + M and t < outage[1]) and t not in silent
+                if seen:
+                    ticks.append((exchange, symbol, t + 30 * S, Decimal("1"), t + 30 * S))
+                if i < 0 or (not seen and t not in edges):
+                    continue
+                if true is None or Decimal(true["volume"]) == 0:
+                    continue            # no trade: the stream has no candle for it
+                if t in edges:          # partly seen: an incomplete stream candle, to be replaced
+                    candles.append((exchange, symbol, t, true["open"], true["open"], true["open"], true["open"]))
+                else:
+                    candles.append((exchange, symbol, t, true["open"], true["high"], true["low"], true["close"]))
+            cur.executemany("INSERT INTO ticks (exchange, symbol, event_time, price, received_at) "
+                            "VALUES (%s, %s, %s, %s, %s)", ticks)
+            cur.executemany("INSERT INTO candles_1m (exchange, symbol, open_time, open, high, low, close, source, "
+                            "tick_count) VALUES (%s, %s, %s, %s, %s, %s, %s, 'stream', 1)", candles)
+
+
+@pytest.mark.parametrize("exchange", ["binance", "kucoin"])
+def test_outage_is_detected_filled_edges_included_and_never_detected_again(exchange, sim_rest, window, pg):
+    ctl = sim_rest.control
+    w = window(40)
+    T = w.start
+    symbols = w.use(exchange, pick_symbols(ctl, exchange, 2, 1))
+    truth = {s: {c["open_ms"]: c for c in ctl.candles(exchange, s, ms(T), ms(w.end) - 1)} for s in symbols}
+    outage = (T + 10 * M + 20 * S, T + 16 * M + 40 * S)         # the simulator refused connections
+    silent = {T + 24 * M, T + 25 * M}                           # a session up, but not one tick
+    edges = {T + 10 * M, T + 16 * M, T + 23 * M, T + 26 * M}
+    write_stream_side(pg, w, exchange, symbols, truth, outage=outage, silent=silent, edges=edges)
+
+    now = T + 41 * M + 30 * S
+    found = detect_gaps(now, lookback=timedelta(minutes=46, seconds=30), exchanges=[exchange])
+    mine = [g for g in found if g.symbol in (None, *symbols) and T - 5 * M <= g.gap_start < w.end]
+    wide = sorted((g.gap_start, g.gap_end, g.kind) for g in mine if g.symbol is None)
+    assert wide == [(T + 10 * M, T + 17 * M, "uncovered"), (T + 23 * M, T + 27 * M, "silence")]
+    per_symbol = [g for g in mine if g.symbol is not None]
+    assert all(g.kind == "missing_candles" and g.status == "open" for g in per_symbol)
+    # every no-trade minute outside the outage/silence is in a per-symbol gap, nothing else is
+    for s in symbols:
+        stored = stored_candles(pg, exchange, s, T, w.end)
+        missing = {T + i * M for i in range(40)} - set(stored)
+        in_wide = {m for m in missing if any(a <= m < b for a, b, _ in wide)}
+        covered = {m for m in missing - in_wide
+                   if any(g.symbol == s and g.gap_start <= m < g.gap_end for g in per_symbol)}
+        assert covered == missing - in_wide, s
+
+    # detecting again records nothing new
+    assert [g for g in detect_gaps(now, lookback=timedelta(minutes=46, seconds=30), exchanges=[exchange])
+            if g.symbol in (None, *symbols) and T - 5 * M <= g.gap_start < w.end] == []
+
+    # fill every open gap of this window
+    todo = [g for g in open_gaps(exchange, limit=10_000) if g.id in {x.id for x in mine}]
+    assert len(todo) == len(mine)
+    for gap in todo:
+        summary = fill_gap(gap)
+        assert summary is not None and summary.ok, summary.failures
+    statuses = {g.id: g for g in list_gaps(exchange=exchange, limit=10_000) if g.id in {x.id for x in mine}}
+    assert {g.status for g in statuses.values()} == {"filled"}
+    assert all(g.rows_filled is not None and g.filled_at is not None for g in statuses.values())
+
+    # every minute of the outage and the silence, edges included, holds the true REST candle
+    for a, b, _ in wide:
+        assert_matches_truth(pg, ctl, exchange, symbols, a, b, source="rest")
+    # and the whole window now has every minute, each with the true prices
+    for s in symbols:
+        stored = stored_candles(pg, exchange, s, T, w.end)
+        assert len(stored) == 40, s
+        for t, (o, h, l, c, v, empty, src) in stored.items():
+            true = truth[s].get(ms(t))
+            if true is None:
+                assert empty and src == "rest"
+            else:
+                assert (o, h, l, c) == tuple(Decimal(true[k]) for k in ("open", "high", "low", "close")), (s, t)
+
+    # and a filled gap is never found again
+    again = detect_gaps(now + 2 * M, lookback=timedelta(minutes=48, seconds=30), exchanges=[exchange])
+    assert [g for g in again if g.symbol in (None, *symbols) and T - 5 * M <= g.gap_start < w.end] == []
