@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 import sys
 import time
 
@@ -87,7 +88,25 @@ def expected_programs(ctx: StackContext) -> set[str]:
     return set(json.loads(path.read_text())) if path.exists() else set()
 
 
+@contextmanager
+def stack_lock(ctx: StackContext):
+    """One `up`/`down` at a time per stack folder (tests, make and helpers may call concurrently)."""
+    import fcntl
+
+    with open(ctx.paths.run / "stack.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def bring_up(ctx: StackContext, comps: list[Component]) -> None:
+    with stack_lock(ctx):
+        _bring_up(ctx, comps)
+
+
+def _bring_up(ctx: StackContext, comps: list[Component]) -> None:
     _record_profile(ctx, [p for c in comps for p in (AIRFLOW_PROGRAMS if isinstance(c, Airflow) else (c.program,))])
     with step("supervisord"):
         supervisor.ensure_running(ctx, supervisor.render_conf(ctx, _all_sections(ctx)))
@@ -200,9 +219,9 @@ def down() -> int:
         if states.get(program, {}).get("state") in ("RUNNING", "STARTING", "BACKOFF"):
             with step(f"stop {program}"):
                 supervisor.stop_program(ctx, program)
-    with step("stop supervisord"):
+    with stack_lock(ctx), step("stop supervisord"):
         supervisor.shutdown(ctx)
-    (ctx.paths.home / "profile.json").unlink(missing_ok=True)
+        (ctx.paths.home / "profile.json").unlink(missing_ok=True)
     return 0
 
 

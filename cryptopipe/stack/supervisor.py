@@ -79,9 +79,22 @@ def ensure_running(ctx: StackContext, conf_text: str) -> None:
         with os.fdopen(fd, "w") as f:
             f.write(conf_text)
     if running(ctx):
-        if changed:
+        # always reconcile: the file may have been written by an earlier `up` that failed
+        # before supervisord took it (reloadConfig with no difference changes nothing)
+        try:
             apply_config_changes(ctx)
-        return
+            return
+        except xmlrpc.client.Fault as fault:
+            if "CANT_REREAD" not in fault.faultString:
+                raise
+            # the running supervisord was started with an older environment than the config
+            # needs (an upgrade): restart it; `up` then starts the components again in order
+            shutdown(ctx)
+    alive = _pid_from_file(ctx)
+    if alive:
+        raise StepFailed(f"a supervisord (pid {alive}) owns {ctx.paths.supervisor_pid} but does not answer on "
+                         f"{ctx.paths.supervisor_socket}; stop it (kill {alive}) and run again",
+                         ctx.paths.logs / "supervisord.log")
     if ctx.paths.supervisor_socket.exists():
         ctx.paths.supervisor_socket.unlink()
     log = ctx.paths.logs / "supervisord-start.log"
@@ -92,6 +105,20 @@ def ensure_running(ctx: StackContext, conf_text: str) -> None:
     if rc != 0:
         raise StepFailed(f"supervisord did not start (exit {rc})", log)
     wait_until(lambda: running(ctx), 20, "supervisord", ctx.paths.logs / "supervisord.log")
+
+
+def _pid_from_file(ctx: StackContext) -> int | None:
+    """The pid in supervisord's pid file if that process is alive and is a supervisord."""
+    import psutil
+
+    try:
+        pid = int(ctx.paths.supervisor_pid.read_text().strip())
+        proc = psutil.Process(pid)
+        if proc.status() != psutil.STATUS_ZOMBIE and "supervisord" in " ".join(proc.cmdline()):
+            return pid
+    except (OSError, ValueError, psutil.Error):
+        pass
+    return None
 
 
 def apply_config_changes(ctx: StackContext) -> None:
@@ -145,14 +172,26 @@ def stop_program(ctx: StackContext, program: str) -> None:
             raise
 
 
-def shutdown(ctx: StackContext, timeout: float = 120) -> None:
+def shutdown(ctx: StackContext, timeout: float = 180) -> None:
+    """Stop supervisord (it stops its programs first) and wait until its process is gone."""
+    import psutil
+
     if not running(ctx):
         return
+    try:
+        pid = rpc(ctx).supervisor.getPID()
+    except Exception:
+        pid = None
     try:
         rpc(ctx).supervisor.shutdown()
     except Exception:
         pass
-    deadline = time.monotonic() + timeout
-    pid_file = ctx.paths.supervisor_pid
-    while time.monotonic() < deadline and pid_file.exists():
-        time.sleep(0.2)
+    if pid is None:
+        return
+    try:
+        psutil.Process(pid).wait(timeout=timeout)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        raise StepFailed(f"supervisord (pid {pid}) did not stop within {timeout:.0f}s",
+                         ctx.paths.logs / "supervisord.log")
