@@ -59,7 +59,7 @@ class Config:
     weight_limit: int = 6000
     ban_seconds: float = 120.0
     kucoin_pool: int = 2000
-    truth_max: int = 500_000
+    truth_max: int = 300_000
     truth_dir: str | None = None
     step_s: float = 0.05
 
@@ -120,6 +120,7 @@ class Sim:
         return self._ok({
             "config": asdict(self.cfg), "port": self.port, "env": self.env(), "now_ms": now_ms(),
             "started_ms": self.engine.start_ms, "ticks_out": self.ticks_out, "rest_calls": self.rest_calls,
+            "overload_skips": self.engine.overload_skips, "overload_skipped_ms": self.engine.skipped_ms,
             "effective_rate": {ex: m.effective_rate for ex, m in self.markets.items()},
             "truth": {"records": len(self.truth.records), "dropped": self.truth.dropped,
                       "dir": self.cfg.truth_dir, "spool_dropped": self.truth.spool_dropped,

@@ -21,8 +21,11 @@ import aiohttp
 import psutil
 
 
+ENDS: list[str] = []   # why a client stopped early, if one did
+
+
 def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as r:
+    with urllib.request.urlopen(url, timeout=60) as r:
         return json.loads(r.read())
 
 
@@ -39,6 +42,7 @@ async def _kucoin_client(env: dict, counter: dict, stop: asyncio.Event) -> None:
             while not stop.is_set():
                 msg = await ws.receive()
                 if msg.type != aiohttp.WSMsgType.TEXT:
+                    ENDS.append(f"kucoin client: {msg.type.name} {msg.data!r:.100} {msg.extra!r:.100}")
                     break
                 if msg.data.startswith('{"topic"'):
                     counter["kucoin"] += 1
@@ -54,6 +58,7 @@ async def _binance_client(env: dict, counter: dict, stop: asyncio.Event, streams
             while not stop.is_set():
                 msg = await ws.receive()
                 if msg.type != aiohttp.WSMsgType.TEXT:
+                    ENDS.append(f"binance client: {msg.type.name} {msg.data!r:.100}")
                     break
                 d = msg.data
                 counter["binance"] += d.count('"e":"24hrMiniTicker"') + d.count('"e":"trade"')
@@ -116,14 +121,19 @@ def run(args) -> dict:
                 "client_ticks_per_s": round(sum(c1[k] - c0[k] for k in c1) / dt),
                 "client_ticks_per_s_by_exchange": {k: round((c1[k] - c0[k]) / dt) for k in c1},
                 "sim_cpu_cores": round(cpu, 2), "sim_rss_mb": round(ps.memory_info().rss / 2 ** 20),
+                "sim_overload_skips": s1["overload_skips"] - s0["overload_skips"],
                 "max_queued_batches": max([c["queued_batches"] for c in s1["connections"]] or [0]),
-                "truth_records": s1["truth"]["records"]})
+                "truth_records": s1["truth"]["records"], "clients_ended_early": list(ENDS)})
 
         asyncio.run(main())
         return result
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -136,7 +146,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trade-streams", type=int, default=200, help="Binance @trade streams per client")
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--warmup", type=float, default=3)
-    p.add_argument("--truth-max", type=int, default=500_000)
+    p.add_argument("--truth-max", type=int, default=300_000)
     return p
 
 

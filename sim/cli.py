@@ -33,7 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-limit", type=int, default=6000, help="Binance REST weight per minute")
     p.add_argument("--ban-seconds", type=float, default=120.0, help="Binance 418 ban length")
     p.add_argument("--kucoin-pool", type=int, default=2000, help="KuCoin public requests per 30 s")
-    p.add_argument("--truth-max", type=int, default=500_000, help="ground-truth ring size in ticks (0 = off; ~300 B each)")
+    p.add_argument("--truth-max", type=int, default=300_000,
+                   help="ground-truth ring size in ticks (0 = off; ~0.6 kB each)")
     p.add_argument("--truth-dir", default=None, help="also append the ground truth to JSONL files here")
     p.add_argument("--step", type=float, default=0.05, help="engine step, s")
     p.add_argument("--log-level", default="WARNING")

@@ -219,7 +219,9 @@ class Market:
             return
         key = (self.seed * 1_000_003 + self.salt) * 10_000_019 + s.idx * 100_000_007 + minute
         rt = random.Random(key).random
-        rv = random.Random(key ^ 0x5DEECE66D).random
+        values = random.Random(key ^ 0x5DEECE66D)
+        rv = values.random
+        skipped = 0
         log = math.log
         mean_gap = MINUTE_MS / lam
         base_ms = minute * MINUTE_MS
@@ -234,11 +236,16 @@ class Market:
             if off >= MINUTE_MS:
                 return
             t = base_ms + off
-            u1 = rv()
-            u2 = rv()
             seq += 1
             if t < skip_before:
+                skipped += 1
                 continue
+            if skipped:
+                # two random() per skipped trade = four 32-bit words: consume them in one call
+                values.getrandbits(128 * skipped)
+                skipped = 0
+            u1 = rv()
+            u2 = rv()
             sec = t // 1000
             if sec != ref_sec:
                 ref_sec = sec
