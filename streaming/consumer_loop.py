@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterable
 
+
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -137,6 +138,32 @@ def next_offsets(messages: Iterable) -> list[TopicPartition]:
         if off > high.get(key, -1):
             high[key] = off
     return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(high.items())]
+
+
+def advance_past_markers(consumer: Consumer, offsets: list[TopicPartition],
+                         exclude: set[tuple[str, int]] = frozenset()) -> list[TopicPartition]:
+    """Move each commit offset up to the consumer's position when that is further.
+
+    On a transactional input topic the position skips the commit markers after the last record
+    returned; committing it (rather than last offset + 1) lets the committed offset reach the
+    end offset, so lag reads 0 once everything is stored. Only valid when every record returned
+    by the consumer for those partitions has been made durable: partitions with records returned
+    but not yet processed go in `exclude`.
+    """
+    if not offsets:
+        return offsets
+    try:
+        positions = {(tp.topic, tp.partition): tp.offset
+                     for tp in consumer.position([TopicPartition(o.topic, o.partition) for o in offsets])}
+    except KafkaException:
+        return offsets
+    out = []
+    for o in offsets:
+        pos = positions.get((o.topic, o.partition), -1)
+        if (o.topic, o.partition) not in exclude and pos > o.offset:
+            o = TopicPartition(o.topic, o.partition, pos)
+        out.append(o)
+    return out
 
 
 def split_errors(messages: list) -> tuple[list, list]:

@@ -20,6 +20,7 @@ from decimal import Decimal, InvalidOperation
 
 import psycopg2
 import psycopg2.extras
+from confluent_kafka import TopicPartition
 
 from common.db import connect
 from common.kafka import make_consumer, make_producer
@@ -27,7 +28,7 @@ from common.models import PipelineEvent
 from common.settings import get_settings
 from common.symbols import CANONICAL_RE
 from common.topics import EXCHANGES, PIPELINE_EVENTS, dlq_topic, exchange_of_topic, transformed_topic
-from streaming.consumer_loop import (LagReporter, Metrics, StopFlag, backoff_delays, base_parser, commit_sync,
+from streaming.consumer_loop import (LagReporter, Metrics, advance_past_markers, StopFlag, backoff_delays, base_parser, commit_sync,
                                      header_dict, log_consumer_errors, next_offsets, safe_reason,
                                      setup_logging, split_errors, start_metrics_server)
 
@@ -370,6 +371,7 @@ class Loader:
         self.events_topic = PIPELINE_EVENTS + topic_suffix
         self._next_retention = 0.0
         self._held: list = []
+        self._committed: dict[tuple[str, int], int] = {}
 
     def topics(self) -> list[str]:
         return [transformed_topic(e) + self.suffix for e in EXCHANGES] + [self.events_topic]
@@ -428,7 +430,10 @@ class Loader:
         lines, days, sessions, bad = self.split(messages)
         result = self._write_with_retry(lines, days, sessions)
         self.dead_letter(bad)
-        commit_sync(self.consumer, next_offsets(messages))
+        held = {(m.topic(), m.partition()) for m in self._held}
+        offsets = advance_past_markers(self.consumer, next_offsets(messages), held)
+        if commit_sync(self.consumer, offsets):
+            self._committed.update({(o.topic, o.partition): o.offset for o in offsets})
         self.metrics.wrote("ticks", result.ticks_inserted)
         self.metrics.wrote("sessions", result.sessions)
         self.metrics.batch(len(messages), time.monotonic() - started)
@@ -463,6 +468,17 @@ class Loader:
             for m in self.consumer.consume(100, timeout=min(0.5, max(0.0, deadline - time.monotonic()))):
                 self._held.append(m)  # fetched before the pause: processed with the next batch
 
+    def commit_idle_positions(self) -> None:
+        """Idle, everything returned so far is stored: commit positions that moved past markers only."""
+        try:
+            positions = self.consumer.position(self.consumer.assignment())
+        except Exception:
+            return
+        ahead = [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in positions
+                 if tp.offset >= 0 and tp.offset > self._committed.get((tp.topic, tp.partition), -1)]
+        if ahead and commit_sync(self.consumer, ahead):
+            self._committed.update({(o.topic, o.partition): o.offset for o in ahead})
+
     def maybe_retention(self) -> None:
         if not self.retention_days or time.monotonic() < self._next_retention:
             return
@@ -489,6 +505,8 @@ class Loader:
                 log_consumer_errors(errors, COMPONENT)
                 if good:
                     self.process(good)
+                elif not messages:
+                    self.commit_idle_positions()
                 self.lag.maybe_report(self.consumer)
         finally:
             self.metrics.up.labels(COMPONENT).set(0)

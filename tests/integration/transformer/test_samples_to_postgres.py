@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import SAMPLES
-from tests.integration.sinks_util import (Daemon, caught_up, committed, data_ends, create_topics, delete_topics, end_offsets, new_suffix,
+from tests.integration.sinks_util import (Daemon, committed, create_topics, delete_topics, end_offsets, new_suffix,
                                           produce, raw_headers, read_topic, wait_until)
 
 pytestmark = pytest.mark.integration
@@ -95,8 +95,10 @@ def test_recorded_frames_become_the_expected_rows(pg, topics, tmp_path):
                         (t["exchange"], t["symbol"], t["sequence"], t["event_time_ms"]))
     loader = Daemon(["load", "--group", "l" + group, "--topic-suffix", topics, "--retention-days", "0",
                      "--metrics-port", "0"], tmp_path, "l").start()
-    wait_until(lambda: all(caught_up("l" + group, f"{ex}_transformed_data{topics}", data_ends(out_by[ex], 3))
-                           for ex in out_by), 120, "the loader", [loader])
+    # the loader's commits pass the transaction markers too: committed reaches the end offsets
+    wait_until(lambda: all(committed("l" + group, f"{ex}_transformed_data{topics}", 3)
+                           == end_offsets(f"{ex}_transformed_data{topics}", 3) for ex in out_by),
+               120, "the loader", [loader])
     assert transformer.term() == 0 and loader.term() == 0
 
     # every tick on the transformed topics is a row stamped with our receive time
