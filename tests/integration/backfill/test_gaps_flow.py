@@ -108,5 +108,5 @@ def test_outage_is_detected_filled_edges_included_and_never_detected_again(excha
                 assert (o, h, l, c) == tuple(Decimal(true[k]) for k in ("open", "high", "low", "close")), (s, t)
 
     # and a filled gap is never found again
-    again = detect_gaps(now + 2 * M, lookback=timedelta(minutes=48, seconds=30), exchanges=[exchange])
+    again = detect_gaps(now, lookback=timedelta(minutes=46, seconds=30), exchanges=[exchange])
     assert [g for g in again if g.symbol in (None, *symbols) and T - 5 * M <= g.gap_start < w.end] == []
