@@ -1,7 +1,9 @@
 """Extractors against the simulator, on the real Kafka: completeness, order, events, faults."""
 from __future__ import annotations
 
+import socket
 import time
+import urllib.request
 
 import pytest
 
@@ -10,6 +12,22 @@ from .harness import compare_with_truth, covered_spans, gaps, start_extractor, w
 pytestmark = pytest.mark.integration
 
 SIM = {"symbols": 20, "rate": 60}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metrics(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
 def _kinds(events, conn=None):
@@ -28,9 +46,16 @@ def _streams_again(run, sim, exchange, after_ms: int, timeout: float = 20.0):
 @pytest.mark.parametrize("exchange", ["binance", "kucoin"])
 def test_normal_run_raw_topic_is_the_ground_truth(stack, sim_factory, tmp_path, exchange):
     sim = sim_factory(**SIM)
-    run = start_extractor(exchange, sim, tmp_path)
+    port = _free_port()
+    run = start_extractor(exchange, sim, tmp_path, "--metrics-port", str(port))
     wait_for(lambda: sim.control.truth(exchange, limit=1), 20, "first ticks")
     time.sleep(6)
+    metrics = _metrics(port)
+    assert metrics[f'cryptopipe_extractor_frames_total{{exchange="{exchange}"}}'] > 5
+    assert metrics[f'cryptopipe_extractor_ticks_total{{exchange="{exchange}"}}'] >= 20
+    assert metrics[f'cryptopipe_extractor_newest_frame_age_seconds{{exchange="{exchange}"}}'] < 5
+    assert metrics[f'cryptopipe_extractor_connections{{exchange="{exchange}"}}'] == 1
+    assert metrics[f'cryptopipe_extractor_spool_bytes{{exchange="{exchange}"}}'] == 0
     assert run.stop() == 0, run.log()
     assert run.stopped_s < 8, f"SIGTERM took {run.stopped_s:.1f}s"
     records = run.raw_records()
