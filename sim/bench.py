@@ -150,6 +150,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def measure(**options) -> dict:
+    """The figures as a dict, e.g. measure(scenario="both", rate=30000, seconds=10)."""
+    argv = []
+    for k, v in options.items():
+        argv += ["--" + k.replace("_", "-"), str(v)]
+    return run(parser().parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     r = run(args)

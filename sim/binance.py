@@ -375,6 +375,20 @@ class Binance:
         if method == "LIST_SUBSCRIPTIONS":
             conn.reply({"result": list(conn.names), "id": rid})
             return
+        if method in ("SET_PROPERTY", "GET_PROPERTY"):
+            params = req.get("params")
+            if not isinstance(params, list) or not params or not isinstance(params[0], str):
+                conn.reply({"error": {"code": 2, "msg": "Invalid request: property name must be a string"}, "id": rid})
+            elif params[0] != "combined":
+                conn.reply({"error": {"code": 0, "msg": "Unknown property"}, "id": rid})
+            elif method == "GET_PROPERTY":
+                conn.reply({"result": conn.combined, "id": rid})
+            elif len(params) < 2 or not isinstance(params[1], bool):
+                conn.reply({"error": {"code": 1, "msg": "Invalid value type: expected Boolean"}, "id": rid})
+            else:
+                conn.combined = params[1]
+                conn.reply({"result": None, "id": rid})
+            return
         if method not in ("SUBSCRIBE", "UNSUBSCRIBE"):
             conn.reply({"error": {"code": 2, "msg": f"Invalid request: unknown variant `{str(method)[:40]}`, expected one "
                                   "of `SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, `SET_PROPERTY`, "

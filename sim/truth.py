@@ -91,7 +91,12 @@ class Truth:
                 break
         return out
 
+    MAX_CONNECTIONS = 50_000   # the registry forgets the oldest closed connections beyond this
+
     def open_conn(self, conn_id: str, exchange: str, path: str) -> None:
+        if len(self.connections) >= self.MAX_CONNECTIONS:
+            for cid in [c for c, v in self.connections.items() if v["closed_ms"] is not None][:1000]:
+                del self.connections[cid]
         self.connections[conn_id] = {"conn_id": conn_id, "exchange": exchange, "path": path,
                                      "opened_ms": now_ms(), "closed_ms": None, "close_reason": None,
                                      "subscriptions": []}

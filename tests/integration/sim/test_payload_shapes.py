@@ -183,3 +183,20 @@ def test_kucoin_ws_protocol_and_topic_shapes(busy_sim):
         ws.send(json.dumps({"id": 9, "type": "unsubscribe", "topic": "/market/ticker:all", "response": True}))
         ack, _ = read_until(ws, lambda m: m.get("type") == "ack", 5)
         assert ack["id"] == "9"
+
+
+def test_binance_properties(busy_sim):
+    ex = sample_json("binance-docs-examples.json")["websocket_streams"]
+    with connect(busy_sim.env["BINANCE_WS_URL"] + "/ws", max_size=None) as ws:
+        ws.send(json.dumps(ex["get_property_request"]))
+        reply, _ = read_until(ws, lambda m: isinstance(m, dict) and m.get("id") == 2, 5)
+        assert reply == {"result": False, "id": 2}
+        ws.send(json.dumps(ex["set_property_request"]))
+        reply, _ = read_until(ws, lambda m: isinstance(m, dict) and m.get("id") == 5, 5)
+        assert reply == ex["set_property_response"]
+        ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["!miniTicker@arr"], "id": 6}))
+        frame, _ = read_until(ws, lambda m: isinstance(m, dict) and m.get("stream") == "!miniTicker@arr", 5)
+        assert isinstance(frame["data"], list)
+        ws.send(json.dumps({"method": "GET_PROPERTY", "params": ["nope"], "id": 7}))
+        reply, _ = read_until(ws, lambda m: isinstance(m, dict) and m.get("id") == 7, 5)
+        assert reply["error"] == {"code": 0, "msg": "Unknown property"}
