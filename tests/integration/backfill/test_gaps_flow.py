@@ -110,3 +110,47 @@ def test_outage_is_detected_filled_edges_included_and_never_detected_again(excha
     # and a filled gap is never found again
     again = detect_gaps(now, lookback=timedelta(minutes=46, seconds=30), exchanges=[exchange])
     assert [g for g in again if g.symbol in (None, *symbols) and T - 5 * M <= g.gap_start < w.end] == []
+
+
+def test_ongoing_outage_extends_its_open_gap_and_lifecycle_is_enforced(stack, window, pg):
+    from backfill.gaps import claim, get_gap, mark
+
+    exchange = "kucoin"
+    w = window(30)
+    T = w.start
+    symbols = w.use(exchange, ["ZZBF-USDT"])
+    conn_id = f"bftest-{uuid.uuid4().hex[:12]}"
+    w.conn_ids.append(conn_id)
+    with pg.cursor() as cur:
+        # a session that stopped heartbeating at T+10:20 without a disconnect event (killed extractor)
+        cur.execute("INSERT INTO stream_sessions (conn_id, exchange, connected_at, subscribed_at, last_seen_at) "
+                    "VALUES (%s, %s, %s, %s, %s)", (conn_id, exchange, T - 2 * M, T - 2 * M, T + 10 * M + 20 * S))
+        for day in sorted({(T + i * M).date() for i in range(-2, 31)}):
+            cur.execute("SELECT ensure_ticks_partition(%s)", (day,))
+        cur.executemany("INSERT INTO ticks (exchange, symbol, event_time, price, received_at) VALUES (%s, %s, %s, 1, %s)",
+                        [(exchange, symbols[0], T + i * M + S, T + i * M + S) for i in range(-2, 11)])
+        cur.executemany("INSERT INTO candles_1m (exchange, symbol, open_time, open, high, low, close, source) "
+                        "VALUES (%s, %s, %s, 1, 1, 1, 1, 'stream')", [(exchange, symbols[0], T + i * M) for i in range(-2, 11)])
+
+    def mine(found):
+        return [g for g in found if g.symbol in (None, *symbols) and T - 2 * M <= g.gap_start < w.end]
+
+    first = mine(detect_gaps(T + 15 * M + 10 * S, lookback=timedelta(minutes=17), exchanges=[exchange]))
+    assert [(g.symbol, g.gap_start, g.gap_end, g.kind) for g in first] == [(None, T + 10 * M, T + 14 * M, "uncovered")]
+    later = mine(detect_gaps(T + 20 * M + 10 * S, lookback=timedelta(minutes=22), exchanges=[exchange]))
+    assert [(g.id, g.gap_start, g.gap_end) for g in later] == [(first[0].id, T + 10 * M, T + 19 * M)]
+
+    gap_id = first[0].id
+    assert claim(gap_id) and not claim(gap_id)             # one owner
+    assert get_gap(gap_id).status == "backfilling"
+    assert mark(gap_id, "failed", error="boom").error == "boom"
+    assert claim(gap_id)                                   # a failed gap can be retried
+    filled = mark(gap_id, "filled", rows_filled=9)
+    assert (filled.status, filled.rows_filled, filled.error) == ("filled", 9, None) and filled.filled_at
+    with pytest.raises(ValueError, match="is filled; it cannot become open"):
+        mark(gap_id, "open")
+    with pytest.raises(LookupError):
+        mark(10**12, "filled")
+    # a backfilling/filled gap is not extended: later outage time becomes a new gap
+    newer = mine(detect_gaps(T + 25 * M + 10 * S, lookback=timedelta(minutes=27), exchanges=[exchange]))
+    assert [(g.gap_start, g.gap_end, g.status) for g in newer] == [(T + 19 * M, T + 24 * M, "open")]
