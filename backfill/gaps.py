@@ -375,11 +375,19 @@ def request_for_gap(gap: Gap, *, now: datetime | None = None, known_symbols=None
                             max_window=max(gap.gap_end - gap.gap_start, timedelta(minutes=1)))
 
 
+def _listed(exchange: str, fallback: set[str]) -> set[str]:
+    try:
+        from backfill.rest import known_symbols
+        return set(known_symbols(exchange))
+    except Exception:  # markets unreachable: be strict, count every tracked symbol
+        return set(fallback)
+
+
 def mark_covered(request: BackfillRequest, summary=None, conn=None) -> list[int]:
     """Mark filled the not-yet-filled gaps inside a backfill that finished without failure.
 
     A per-symbol gap is covered when its symbol was backfilled; an exchange-wide gap when every
-    symbol tracked around it was. Returns the ids marked filled (none if `summary` failed).
+    symbol tracked around it (and still listed by the exchange) was. Returns the ids marked filled (none if `summary` failed).
     """
     if summary is not None and not summary.ok:
         return []
@@ -395,8 +403,12 @@ def mark_covered(request: BackfillRequest, summary=None, conn=None) -> list[int]
                 if gap.symbol is not None:
                     ok = gap.symbol in wanted
                 else:
-                    ok = set(tracked_symbols(gap.exchange, gap.gap_start - timedelta(hours=1),
-                                             gap.gap_end + timedelta(hours=1), conn=conn)) <= wanted
+                    tracked = set(tracked_symbols(gap.exchange, gap.gap_start - timedelta(hours=1),
+                                                  gap.gap_end + timedelta(hours=1), conn=conn))
+                    if not tracked <= wanted:
+                        # symbols the exchange no longer lists cannot be backfilled: they do not count
+                        tracked &= _listed(gap.exchange, tracked)
+                    ok = tracked <= wanted
                 if ok:
                     cur.execute("""SELECT coalesce(sum(1), 0) FROM candles_1m WHERE exchange = %s
                                    AND source = 'rest' AND open_time >= %s AND open_time < %s
