@@ -37,6 +37,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--exchanges", default="binance,kucoin", help="comma-separated (default binance,kucoin)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--batch-size", type=int, default=5000, help="transformer/loader/archiver batch size")
+    p.add_argument("--poll-timeout", type=float, default=0.5,
+                   help="transformer/loader/archiver --poll-timeout: how long a batch may wait to fill (default 0.5)")
+    p.add_argument("--linger-ms", type=int, default=5, help="extractors' producer linger (default 5)")
+    p.add_argument("--archive-max-age", type=float, default=None,
+                   help="archiver --max-age: seconds an S3 object may stay open (default: the archiver's 60)")
     p.add_argument("--no-archive", action="store_true", help="do not run the S3 archiver alongside")
     p.add_argument("--peer", choices=["none", "cryptofeed"], default="none",
                    help="also run the peer on the same feed and report the ratio")
@@ -68,8 +73,10 @@ def _config(args, rate: float):
         sample_interval = 10.0
     return RunConfig(duration=duration, warmup=args.warmup, rate=rate, symbols=args.symbols, exchanges=exchanges,
                      seed=args.seed, sample_interval=sample_interval, batch_size=args.batch_size,
+                     poll_timeout=args.poll_timeout, linger_ms=args.linger_ms,
                      profile_dir=Path(args.profile) if args.profile else None, work_dir=work,
-                     keep_topics=args.keep_topics, archive=not args.no_archive)
+                     keep_topics=args.keep_topics, archive=not args.no_archive,
+                     archive_max_age=args.archive_max_age)
 
 
 def _run_max(args, settings, console) -> tuple[dict, list[dict]]:

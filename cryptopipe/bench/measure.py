@@ -236,11 +236,11 @@ def latency_percentiles(conn, clock: CommitClock, table: str, where: str, params
     out = {"rows": n, "transactions": len(xids), "transactions_unseen": unseen,
            "clock_resolution_ms": clock.resolution_ms()}
     if n and pcts:
-        out.update({"p50_ms": pcts[0] * 1000, "p95_ms": pcts[1] * 1000, "p99_ms": pcts[2] * 1000,
-                    "max_ms": worst * 1000})
+        out.update({"p50_ms": float(pcts[0]) * 1000, "p95_ms": float(pcts[1]) * 1000,
+                    "p99_ms": float(pcts[2]) * 1000, "max_ms": float(worst) * 1000})
     if start_expr and n and row[3]:
-        out.update({"txn_start_p50_ms": row[3][0] * 1000, "txn_start_p95_ms": row[3][1] * 1000,
-                    "txn_start_p99_ms": row[3][2] * 1000})
+        out.update({"txn_start_p50_ms": float(row[3][0]) * 1000, "txn_start_p95_ms": float(row[3][1]) * 1000,
+                    "txn_start_p99_ms": float(row[3][2]) * 1000})
     return out
 
 

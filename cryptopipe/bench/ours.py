@@ -38,10 +38,13 @@ class RunConfig:
     commit_clock_interval: float = 0.02
     drain_timeout: float = 120.0
     batch_size: int = 5000
+    poll_timeout: float = 0.5         # the daemons' --poll-timeout (their default 0.5)
+    linger_ms: int = 5                # the extractors' --linger-ms (their default 5)
     profile_dir: Path | None = None   # run transform and load under cProfile
     work_dir: Path = field(default_factory=lambda: Path("/tmp"))
     keep_topics: bool = False
     archive: bool = True
+    archive_max_age: float | None = None   # the archiver's --max-age (its default 60 s)
 
 
 def sim_argv(cfg: RunConfig) -> list[str]:
@@ -59,15 +62,22 @@ def create_topics(settings, names: dict[str, int]) -> None:
         f.result()
 
 
-def delete_topics(names: list[str]) -> None:
+def delete_topics(names: list[str], wait: float = 15.0) -> None:
+    """Delete the run's topics and wait until the broker's metadata no longer lists them."""
     from common.kafka import make_admin
 
     try:
-        for f in make_admin().delete_topics(names, operation_timeout=30).values():
+        admin = make_admin()
+        for f in admin.delete_topics(names, operation_timeout=30).values():
             try:
                 f.result()
             except Exception:  # noqa: BLE001 - best effort clean-up
                 pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not set(names) & set(admin.list_topics(timeout=10).topics):
+                return
+            time.sleep(0.3)
     except Exception:  # noqa: BLE001
         pass
 
@@ -135,20 +145,22 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
             argv = head + ["-m", "cryptopipe", *args, "--metrics-port", str(ports[name])]
             return Proc(name, argv, logs / f"{name}.log", env=sim_env).start()
 
-        common_args = ["--topic-suffix", suffix, "--batch-size", str(cfg.batch_size), "--log-level", "WARNING"]
+        common_args = ["--topic-suffix", suffix, "--batch-size", str(cfg.batch_size),
+                       "--poll-timeout", str(cfg.poll_timeout), "--log-level", "WARNING"]
         procs.append(daemon("transform", ["transform", "--group", groups["transform"], "--instance", run_id,
                                           "--exchanges", ",".join(cfg.exchanges), *common_args], profile=True))
         procs.append(daemon("load", ["load", "--group", groups["load"], "--retention-days", "0", *common_args],
                             profile=True))
         if cfg.archive:
-            procs.append(daemon("archive", ["archive", "--group", groups["archive"], *common_args]))
+            extra = ["--max-age", str(cfg.archive_max_age)] if cfg.archive_max_age else []
+            procs.append(daemon("archive", ["archive", "--group", groups["archive"], *extra, *common_args]))
         _wait(lambda: all(scrape(ports[n]) for n in ports), 60, "transform/load/archive metrics", procs)
 
         for ex in cfg.exchanges:
             ports[f"extract-{ex}"] = free_port()
             argv = [python(), "-m", "cryptopipe.bench.extract_isolated", suffix, ex,
                     "--metrics-port", str(ports[f"extract-{ex}"]), "--spool-dir", str(logs / f"spool-{ex}"),
-                    "--label", f"bench{run_id}", "--log-level", "WARNING"]
+                    "--label", f"bench{run_id}", "--linger-ms", str(cfg.linger_ms), "--log-level", "WARNING"]
             procs.append(Proc(f"extract-{ex}", argv, logs / f"extract-{ex}.log", env=sim_env).start())
 
         def extracted() -> float:
@@ -275,6 +287,8 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
         "window": {"start": t0_wall.isoformat(), "end": t1_wall.isoformat(), "seconds": window},
         "sim": {"rate_per_exchange": cfg.rate, "symbols": cfg.symbols, "exchanges": list(cfg.exchanges),
                 "seed": cfg.seed},
+        "settings": {"batch_size": cfg.batch_size, "poll_timeout": cfg.poll_timeout, "linger_ms": cfg.linger_ms,
+                     "archive": cfg.archive, "archive_max_age": cfg.archive_max_age},
         "offered_ticks_per_s": offered,
         "sustained_ticks_per_s": sustained,
         "rows_in_window_postgres": rows_in_window,

@@ -1,0 +1,256 @@
+"""The peer, side by side: cryptofeed from PyPI with its stock Kafka and Postgres ticker backends,
+fed by the same simulator settings on the same machine, into the same Kafka and Postgres (its own
+topic and table), measured the same way as our pipeline.
+
+Version: cryptofeed 2.4.1, the newest release that runs on Python 3.11 and speaks the KuCoin
+protocol the exchanges document and the simulator serves (bullet-public token, `/market/ticker`).
+3.0.1 needs Python >= 3.13 and its KuCoin adapter speaks KuCoin's newer `x-push-spot` protocol,
+which the simulator does not serve. It lives in its own venv (created on first use, cached outside
+the repository) because its pins differ from ours.
+
+Channels: cryptofeed's TICKER is Binance `<symbol>@bookTicker` (one update per trade) and KuCoin
+`/market/ticker:<symbols>` (one per trade); ours are the all-market `!miniTicker@arr` (one per
+changed symbol per second) and `/market/ticker:all` (one per trade). On KuCoin the two receive
+the same updates; the report gives what each was offered and what each stored.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptopipe.bench.measure import CommitClock, Sampler, latency_percentiles
+from cryptopipe.bench.ours import RunConfig, create_topics, delete_topics, sim_argv
+from cryptopipe.bench.procs import InfraSampler, Proc, SimProc
+
+UTC = timezone.utc
+CRYPTOFEED_VERSION = "2.4.1"
+PEER_PINS = (f"cryptofeed=={CRYPTOFEED_VERSION}", "aiokafka==0.14.0", "asyncpg==0.32.0")
+LAUNCHER = Path(__file__).resolve().parent / "cryptofeed_launcher.py"
+
+
+class PeerUnavailable(RuntimeError):
+    """cryptofeed could not be installed or started here; the message says exactly why."""
+
+
+def venv_dir() -> Path:
+    from common.settings import cache_home
+
+    return cache_home() / f"venv-cryptofeed-{CRYPTOFEED_VERSION}"
+
+
+def ensure_venv(log=print) -> Path:
+    """The peer's interpreter; creates the venv with the pinned packages on first use."""
+    venv = venv_dir()
+    py = venv / "bin" / "python"
+    marker = venv / ".bench-ready"
+    if marker.exists() and marker.read_text() == "\n".join(PEER_PINS) and py.exists():
+        return py
+    log(f"peer: creating {venv} with {' '.join(PEER_PINS)} (once)")
+    base = "python3.11"
+    try:
+        subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True, text=True,
+                       timeout=300)
+        cache = venv.parent / "pip-cache"
+        r = subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "--cache-dir", str(cache),
+                            *PEER_PINS], capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise PeerUnavailable(f"could not create the cryptofeed venv: {exc}") from None
+    if r.returncode != 0:
+        raise PeerUnavailable(f"pip install {' '.join(PEER_PINS)} failed (exit {r.returncode}):\n"
+                              f"{(r.stderr or r.stdout)[-3000:]}")
+    marker.write_text("\n".join(PEER_PINS))
+    return py
+
+
+def _pg_env(dsn: str) -> dict[str, str]:
+    from psycopg2.extensions import parse_dsn
+
+    d = parse_dsn(dsn)
+    env = {"PGHOST": d.get("host", "127.0.0.1"), "PGPORT": str(d.get("port", 5432)),
+           "PGUSER": d.get("user", ""), "PGDATABASE": d.get("dbname", "")}
+    if d.get("password"):
+        env["PGPASSWORD"] = d["password"]
+    return env
+
+
+# cryptofeed's documented ticker table, plus the commit-side timestamp (a trailing DEFAULT column:
+# its positional INSERT fills the first seven and leaves this one to its default)
+TABLE_DDL = """CREATE TABLE {name} (
+    id bigserial PRIMARY KEY,
+    timestamp timestamp,
+    receipt_timestamp timestamp,
+    exchange text,
+    symbol text,
+    bid numeric,
+    ask numeric,
+    ingested_at timestamptz NOT NULL DEFAULT now())"""
+
+
+def run_cryptofeed(cfg: RunConfig, settings, log=print) -> dict:
+    py = ensure_venv(log)
+    run_id = uuid.uuid4().hex[:8]
+    table = f"bench_cryptofeed_ticker_{run_id}"
+    topic = f"bench_cryptofeed_ticker_{run_id}"
+    logs = cfg.work_dir / f"cryptofeed-{run_id}"
+    logs.mkdir(parents=True, exist_ok=True)
+    from common.db import connect
+
+    conn = connect()
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(TABLE_DDL.format(name=table))  # bench-generated identifier, no user input
+    create_topics(settings, {topic: settings.topic_partitions})
+    log(f"peer: cryptofeed {CRYPTOFEED_VERSION}, table {table}, topic {topic}, logs in {logs}")
+    procs: list[Proc] = []
+    sampler = clock = None
+    stats_path = logs / "stats.json"
+    try:
+        sim = SimProc("sim", sim_argv(cfg), logs / "sim.log").start()
+        procs.append(sim)
+        env = _pg_env(settings.postgres_dsn)
+        argv = [str(py), str(LAUNCHER), "--binance-ws", sim.urls["BINANCE_WS_URL"],
+                "--binance-rest", sim.urls["BINANCE_REST_URL"], "--kucoin-rest", sim.urls["KUCOIN_REST_URL"],
+                "--exchanges", ",".join(cfg.exchanges), "--kafka", settings.kafka_bootstrap_servers,
+                "--topic", topic, "--table", table, "--stats", str(stats_path)]
+        cf = Proc("cryptofeed", argv, logs / "cryptofeed.log", env={**env, "PYTHONPATH": ""}).start()
+        procs.append(cf)
+
+        def stored() -> int:
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT count(*) FROM {table}")
+                return cur.fetchone()[0]
+
+        def received() -> int:
+            try:
+                return int(json.loads(stats_path.read_text())["received"])
+            except (OSError, ValueError, KeyError):
+                return 0
+
+        def kafka_records() -> int:
+            from confluent_kafka import Consumer, TopicPartition
+
+            c = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"bench-{run_id}-w",
+                          "log_level": 2})
+            try:
+                md = c.list_topics(topic, timeout=10).topics[topic]
+                return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in md.partitions)
+            finally:
+                c.close()
+
+        deadline = time.monotonic() + 120
+        while stored() == 0:
+            if not cf.alive():
+                raise PeerUnavailable(f"cryptofeed exited with {cf.popen.returncode} before storing a row:\n"
+                                      f"{cf.log_tail(3000)}")
+            if time.monotonic() > deadline:
+                raise PeerUnavailable(f"cryptofeed stored no row within 120 s:\n{cf.log_tail(3000)}")
+            time.sleep(0.5)
+        log(f"peer: first rows stored; warming up {cfg.warmup:.0f}s")
+        time.sleep(cfg.warmup)
+
+        series: dict[str, list] = {"t": [], "received": [], "stored": [], "kafka": []}
+        infra = InfraSampler()
+
+        def sample(now: float) -> None:
+            series["t"].append(now)
+            series["received"].append(received())
+            series["stored"].append(stored())
+            series["kafka"].append(kafka_records())
+            for p in procs:
+                p.sample(now)
+            infra.sample()
+
+        clock = CommitClock(interval=cfg.commit_clock_interval).start()
+        t0 = datetime.now(UTC)
+        for p in procs:
+            p.mark_start()
+        infra.mark_start()
+        sampler = Sampler(sample, cfg.sample_interval).start()
+        log(f"peer: measuring {cfg.duration:.0f}s from {t0:%H:%M:%S}Z")
+        time.sleep(cfg.duration)
+        sampler.stop()
+        t1 = datetime.now(UTC)
+        for p in procs:
+            p.mark_end()
+        infra.mark_end()
+        if not cf.alive():
+            raise PeerUnavailable(f"cryptofeed exited with {cf.popen.returncode} during the run:\n{cf.log_tail(3000)}")
+        # cryptofeed has no drain: stop the feed, give its queues the drain budget, then read
+        sim.stop()
+        drain_start = time.monotonic()
+        last, still = -1, 0
+        while time.monotonic() - drain_start < cfg.drain_timeout and still < 5:
+            n = stored()
+            still = still + 1 if n == last else 0
+            last = n
+            time.sleep(1.0)
+        drain_s = time.monotonic() - drain_start
+        clock.stop()
+        received_expr = "(receipt_timestamp AT TIME ZONE 'UTC')"
+        where = f"{received_expr} >= %s AND {received_expr} < %s"
+        latency = latency_percentiles(conn, clock, table, where, (t0, t1), received_expr=received_expr)
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM {table} WHERE {where}", (t0, t1))
+            rows_in_window = cur.fetchone()[0]
+            cur.execute(f"SELECT exchange, count(*) FROM {table} WHERE {where} GROUP BY 1 ORDER BY 1", (t0, t1))
+            per_exchange = dict(cur.fetchall())
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        if clock is not None and clock._thread is not None and clock._thread.is_alive():  # noqa: SLF001
+            clock.stop()
+        for p in reversed(procs):
+            p.stop()
+        if not cfg.keep_topics:
+            delete_topics([topic])
+            with conn.cursor() as cur:
+                cur.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.close()
+
+    t = series["t"]
+    span = t[-1] - t[0] if len(t) >= 2 else (t1 - t0).total_seconds()
+
+    def delta(key: str) -> float:
+        return series[key][-1] - series[key][0] if len(series[key]) >= 2 else 0.0
+
+    backlog = [r - s for r, s in zip(series["received"], series["stored"])]
+    processes = []
+    for p in procs:
+        rss = [r for _, r in p.rss_samples]
+        tenth = max(1, len(rss) // 10)
+        processes.append({"process": p.name, "pid": p.pid, "cpu_percent": p.cpu_percent(),
+                          "peak_rss_mb": p.peak_rss / 2**20,
+                          "rss_first_mb": (sum(rss[:tenth]) / tenth) / 2**20 if rss else None,
+                          "rss_last_mb": (sum(rss[-tenth:]) / tenth) / 2**20 if rss else None})
+    from cryptopipe.bench.measure import slope
+
+    return {
+        "system": f"cryptofeed {CRYPTOFEED_VERSION}",
+        "run_id": run_id,
+        "window": {"start": t0.isoformat(), "end": t1.isoformat(), "seconds": (t1 - t0).total_seconds()},
+        "sim": {"rate_per_exchange": cfg.rate, "symbols": cfg.symbols, "exchanges": list(cfg.exchanges),
+                "seed": cfg.seed},
+        "offered_ticks_per_s": delta("received") / span if span else 0.0,
+        "sustained_ticks_per_s": delta("stored") / span if span else 0.0,
+        "kafka_records_per_s": delta("kafka") / span if span else 0.0,
+        "rows_in_window_postgres": rows_in_window,
+        "rows_in_window_by_exchange": per_exchange,
+        "backlog_last": backlog[-1] if backlog else None,
+        "lag": {"backlog": {"max": max(backlog) if backlog else None, "last": backlog[-1] if backlog else None,
+                            "slope_per_s": slope(list(zip(t, backlog)))}},
+        "drain_seconds": drain_s,
+        "latency": latency,
+        "processes": processes + infra.rows(),
+        "logs": str(logs),
+        "series": {"t": [round(x - t[0], 2) for x in t] if t else [],
+                   **{k: v for k, v in series.items() if k != "t"}},
+    }
+
+
+def peer_python_exists() -> bool:
+    return (venv_dir() / "bin" / "python").exists() and os.access(venv_dir() / "bin" / "python", os.X_OK)

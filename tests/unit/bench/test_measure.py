@@ -1,0 +1,70 @@
+"""The benchmark's pure measurement helpers: Prometheus text, snapshots -> commit times, slopes."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from cryptopipe.bench.measure import CommitClock, metric_sum, parse_prometheus, parse_snapshot, slope
+from cryptopipe.bench.report import headline_rows
+
+T0 = datetime(2026, 11, 25, 9, 0, tzinfo=timezone.utc)
+
+PROM = """# HELP cryptopipe_consumer_written_total records made durable
+# TYPE cryptopipe_consumer_written_total counter
+cryptopipe_consumer_written_total{component="load",kind="ticks"} 1234.0
+cryptopipe_consumer_written_total{component="load",kind="sessions"} 7.0
+cryptopipe_extractor_ticks_total{exchange="kucoin"} 10.0
+cryptopipe_extractor_ticks_total{exchange="binance"} 5.0
+process_resident_memory_bytes 4.5e+07
+"""
+
+
+def test_prometheus_text_is_parsed_and_summed_by_labels():
+    samples = parse_prometheus(PROM)
+    assert metric_sum(samples, "cryptopipe_consumer_written_total", kind="ticks") == 1234.0
+    assert metric_sum(samples, "cryptopipe_consumer_written_total") == 1241.0
+    assert metric_sum(samples, "cryptopipe_extractor_ticks_total") == 15.0
+    assert metric_sum(samples, "process_resident_memory_bytes") == 4.5e7
+    assert metric_sum(samples, "cryptopipe_consumer_written_total", kind="nothing") == 0.0
+
+
+def test_snapshot_text():
+    assert parse_snapshot("100:105:101,103") == (100, 105, frozenset({101, 103}))
+    assert parse_snapshot("7:7:") == (7, 7, frozenset())
+
+
+def _clock(samples):
+    clock = CommitClock()
+    clock.samples = [(T0 + timedelta(milliseconds=20 * i), *parse_snapshot(s)) for i, s in enumerate(samples)]
+    return clock
+
+
+def test_commit_time_is_the_first_sample_without_the_transaction():
+    clock = _clock(["100:101:100",        # 100 running
+                    "100:103:100,102",    # 101 finished, 102 started and running
+                    "102:104:102",        # 100 finished; 103 ran and finished in between
+                    "104:104:"])          # 102 and 103 finished
+    assert clock.committed_at(101) == T0 + timedelta(milliseconds=20)
+    assert clock.committed_at(100) == T0 + timedelta(milliseconds=40)
+    assert clock.committed_at(102) == T0 + timedelta(milliseconds=60)
+    assert clock.committed_at(103) == T0 + timedelta(milliseconds=40)
+    assert clock.committed_at(104) is None      # never seen finished
+    assert clock.resolution_ms() == pytest.approx(20.0)
+
+
+def test_slope_of_a_growing_and_a_flat_series():
+    assert slope([(0, 0), (1, 10), (2, 20), (3, 30)]) == pytest.approx(10.0)
+    assert slope([(0, 5), (1, 5), (2, 5)]) == pytest.approx(0.0)
+    assert slope([(0, 1)]) is None
+
+
+def test_headline_rows_say_when_lag_grows_and_format_missing_values():
+    rows = dict(headline_rows({"offered_ticks_per_s": 12000.4, "sustained_ticks_per_s": 11000,
+                               "latency": {"p50_ms": 10.2, "p95_ms": 40, "p99_ms": None},
+                               "lag": {"load": {"max": 5, "last": 2, "slope_per_s": -0.5}},
+                               "lag_bounded": False}))
+    assert rows["offered ticks/s (received by the feed handlers)"] == "12,000"
+    assert rows["receipt -> commit p50 / p95 / p99 ms"] == "10 / 40 / –"
+    assert rows["lag bounded"] == "NO"
+    assert rows["lag load: max / last / slope per s"] == "5 / 2 / -0.5"
