@@ -3,8 +3,9 @@
 
 - adapter parse: Binance `!miniTicker@arr` frame (the recorded 2022-10-14 array) and a KuCoin
   `/market/ticker:all` frame (recorded 2026-10-03) -> Ticks;
-- normalize for the wire: Tick.to_json (transformer output) and the loader's COPY line;
-- the whole transformer routing of one raw record (parse + produce calls, fake producer).
+- normalize for the wire: Tick.to_json (the transformer's output records).
+The transformer's routing, the loader's record validation and batch write, the archiver's lines
+and the transformer's Kafka produce are in test_sinks_bench.py (sinks).
 
 `make bench-micro` style: `pytest tests/benchmarks --benchmark-enable`; in the normal suite they
 run once each as plain tests (pyproject sets --benchmark-disable).
@@ -17,12 +18,8 @@ from decimal import Decimal
 import pytest
 
 from common.models import Tick
-from streaming.consumer_loop import Metrics
 from streaming.exchanges import get_adapter
-from streaming.loader import tick_copy_line
-from streaming.transformer import Router
 from tests.conftest import SAMPLES
-from tests.unit.streaming.kafka_fakes import FakeMessage, FakeProducer
 
 RECEIVED_NS = 1_795_000_000_000_000_000
 
@@ -95,34 +92,3 @@ def test_tick_to_json_batch(benchmark, ticks):
     out = benchmark(lambda: [t.to_json() for t in ticks])
     assert len(out) == len(ticks)
     assert Tick.from_json(out[0]) == ticks[0]
-
-
-def test_loader_copy_lines_batch(benchmark, ticks):
-    values = [t.to_json() for t in ticks]
-    lines = benchmark(lambda: [tick_copy_line(v, "binance") for v in values])
-    assert len(lines) == len(ticks)
-    assert lines[0].split("\t")[:2] == ["binance", ticks[0].symbol]
-
-
-def test_transformer_route_one_frame(benchmark, binance):
-    frame, _adapter = binance
-    _frame, mapping = _binance_frame()
-
-    class Meta:  # a loaded symbol map; no REST
-        symbols = mapping
-        version = 1
-
-        def refresh_on_unknown(self):
-            return False
-
-    message = FakeMessage("binance_raw_data", 0, 42, frame, headers=[("received_ns", str(RECEIVED_NS).encode())])
-
-    def route_once():
-        producer = FakeProducer()
-        Router(producer, Metrics("transform"), Meta()).route(message)
-        return producer
-
-    producer = benchmark(route_once)
-    out = producer.by_topic("binance_transformed_data")
-    assert len(out) > 1000
-    assert json.loads(out[0][1])["exchange"] == "binance"
