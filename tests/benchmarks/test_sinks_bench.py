@@ -86,7 +86,8 @@ def test_transformer_produce_to_kafka(benchmark, stack):
     from confluent_kafka.admin import NewTopic
 
     topic = "bench_transformed_" + uuid.uuid4().hex[:8]
-    for f in make_admin().create_topics([NewTopic(topic, 3, 1)]).values():
+    admin = make_admin()          # keep a reference: the futures die with their client
+    for f in admin.create_topics([NewTopic(topic, 3, 1)]).values():
         f.result()
     producer = make_producer()
     values = [Tick("binance", "BTC-USDT", 1_795_000_000_000 + i, Decimal("67220.01"), RECEIVED_NS).to_json()
@@ -100,7 +101,7 @@ def test_transformer_produce_to_kafka(benchmark, stack):
     try:
         benchmark(run)
     finally:
-        for f in make_admin().delete_topics([topic]).values():
+        for f in admin.delete_topics([topic]).values():
             f.exception()
 
 
