@@ -131,9 +131,15 @@ class PipelineHandle:
 
         from common.kafka import make_consumer
 
+        from confluent_kafka import KafkaException
+
         c = make_consumer(group)
-        parts = c.committed([TopicPartition(t, p) for t, p in keys], timeout=10)
-        c.close()
+        try:
+            parts = c.committed([TopicPartition(t, p) for t, p in keys], timeout=10)
+        except KafkaException:  # coordinator moving (e.g. a broker restart): not known yet
+            return {}
+        finally:
+            c.close()
         return {(tp.topic, tp.partition): tp.offset for tp in parts}
 
     def wait_consumed(self, group: str, targets: dict, timeout: float) -> None:
