@@ -136,3 +136,15 @@ def test_revoked_partition_is_neither_uploaded_nor_committed():
     arch.cutter.close_all()
     arch.flush_closed()
     assert s3.objects == {} and consumer.commits == []
+
+
+@pytest.mark.parametrize("key, value, headers", [
+    (None, b"\xff\x00abc", [("h", b"\xff"), ("received_ns", b"12"), ("n", None)]),
+    (b'k"\\', '{"a":"\u00e9\u2028\\n"}'.encode(), []),
+    (b"c1", b"", [("conn_id", b"tab\there")]),
+])
+def test_hand_written_line_is_canonical_sorted_ascii_json(key, value, headers):
+    line = archive_line(TOPIC, 1, 2, key, value, headers, 7, T0 + 123)
+    obj = json.loads(line)
+    assert json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n" == line
+    assert obj["received_at"].endswith(".000000123Z")
