@@ -1,0 +1,98 @@
+"""Transformer transaction handling with fakes: one transaction per batch with the input offsets
+in it; an abortable failure aborts, rewinds to the committed offsets and produces nothing twice;
+a fatal one (fenced) stops the process."""
+import json
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from streaming.consumer_loop import Metrics, StopFlag
+from streaming.transformer import Router, Transformer
+from tests.unit.streaming.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
+
+NS = 1_795_000_000_000_000_000
+
+
+def frame(seq):
+    return json.dumps({"topic": "/market/ticker:all", "type": "message", "subject": "BTC-USDT",
+                       "data": {"price": "1.5", "sequence": str(seq), "time": 1_790_983_975_701 + seq,
+                                "bestBid": "1", "bestAsk": "2"}}).encode()
+
+
+class TxnProducer(FakeProducer):
+    def __init__(self, fail_commits=0, fatal=False):
+        super().__init__()
+        self.log, self.fail_commits, self.fatal = [], fail_commits, fatal
+        self.pending, self.committed = [], []
+
+    def produce(self, topic, value=None, key=None, headers=None):
+        self.pending.append((topic, value, key, headers))
+
+    def begin_transaction(self):
+        self.log.append("begin")
+        self.pending = []
+
+    def send_offsets_to_transaction(self, offsets, _meta):
+        self.log.append(("offsets", [(o.topic, o.partition, o.offset) for o in offsets]))
+
+    def commit_transaction(self):
+        if self.fail_commits:
+            self.fail_commits -= 1
+            raise KafkaException(KafkaError(KafkaError._FENCED if self.fatal else KafkaError._TIMED_OUT,
+                                            "boom", fatal=self.fatal, txn_requires_abort=not self.fatal))
+        self.committed += self.pending
+        self.log.append("commit")
+
+    def abort_transaction(self):
+        self.pending = []
+        self.log.append("abort")
+
+
+class TxnConsumer(FakeConsumer):
+    def __init__(self):
+        super().__init__(assignment=[("kucoin_raw_data", 0)])
+        self.seeks = []
+
+    def consumer_group_metadata(self):
+        return object()
+
+    def committed(self, parts, timeout=None):
+        return [TopicPartition(p.topic, p.partition, 3) for p in parts]
+
+    def seek(self, tp):
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+
+def make(producer):
+    consumer = TxnConsumer()
+    router = Router(producer, Metrics("transform"), None)
+    return Transformer(consumer, producer, router, Metrics("transform"), StopFlag(), ["kucoin_raw_data"]), consumer
+
+
+def batch():
+    return [FakeMessage("kucoin_raw_data", 0, 3 + i, frame(i), b"c", [("received_ns", str(NS).encode())])
+            for i in range(4)]
+
+
+def test_one_transaction_per_batch_holds_ticks_and_input_offsets():
+    producer = TxnProducer()
+    t, _ = make(producer)
+    t.process(batch())
+    assert producer.log == ["begin", ("offsets", [("kucoin_raw_data", 0, 7)]), "commit"]
+    assert [r[0] for r in producer.committed] == ["kucoin_transformed_data"] * 4
+
+
+def test_abortable_failure_aborts_and_rewinds_then_the_retry_commits_once():
+    producer = TxnProducer(fail_commits=1)
+    t, consumer = make(producer)
+    t.process(batch())
+    assert producer.log[-1] == "abort" and producer.committed == []
+    assert consumer.seeks == [("kucoin_raw_data", 0, 3)]
+    t.process(batch())                      # the re-read batch
+    assert len(producer.committed) == 4 and len({r[1] for r in producer.committed}) == 4
+
+
+def test_fatal_error_stops_the_transformer():
+    t, _ = make(TxnProducer(fail_commits=1, fatal=True))
+    with pytest.raises(KafkaException):
+        t.process(batch())
