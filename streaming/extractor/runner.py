@@ -48,7 +48,12 @@ def plan_binance(symbols: list[str], extra_streams: list[str], per_connection: i
 
 def plan_kucoin(symbols: list[str], extra_topics: list[str], per_connection: int) -> list[list[str]]:
     """Subscribe strings grouped so that no connection exceeds `per_connection` topics."""
-    topics = KuCoin.ticker_topics(symbols) + list(extra_topics)
+    per_connection = max(1, min(per_connection, KuCoin.MAX_TOPICS_PER_CONNECTION))
+    chunk = min(KuCoin.MAX_TOPICS_PER_SUBSCRIBE, per_connection)
+    symbols = list(dict.fromkeys(symbols))
+    topics = [t for i in range(0, len(symbols), chunk) for t in KuCoin.ticker_topics(symbols[i:i + chunk])] \
+        if symbols else KuCoin.ticker_topics()
+    topics += list(extra_topics)
     shards: list[list[str]] = [[]]
     count = 0
     for topic in topics:
