@@ -40,7 +40,7 @@ from common.symbols import to_ccxt
 UTC = timezone.utc
 MAX_LIMIT = {"binance": 1000, "kucoin": 1500}
 MARKETS_TTL_S = 600.0
-SETTLE_S = 90.0
+SETTLE_S = 30.0     # keep below the gap detector's settle (60 s) so detected gaps are always settled
 _MINUTE = timedelta(minutes=1)
 _KEEP_HEADERS = ("retry-after", "x-mbx-used-weight", "x-mbx-used-weight-1m", "gw-ratelimit-limit",
                  "gw-ratelimit-remaining", "gw-ratelimit-reset", "content-type", "date")
