@@ -143,8 +143,9 @@ class Engine:
         self.all_subs: dict[str, set] = {ex: set() for ex in markets}   # !miniTicker@arr / ticker:all
         start = now_ms()
         self.start_ms = start
-        self.streams = {ex: self._seek(m, start) for ex, m in markets.items()}
-        self.idle = {ex: False for ex in markets}
+        # nothing is generated until somebody subscribes (the first subscriber seeks to the present)
+        self.streams: dict[str, list] = {ex: [] for ex in markets}
+        self.idle = {ex: True for ex in markets}
         self.overload_skips = 0
         self.skipped_ms = 0
         self.last_ms = start
