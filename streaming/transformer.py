@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -89,7 +90,7 @@ class SymbolMetadata:
         if not fresh:
             log.warning("binance symbol metadata came back empty; keeping %d symbols", len(self.symbols))
             return False
-        self.symbols = dict(fresh)
+        self.symbols = dict(fresh)          # publish the map before the version that announces it
         self.loaded_at = self.attempted_at
         self.version += 1
         log.info("binance symbol metadata: %d TRADING spot symbols", len(self.symbols))
@@ -105,6 +106,19 @@ class SymbolMetadata:
 
     def refresh_due(self) -> bool:
         return self.loaded_at is None or self.clock() - self.loaded_at >= self.refresh_s
+
+    def start_scheduled_refresh(self, stop: StopFlag) -> threading.Thread:
+        """Refresh every `refresh_s` in a background thread, so a slow REST call never stalls the
+        stream. The new map is published by swapping `symbols` then bumping `version`; the router
+        picks it up between frames."""
+        def loop():
+            while not stop.wait(min(self.refresh_s, 60.0)):
+                if self.refresh_due():
+                    self.load()
+
+        thread = threading.Thread(target=loop, name="symbol-refresh", daemon=True)
+        thread.start()
+        return thread
 
     def refresh_on_unknown(self) -> bool:
         """Refresh now unless one was tried within `min_interval_s`; True if the map changed."""
@@ -281,6 +295,8 @@ class Transformer:
         self.metrics.up.labels(COMPONENT).set(1)
         log.info("transforming %s", ", ".join(self.topics))
         metadata = self.router.metadata
+        if metadata is not None:
+            metadata.start_scheduled_refresh(self.stop)
         try:
             while not self.stop.is_set():
                 messages = self.consumer.consume(self.batch_size, timeout=self.poll_timeout)
@@ -288,8 +304,6 @@ class Transformer:
                 log_consumer_errors(errors, COMPONENT)
                 if good:
                     self.process(good)
-                elif metadata is not None and metadata.refresh_due():
-                    metadata.load()  # between transactions, so a slow REST call delays nothing
                 self.lag.maybe_report(self.consumer)
         finally:
             self.metrics.up.labels(COMPONENT).set(0)

@@ -186,3 +186,31 @@ def test_symbol_map_file_keeps_only_trading_symbols():
     breaking = [s["symbol"] for s in raw["symbols"] if s["status"] != "TRADING"]
     assert breaking and not set(breaking) & set(BINANCE_MAP)
     assert len(BINANCE_MAP) == len(BinanceSymbolMap.from_exchange_info(raw))
+
+
+def test_scheduled_refresh_runs_in_the_background_and_the_router_picks_it_up():
+    import threading
+    from streaming.consumer_loop import StopFlag
+
+    state = {"map": {"BTCUSDT": "BTC-USDT"}}
+    loaded = threading.Event()
+
+    def load():
+        result = dict(state["map"])
+        if "NEWUSDT" in result:
+            loaded.set()
+        return result
+
+    meta = SymbolMetadata(load, refresh_s=0.05)
+    meta.load()
+    router = Router(FakeProducer(), Metrics("transform"), meta)
+    router.adapter("binance")
+    state["map"]["NEWUSDT"] = "NEW-USDT"
+    stop = StopFlag()
+    thread = meta.start_scheduled_refresh(stop)
+    assert loaded.wait(30)
+    stop.set()
+    thread.join(30)
+    meta.attempted_at = meta.clock()           # no on-demand refresh: the scheduled one must suffice
+    router.route(msg("binance_raw_data", binance_mini("NEWUSDT")))
+    assert [t.symbol for t, _, _ in ticks_of(router.producer, "binance_transformed_data")] == ["NEW-USDT"]
