@@ -135,7 +135,7 @@ def test_kucoin_missing_minute_is_confirmed_empty_and_order_is_handled():
 def test_recent_missing_minutes_are_not_confirmed_empty():
     since = int(T0.timestamp() * 1000)
     f, _ = fetcher("kucoin", [(200, {}, kucoin_body(since, 5, skip={4}))])
-    r = f.fetch_minutes("ETH-BTC", T0, T0 + timedelta(minutes=5), now=T0 + timedelta(minutes=5, seconds=30))
+    r = f.fetch_minutes("ETH-BTC", T0, T0 + timedelta(minutes=5), now=T0 + timedelta(minutes=5, seconds=20))
     assert not r.complete
     assert len(r.candles) == 4
 
