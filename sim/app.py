@@ -62,6 +62,7 @@ class Config:
     truth_max: int = 300_000
     truth_dir: str | None = None
     step_s: float = 0.05
+    max_lag_s: float = 2.0
 
 
 class Sim:
@@ -76,7 +77,7 @@ class Sim:
         self.rest_calls = {ex: 0 for ex in EXCHANGES}
         self.ticks_out = 0
         self.port = cfg.port
-        self.engine = Engine(self, self.markets, cfg.step_s)
+        self.engine = Engine(self, self.markets, cfg.step_s, int(cfg.max_lag_s * 1000))
         self.binance = Binance(self)
         self.kucoin = Kucoin(self)
 

@@ -120,7 +120,9 @@ def run(args) -> dict:
                 "sim_ticks_out_per_s": round((s1["ticks_out"] - s0["ticks_out"]) / dt),
                 "client_ticks_per_s": round(sum(c1[k] - c0[k] for k in c1) / dt),
                 "client_ticks_per_s_by_exchange": {k: round((c1[k] - c0[k]) / dt) for k in c1},
-                "sim_cpu_cores": round(cpu, 2), "sim_rss_mb": round(ps.memory_info().rss / 2 ** 20),
+                "sim_cpu_cores": round(cpu, 2),
+                # what one fully available core would write (the machine may be shared)
+                "sim_ticks_per_cpu_second": round((s1["ticks_out"] - s0["ticks_out"]) / dt / cpu) if cpu > 0 else None, "sim_rss_mb": round(ps.memory_info().rss / 2 ** 20),
                 "sim_overload_skips": s1["overload_skips"] - s0["overload_skips"],
                 "max_queued_batches": max([c["queued_batches"] for c in s1["connections"]] or [0]),
                 "truth_records": s1["truth"]["records"], "clients_ended_early": list(ENDS)})

@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
                    help="ground-truth ring size in ticks (0 = off; ~0.6 kB each)")
     p.add_argument("--truth-dir", default=None, help="also append the ground truth to JSONL files here")
     p.add_argument("--step", type=float, default=0.05, help="engine step, s")
+    p.add_argument("--max-lag", type=float, default=2.0,
+                   help="an engine this many s behind drops its backlog unsent (0 = never; it then sends late)")
     p.add_argument("--log-level", default="WARNING")
     g = p.add_argument_group("faults at start")
     g.add_argument("--outage", type=float, default=0, help="refuse websocket connections for N s")
@@ -56,7 +58,7 @@ def config_from(args) -> Config:
                   kucoin_ping_timeout=args.kucoin_ping_timeout, weight_limit=args.weight_limit,
                   ban_seconds=args.ban_seconds, kucoin_pool=args.kucoin_pool, truth_max=args.truth_max,
                   truth_dir=args.truth_dir,
-                  step_s=args.step)
+                  step_s=args.step, max_lag_s=args.max_lag)
 
 
 def main(argv: list[str] | None = None) -> int:

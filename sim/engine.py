@@ -19,7 +19,7 @@ from sim.truth import Truth, now_ms
 
 log = logging.getLogger("sim")
 
-MAX_LAG_MS = 2000            # an engine this far behind real time skips ahead (see Engine.step)
+MAX_LAG_MS = 2000            # default: an engine this far behind real time drops its backlog (Engine.step)
 QUEUE_BATCHES = 400          # per connection: ~20 s of steps; a client slower than that is dropped
 _ids = itertools.count(1)
 
@@ -135,8 +135,9 @@ class Conn:
 
 
 class Engine:
-    def __init__(self, sim, markets: dict[str, Market], step_s: float = 0.05):
+    def __init__(self, sim, markets: dict[str, Market], step_s: float = 0.05, max_lag_ms: int = MAX_LAG_MS):
         self.sim = sim
+        self.max_lag_ms = max_lag_ms
         self.markets = markets
         self.step_s = step_s
         self.subs: dict[str, dict] = {ex: defaultdict(lambda: defaultdict(set)) for ex in markets}
@@ -215,7 +216,7 @@ class Engine:
                 log.exception("engine step failed")
 
     def step(self, now: int) -> None:
-        if now - self.last_ms > MAX_LAG_MS:
+        if self.max_lag_ms and now - self.last_ms > self.max_lag_ms:
             # more trades than one core can write: drop the backlog unsent rather than fall further
             # behind (dropped trades are never sent, so the ground truth stays exact)
             self.overload_skips += 1

@@ -160,3 +160,22 @@ def test_binance_zero_volume_minute_repeats_the_previous_close(monkeypatch):
     k = sim.kucoin.candle_rows(ill, MINUTE, MINUTE + 59, (MINUTE + 100) * MINUTE_MS)
     assert len(k) == sum(1 for mm in range(MINUTE, MINUTE + 60) if sim.markets["kucoin"].candle(ill, mm))
     assert aggregate(MINUTE, []) is None
+
+
+def test_engine_far_behind_drops_the_backlog_unsent(monkeypatch):
+    clock = {"now": MINUTE * MINUTE_MS}
+    monkeypatch.setattr(engine_mod, "now_ms", lambda: clock["now"])
+    sim = Sim(Config(symbols=30, rate=300, seed=2))
+    eng, conn = sim.engine, FakeConn("kucoin")
+    eng.add(conn, "all")
+    t0 = MINUTE * MINUTE_MS
+    for t in range(t0 + 50, t0 + 1000, 50):
+        eng.step(t)
+    sent_before = len(conn.frames)
+    assert sent_before > 0 and eng.overload_skips == 0
+    eng.step(t0 + 5000)                      # 4 s late: more than --max-lag
+    assert eng.overload_skips == 1 and len(conn.frames) == sent_before
+    eng.step(t0 + 5050)
+    times = [json.loads(f)["data"]["time"] for f, _ in conn.frames[sent_before:]]
+    assert times and min(times) >= t0 + 5000   # resumes at the present, nothing stale
+    assert [e for e in sim.faults.log if e["fault"] == "overload_skip"]
