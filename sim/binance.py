@@ -215,6 +215,8 @@ class Binance:
             raise ApiError(-1120, "Invalid interval.")
         limit = max(1, min(1000, self._int(q, "limit", 500)))
         start, end = self._int(q, "startTime"), self._int(q, "endTime")
+        if start is not None and end is not None and start > end:
+            raise ApiError(-1023, "Start time is greater than end time.")
         now = now_ms()
         cur = now // MINUTE_MS
         if start is not None:

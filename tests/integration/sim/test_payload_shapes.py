@@ -100,6 +100,8 @@ def test_binance_rest_shapes(busy_sim):
     assert st == 400 and body == rest_docs["error_payload"]
     st, _, body = get(base + "/api/v3/klines?symbol=BTCUSDT&interval=7m")
     assert st == 400 and body == {"code": -1120, "msg": "Invalid interval."}
+    st, _, body = get(base + "/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime=2000&endTime=1000")
+    assert st == 400 and body["code"] == -1023
     recorded = sample_json("binance-rest-exchangeInfo-spot-trimmed-2021-10-12.json")["response"]
     st, hdr, info = get(base + "/api/v3/exchangeInfo")
     assert st == 200 and set(info) == set(recorded)
@@ -137,7 +139,7 @@ def test_kucoin_bullet_and_rest_shapes(busy_sim):
     times = [int(r[0]) for r in body["data"]]
     assert times == sorted(times, reverse=True) and all(t % 60 == 0 for t in times)
     st, _, cur = get(base + "/api/v3/currencies")
-    currencies = [json.loads(x) for x in (sample_lines.__globals__["SAMPLES"] / "kucoin-rest-doc-examples-load-markets-2025.jsonl").read_text().splitlines()][0]
+    currencies = sample_lines("kucoin-rest-doc-examples-load-markets-2025.jsonl")[0]
     assert set(cur["data"][0]) == set(currencies["response"]["data"][0])
     st, _, body = get(base + "/api/v1/market/candles?symbol=NOPE-USDT&type=1min")
     assert body == {"code": "400100", "msg": "This pair is not provided at present."}
