@@ -61,6 +61,7 @@ class Config:
     kucoin_pool: int = 2000
     truth_max: int = 300_000
     truth_dir: str | None = None
+    truth_keep_hours: float = 24.0
     step_s: float = 0.05
     max_lag_s: float = 2.0
 
@@ -71,7 +72,7 @@ class Sim:
         universe = build_universe(cfg.seed, cfg.symbols)
         # both exchanges list the same symbols; each has its own trades at the full --rate
         self.markets = {ex: Market(ex, cfg.seed, universe, cfg.rate) for ex in EXCHANGES}
-        self.truth = Truth(cfg.truth_max, cfg.truth_dir)
+        self.truth = Truth(cfg.truth_max, cfg.truth_dir, cfg.truth_keep_hours)
         self.faults = Faults(cfg.seed)
         self.conns: dict = {}
         self.rest_calls = {ex: 0 for ex in EXCHANGES}

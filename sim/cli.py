@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--truth-max", type=int, default=300_000,
                    help="ground-truth ring size in ticks (0 = off; ~0.6 kB each)")
     p.add_argument("--truth-dir", default=None, help="also append the ground truth to JSONL files here")
+    p.add_argument("--truth-keep-hours", type=float, default=24.0,
+                   help="delete hourly truth files older than this (0 = keep all)")
     p.add_argument("--step", type=float, default=0.05, help="engine step, s")
     p.add_argument("--max-lag", type=float, default=2.0,
                    help="an engine this many s behind drops its backlog unsent (0 = never; it then sends late)")
@@ -57,7 +59,7 @@ def config_from(args) -> Config:
                   binance_pong_timeout=args.binance_pong_timeout, kucoin_ping_interval=args.kucoin_ping_interval,
                   kucoin_ping_timeout=args.kucoin_ping_timeout, weight_limit=args.weight_limit,
                   ban_seconds=args.ban_seconds, kucoin_pool=args.kucoin_pool, truth_max=args.truth_max,
-                  truth_dir=args.truth_dir,
+                  truth_dir=args.truth_dir, truth_keep_hours=args.truth_keep_hours,
                   step_s=args.step, max_lag_s=args.max_lag)
 
 

@@ -6,7 +6,8 @@ copy of a duplicated frame), 'malformed' or 'truncated' (the frame that carried 
 Records live in a bounded ring (`--truth-max`); `oldest_ms` says how far back it still reaches.
 
 With `--truth-dir DIR` every record is also appended, about once a second, to
-`DIR/ticks-YYYYMMDD-HH.jsonl` (UTC hour of sending; one JSON array per line in TICK_COLUMNS order)
+`DIR/ticks-YYYYMMDD-HH.jsonl` (UTC hour of sending; one JSON array per line in TICK_COLUMNS order;
+files older than `--truth-keep-hours` are deleted)
 and every connection open/close to `DIR/connections.jsonl` (one JSON object per event), so long
 runs can be checked after the ring has moved on. The spool between the writer and the files is
 bounded (`SPOOL_MAX` records); records it had to drop are counted in `spool_dropped`.
@@ -32,8 +33,9 @@ def now_ms() -> int:
 
 
 class Truth:
-    def __init__(self, max_records: int = 1_000_000, truth_dir: str | None = None):
+    def __init__(self, max_records: int = 1_000_000, truth_dir: str | None = None, keep_hours: float = 24.0):
         self.max_records = max_records
+        self.keep_hours = keep_hours
         self.dir = Path(truth_dir) if truth_dir else None
         self.spool: list = []
         self.conn_events: list[dict] = []
@@ -143,7 +145,17 @@ class Truth:
         if events:
             with open(self.dir / "connections.jsonl", "a", encoding="utf-8") as f:
                 f.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events))
+        self.prune_files()
         return n
+
+    def prune_files(self) -> None:
+        """Delete hourly tick files older than keep_hours (a long `make up SOURCE=sim` stays bounded)."""
+        if not self.keep_hours:
+            return
+        oldest = time.strftime("%Y%m%d-%H", time.gmtime(time.time() - self.keep_hours * 3600))
+        for f in self.dir.glob("ticks-*.jsonl"):
+            if f.name[len("ticks-"):-len(".jsonl")] < oldest:
+                f.unlink(missing_ok=True)
 
     async def run_flusher(self, every_s: float = 1.0) -> None:
         while True:

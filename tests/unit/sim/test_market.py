@@ -1,5 +1,6 @@
 """The market is a pure function of the seed, and what the websockets send aggregates to what REST serves."""
 import json
+import time
 from decimal import Decimal
 
 import pytest
@@ -179,3 +180,20 @@ def test_engine_far_behind_drops_the_backlog_unsent(monkeypatch):
     times = [json.loads(f)["data"]["time"] for f, _ in conn.frames[sent_before:]]
     assert times and min(times) >= t0 + 5000   # resumes at the present, nothing stale
     assert [e for e in sim.faults.log if e["fault"] == "overload_skip"]
+
+
+def test_truth_files_are_written_and_pruned(tmp_path):
+    from sim.truth import Truth
+    old = tmp_path / "ticks-20000101-00.jsonl"
+    old.write_text("[]\n")
+    t = Truth(10, str(tmp_path), keep_hours=1)
+    t.open_conn("k1", "kucoin", "/kucoin-ws/endpoint")
+    sent = int(time.time() * 1000)
+    t.add_many("k1", (("kucoin", "ticker:all", "BTC-USDT", sent - 7, 7, "62056.8"),), sent)
+    t.close_conn("k1", "client_closed")
+    assert t.flush_files() == 1
+    assert not old.exists()
+    (f,) = tmp_path.glob("ticks-*.jsonl")
+    assert json.loads(f.read_text()) == ["kucoin", "k1", "ticker:all", "BTC-USDT", sent - 7, 7, "62056.8", sent, ""]
+    events = [json.loads(x) for x in (tmp_path / "connections.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["open", "close"] and events[1]["close_reason"] == "client_closed"
