@@ -57,4 +57,18 @@ backfill.cli
     gaps_main(argv) -> int       `cryptopipe gaps [--status] [--exchange] [--detect] [--fill] [--json]`
 
 Tables: candles_1m, gaps (001), backfill_chunks (003_backfill.sql).
+
+Notes for callers
+-----------------
+- Tracked symbols (what an exchange-wide gap is backfilled for, and whose minutes (c) checks):
+  the symbols with candles on that exchange in the window, restricted to SYMBOLS when set.
+- Keep the detector's `settle` >= 60 s (> backfill.rest.SETTLE_S = 30 s): then every minute of a
+  detected gap is old enough for a missing REST row to count as confirmed-empty, and backfills
+  of detected gaps never end `partial`.
+- Rate limits are per process: separate processes (Airflow tasks) coordinate only through the
+  exchange's answers (used-weight headers, 429 Retry-After, 418), which every worker honours.
+- A REST candle always replaces a stream candle for the same minute (and the loader never
+  overwrites a 'rest' row), so backfilling a minute the stream saw is safe and makes it exact.
+- Coverage (a) is per exchange: an extractor shard (SYMBOLS subset) that is down while another
+  shard of the same exchange is up shows only as (c) missing candles of its symbols.
 """
