@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-MAX_RATE_STEPS = (2000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 60000.0, 80000.0, 100000.0, 150000.0)
+MAX_RATE_STEPS = (2500.0, 5000.0, 7500.0, 10000.0, 15000.0, 20000.0, 30000.0, 40000.0, 60000.0, 80000.0, 100000.0)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,7 +71,8 @@ def _config(args, rate: float):
         if "--duration" not in sys.argv and args.duration == 30.0:
             duration = 3600.0
         sample_interval = 10.0
-    return RunConfig(duration=duration, warmup=args.warmup, rate=rate, symbols=args.symbols, exchanges=exchanges,
+    clock_interval = 0.1 if args.soak else 0.02
+    return RunConfig(commit_clock_interval=clock_interval, duration=duration, warmup=args.warmup, rate=rate, symbols=args.symbols, exchanges=exchanges,
                      seed=args.seed, sample_interval=sample_interval, batch_size=args.batch_size,
                      poll_timeout=args.poll_timeout, linger_ms=args.linger_ms,
                      profile_dir=Path(args.profile) if args.profile else None, work_dir=work,
@@ -79,35 +80,29 @@ def _config(args, rate: float):
                      archive_max_age=args.archive_max_age)
 
 
-def _run_max(args, settings, console) -> tuple[dict, list[dict]]:
-    """Step the rate up; the best step is the highest sustained rate whose lag stayed bounded."""
-    from cryptopipe.bench.ours import run_ours
-
-    steps, best = [], None
+def _run_max(args, settings, console, run_fn, label: str) -> tuple[dict, list[dict]]:
+    """Step the rate up; the best step is the highest sustained rate that kept up with its feed
+    (sustained >= 95% of offered, lag bounded). Stops at the first step that does not keep up."""
+    steps, best, result = [], None, None
     for rate in MAX_RATE_STEPS:
         cfg = _config(args, rate)
-        result = run_ours(cfg, settings, log=lambda m: console.print(m, style="dim"))
-        steps.append({"rate": rate, "offered": result["offered_ticks_per_s"],
-                      "sustained": result["sustained_ticks_per_s"], "lag_bounded": result["lag_bounded"]})
-        console.print(f"step rate={rate:,.0f}: offered {result['offered_ticks_per_s']:,.0f}/s, "
-                      f"sustained {result['sustained_ticks_per_s']:,.0f}/s, "
-                      f"lag {'bounded' if result['lag_bounded'] else 'GROWING'}")
+        result = run_fn(cfg, settings, log=lambda m: console.print(m, style="dim"))
         keeping_up = result["lag_bounded"] and result["sustained_ticks_per_s"] >= 0.95 * result["offered_ticks_per_s"]
+        if "sustained_both_sinks_ticks_per_s" in result:
+            keeping_up = keeping_up and result["sustained_both_sinks_ticks_per_s"] >= 0.95 * result["offered_ticks_per_s"]
+        steps.append({"rate": rate, "offered": result["offered_ticks_per_s"],
+                      "sustained": result["sustained_ticks_per_s"], "lag_bounded": result["lag_bounded"],
+                      "kept_up": keeping_up})
+        console.print(f"{label} step rate={rate:,.0f}: offered {result['offered_ticks_per_s']:,.0f}/s, "
+                      f"sustained {result['sustained_ticks_per_s']:,.0f}/s, "
+                      f"{'kept up' if keeping_up else 'did NOT keep up'}")
         if keeping_up and (best is None or result["sustained_ticks_per_s"] > best["sustained_ticks_per_s"]):
             best = result
-        if not keeping_up or result["offered_ticks_per_s"] < 0.9 * _expected_offered(cfg):
-            break  # the pipeline (or the feed) stopped keeping up: more rate measures nothing new
-    return (best or result), steps
-
-
-def _expected_offered(cfg) -> float:
-    # KuCoin: one ticker per trade; Binance: at most one miniTicker per symbol per second
-    total = 0.0
-    if "kucoin" in cfg.exchanges:
-        total += cfg.rate
-    if "binance" in cfg.exchanges:
-        total += min(cfg.rate, cfg.symbols) * 0.5
-    return total
+        if not keeping_up:
+            break
+    chosen = best or result
+    chosen["max_steps"] = steps
+    return chosen, steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,20 +128,25 @@ def main(argv: list[str] | None = None) -> int:
         rate = None
     if not args.peer_only:
         if rate is None:
-            doc["ours"], doc["max_steps"] = _run_max(args, settings, console)
-            rate = doc["ours"]["sim"]["rate_per_exchange"]
+            doc["ours"], _ = _run_max(args, settings, console, run_ours, "cryptopipe")
         else:
             doc["ours"] = run_ours(_config(args, rate), settings, log=lambda m: console.print(m, style="dim"))
     if args.peer == "cryptofeed":
         from cryptopipe.bench.peer import PeerUnavailable, run_cryptofeed
 
         try:
-            doc["peer"] = run_cryptofeed(_config(args, rate or 5000.0), settings,
-                                         log=lambda m: console.print(m, style="dim"))
+            if rate is None:
+                doc["peer"], _ = _run_max(args, settings, console, run_cryptofeed, "cryptofeed")
+            else:
+                doc["peer"] = run_cryptofeed(_config(args, rate), settings, log=lambda m: console.print(m, style="dim"))
         except PeerUnavailable as exc:
             doc["peer_error"] = str(exc)
-        if doc["ours"] and doc["peer"] and doc["peer"]["sustained_ticks_per_s"]:
-            doc["ratio"] = doc["ours"]["sustained_ticks_per_s"] / doc["peer"]["sustained_ticks_per_s"]
+        ours, peer = doc["ours"], doc["peer"]
+        if ours and peer and peer["sustained_ticks_per_s"]:
+            doc["ratio"] = ours["sustained_ticks_per_s"] / peer["sustained_ticks_per_s"]
+        if ours and peer and peer.get("sustained_both_sinks_ticks_per_s"):
+            doc["ratio_both_sinks"] = ours["sustained_ticks_per_s"] / peer["sustained_both_sinks_ticks_per_s"]
+    doc["environment_after"] = {"loadavg_1_5_15": env_summary()["loadavg_1_5_15"]}
     render_doc = dict(doc)
     from cryptopipe.bench.report import render, write_json
 

@@ -175,8 +175,10 @@ class CommitClock:
         """Time of the first sample in which `xid` is no longer running (None: not seen finish)."""
         # xmin only grows: every sample after the first with xmin > xid has it finished; before
         # that, check xmax/xip sample by sample from the first whose xmax passed it
-        xmaxes = [s[2] for s in self.samples]
-        i = bisect_left(xmaxes, xid + 1)  # first sample whose snapshot began after xid was assigned
+        if getattr(self, "_xmaxes_n", -1) != len(self.samples):
+            self._xmaxes = [s[2] for s in self.samples]
+            self._xmaxes_n = len(self.samples)
+        i = bisect_left(self._xmaxes, xid + 1)  # first sample whose snapshot began after xid was assigned
         for at, xmin, xmax, xip in self.samples[i:]:
             if xid < xmin or (xid < xmax and xid not in xip):
                 return at

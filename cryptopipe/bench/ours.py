@@ -313,4 +313,6 @@ def env_summary() -> dict:
     import psutil
 
     return {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            # other work on the machine skews every figure: say how busy it was
+            "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()]}

@@ -38,9 +38,9 @@ def headline_rows(result: dict) -> list[tuple[str, str]]:
     if "archived_records_per_s" in result:
         rows.append(("archive rate, raw frames/s to S3", _f(result["archived_records_per_s"], "{:,.1f}")))
     if "kafka_records_per_s" in result:
-        rows.append(("Kafka records/s (its topic)", _f(result["kafka_records_per_s"], "{:,.1f}")))
-    if "backlog_last" in result:
-        rows.append(("in-memory backlog at the end (received - stored)", _f(result["backlog_last"])))
+        rows.append(("Kafka records/s (its topic)", _f(result["kafka_records_per_s"], "{:,.0f}")))
+        rows.append(("sustained by both sinks (min of Postgres, Kafka) /s",
+                     _f(result.get("sustained_both_sinks_ticks_per_s"))))
     if result.get("dlq_records"):
         rows.append(("dead-lettered records", _f(result["dlq_records"])))
     return rows
@@ -51,7 +51,9 @@ def render(doc: dict, console: Console | None = None) -> None:
     console.print(f"[bold]cryptopipe bench[/bold]  {doc['date']}")
     console.print(f"command: [cyan]{doc['command']}[/cyan]")
     env = doc.get("environment") or {}
-    console.print(f"machine: {env.get('cpus')} cores, {env.get('memory_gb')} GB, Python {env.get('python')}")
+    after = (doc.get("environment_after") or {}).get("loadavg_1_5_15")
+    console.print(f"machine: {env.get('cpus')} cores, {env.get('memory_gb')} GB, Python {env.get('python')}, "
+                  f"load average before {env.get('loadavg_1_5_15')} after {after}")
     runs = [r for r in (doc.get("ours"), doc.get("peer")) if r]
     table = Table(title="end to end: simulator -> Kafka -> Postgres (same machine, same feed)")
     table.add_column("figure")
