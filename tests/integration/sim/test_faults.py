@@ -62,9 +62,21 @@ def test_drop_aborts_every_connection(fsim):
     assert "dropped" in reasons
 
 
+def retry_until(fn, limit_s=15.0):
+    """fn() until it stops raising (the fault's time ran out); returns its result."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            return fn()
+        except Exception:  # noqa: BLE001
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_outage_refuses_connections_then_recovers(fsim):
     b = connect(arr_url(fsim))
-    fsim.control.outage(1.5, exchange="binance")
+    fsim.control.outage(4, exchange="binance")
     wait_closed(b)
     with pytest.raises(InvalidStatus) as exc:
         connect(arr_url(fsim))
@@ -72,23 +84,24 @@ def test_outage_refuses_connections_then_recovers(fsim):
     k, _ = kucoin_ticker_all(fsim)   # the other exchange is untouched
     k.close()
     assert get(fsim.env["BINANCE_REST_URL"] + "/api/v3/ping")[0] == 200   # REST stays up unless rest=True
-    time.sleep(1.6)
-    with connect(arr_url(fsim)) as ws:
+    with retry_until(lambda: connect(arr_url(fsim))) as ws:              # and it ends
         assert isinstance(json.loads(ws.recv(timeout=5)), list)
 
 
 def test_outage_with_rest(fsim):
-    fsim.control.outage(1.0, exchange="kucoin", rest=True)
+    fsim.control.outage(3, exchange="kucoin", rest=True)
     assert get(fsim.env["KUCOIN_REST_URL"] + "/api/v1/timestamp")[0] == 503
-    time.sleep(1.1)
-    assert get(fsim.env["KUCOIN_REST_URL"] + "/api/v1/timestamp")[0] == 200
+
+    def ok():
+        assert get(fsim.env["KUCOIN_REST_URL"] + "/api/v1/timestamp")[0] == 200
+    retry_until(ok)
 
 
 def test_stall_keeps_socket_open_without_data_or_pongs(fsim):
     k, _ = kucoin_ticker_all(fsim)
     b = connect(arr_url(fsim))
     b.recv(timeout=5)
-    fsim.control.stall(2.0)
+    fsim.control.stall(6.0)
     time.sleep(0.2)
     for ws in (k, b):   # drain what was queued before the stall began
         try:
@@ -103,8 +116,7 @@ def test_stall_keeps_socket_open_without_data_or_pongs(fsim):
         b.recv(timeout=0.3)
     pong_waiter = b.ping()
     assert not pong_waiter.wait(0.3)  # websocket-level ping unanswered too
-    time.sleep(1.0)
-    msg, _ = read_until(k, lambda m: m.get("type") == "message", 5)   # data resumes on the same socket
+    msg, _ = read_until(k, lambda m: m.get("type") == "message", 12)  # data resumes on the same socket
     assert msg["topic"] == "/market/ticker:all"
     k.close()
     b.close()
@@ -157,7 +169,7 @@ def test_oversized_frame(fsim):
 
 def test_rest_429_and_418_storms(fsim):
     b, k = fsim.env["BINANCE_REST_URL"], fsim.env["KUCOIN_REST_URL"]
-    fsim.control.rest_errors(429, seconds=2)
+    fsim.control.rest_errors(429, seconds=20)
     st, hdr, body = get(b + "/api/v3/klines?symbol=BTCUSDT&interval=1m")
     assert st == 429 and body["code"] == -1003 and int(hdr["Retry-After"]) >= 1
     st, hdr, body = get(k + "/api/v1/market/candles?symbol=BTC-USDT&type=1min")
@@ -242,16 +254,15 @@ def test_binance_max_lifetime_and_pong_timeout(sim_factory):
 
 
 def test_kucoin_ping_timeout(sim_factory):
-    s = sim_factory(symbols=10, rate=50, kucoin_ping_interval=0.6, kucoin_ping_timeout=0.4)
+    s = sim_factory(symbols=10, rate=50, kucoin_ping_interval=1.5, kucoin_ping_timeout=1.0)
     quiet, _, _ = kucoin_connect(s, "quiet")
     pinger, _, _ = kucoin_connect(s, "pinger")
-    _, server = None, None
-    deadline = time.monotonic() + 2.5
+    deadline = time.monotonic() + 4.0
     while time.monotonic() < deadline:
         pinger.send(json.dumps({"id": str(time.time()), "type": "ping"}))
         read_until(pinger, lambda m: m.get("type") == "pong", 2)
         time.sleep(0.3)
-    wait_closed(quiet, 3)
+    wait_closed(quiet, 5)
     conns = {c["path"] and c["conn_id"]: c for c in s.control.connections(exchange="kucoin")}
     reasons = sorted(str(c["close_reason"]) for c in conns.values())
     assert reasons == ["None", "ping_timeout"]
