@@ -237,17 +237,21 @@ class Archiver:
         log.info("revoked %s", sorted(gone))
 
     def add(self, messages: list) -> None:
+        per_topic: dict[str, int] = {}
+        assigned, generations, cut = self.assigned, self.generations, self.cutter.add
         for m in messages:
             topic, partition = m.topic(), m.partition()
-            if (topic, partition) not in self.assigned:
+            if (topic, partition) not in assigned:
                 continue
             headers = m.headers()
             _kind, ts_ms = m.timestamp()
             received_ns = record_received_ns(headers, ts_ms)
-            line = archive_line(topic, partition, m.offset(), m.key(), m.value(), headers, ts_ms, received_ns)
-            self.cutter.add(topic, partition, m.offset(), received_ns, line,
-                            self.generations.get((topic, partition), 0))
-            self.metrics.consumed(topic)
+            offset = m.offset()
+            line = archive_line(topic, partition, offset, m.key(), m.value(), headers, ts_ms, received_ns)
+            cut(topic, partition, offset, received_ns, line, generations.get((topic, partition), 0))
+            per_topic[topic] = per_topic.get(topic, 0) + 1
+        for topic, n in per_topic.items():
+            self.metrics.consumed(topic, n)
 
     def flush_closed(self) -> int:
         """Upload the closed objects in order, committing each one's end offset after its upload."""

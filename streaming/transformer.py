@@ -170,7 +170,6 @@ class Router:
         headers = dict(message.headers() or ())
         received_ns = received_ns_of(headers, message)
         raw = message.value() or b""
-        self.metrics.consumed(topic)
         try:
             ticks, rejects = self._parse(exchange, raw, received_ns)
         except UnknownSymbol as exc:
@@ -249,9 +248,11 @@ class Transformer:
         started = time.monotonic()
         ticks_before, dlq_before = self.router.ticks_out, self.router.dlq_out
         self.producer.begin_transaction()
+        per_topic: dict[str, int] = {}
         try:
             for m in messages:
                 self.router.route(m)
+                per_topic[m.topic()] = per_topic.get(m.topic(), 0) + 1
             self.producer.send_offsets_to_transaction(next_offsets(messages),
                                                       self.consumer.consumer_group_metadata())
             self._commit()
@@ -265,6 +266,8 @@ class Transformer:
                 return
             raise  # fatal (e.g. fenced by a newer instance with our transactional.id): exit, restart
         self.batches += 1
+        for topic, n in per_topic.items():
+            self.metrics.consumed(topic, n)
         self.metrics.wrote("ticks", self.router.ticks_out - ticks_before)
         self.metrics.batch(len(messages), time.monotonic() - started)
 

@@ -1,4 +1,5 @@
 """Loader, pure parts: which transformed records and pipeline events it accepts, and how."""
+import json
 from decimal import Decimal
 
 import pytest
@@ -60,6 +61,26 @@ def test_copy_line_keeps_exact_decimals_and_nulls():
 def test_bad_transformed_records_are_rejected_with_a_reason(value, reason):
     with pytest.raises(BadRecord, match=reason):
         tick_copy_line(value, "binance")
+
+
+@pytest.mark.parametrize("price, ok", [("0.000", False), ("0E+5", False), ("00", False), ("1e-3", True),
+                                       ("0.0000001141", True), ("10", True), ("-0.5", False), ("+1", False),
+                                       ("1.", False), (".5", False), ("Infinity", False), ("1_000", False)])
+def test_price_must_be_a_positive_finite_decimal(price, ok):
+    value = json.dumps({"exchange": "binance", "symbol": "BTC-USDT", "event_time_ms": MS, "received_ns": NS,
+                        "price": price}).encode()
+    if ok:
+        assert tick_copy_line(value).split("\t")[4] == price
+    else:
+        with pytest.raises(BadRecord, match="price"):
+            tick_copy_line(value)
+
+
+def test_bool_is_not_an_integer():
+    value = json.dumps({"exchange": "binance", "symbol": "BTC-USDT", "event_time_ms": MS, "received_ns": NS,
+                        "price": "1", "sequence": True}).encode()
+    with pytest.raises(BadRecord, match="sequence is not an integer"):
+        tick_copy_line(value)
 
 
 def test_events_merge_per_connection_with_first_disconnect_reason():
