@@ -158,6 +158,23 @@ def parse_event(value: bytes | None) -> PipelineEvent:
     return ev
 
 
+def event_exchange(message) -> str | None:
+    """Which exchange's DLQ a bad pipeline event belongs to: its `exchange` field, else its key
+    (extractors key events by exchange); None if neither names a known exchange."""
+    try:
+        exchange = json.loads(message.value()).get("exchange")
+    except Exception:
+        exchange = None
+    if exchange in EXCHANGES:
+        return exchange
+    key = message.key()
+    try:
+        key = key.decode() if key else None
+    except UnicodeDecodeError:
+        key = None
+    return key if key in EXCHANGES else None
+
+
 def merge_events(events: list[PipelineEvent]) -> dict[str, Session]:
     sessions: dict[str, Session] = {}
     for ev in events:
@@ -393,12 +410,7 @@ class Loader:
                 try:
                     events.append(parse_event(m.value()))
                 except BadRecord as exc:
-                    exchange = None
-                    try:
-                        exchange = json.loads(m.value()).get("exchange")
-                    except Exception:
-                        pass
-                    bad.append((m, f"loader: {exc}", exchange if exchange in EXCHANGES else None))
+                    bad.append((m, f"loader: {exc}", event_exchange(m)))
                 continue
             exchange = exchanges.get(topic) or exchanges.setdefault(topic, exchange_of_topic(topic))
             try:

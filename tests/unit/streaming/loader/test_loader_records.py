@@ -125,10 +125,11 @@ def test_batch_routes_good_rows_to_db_bad_ones_to_dlq_then_commits():
     good = FakeMessage("binance_transformed_data", 1, 10, tick().to_json(), b"BTC-USDT")
     bad = FakeMessage("kucoin_transformed_data", 0, 4, b"garbage", b"X")
     ev = FakeMessage("pipeline_events", 0, 3, PipelineEvent("binance", "c9", "connected", NS).to_json())
+    keyed = FakeMessage("pipeline_events", 0, 5, b"\x00garbage", b"binance")
     bad_ev = FakeMessage("pipeline_events", 0, 4, b'{"exchange":"kucoin","conn_id":"c","kind":"?","at_ns":1}')
     consumer, producer, writer = FakeConsumer(), FakeProducer(), RecordingWriter()
     loader = Loader(consumer, producer, writer, Metrics("load"), StopFlag())
-    loader.process([good, bad, ev, bad_ev])
+    loader.process([good, bad, ev, bad_ev, keyed])
     (lines, days, sessions), = writer.calls
     assert len(lines) == 1 and days == {MS // 86_400_000} and list(sessions) == ["c9"]
     dlq = producer.by_topic("kucoin_dlq")
@@ -137,8 +138,9 @@ def test_batch_routes_good_rows_to_db_bad_ones_to_dlq_then_commits():
     assert headers["reason"].startswith(b"loader: malformed JSON")
     assert (headers["source_topic"], headers["source_partition"], headers["source_offset"]) == \
         (b"kucoin_transformed_data", b"0", b"4")
+    assert [r[1] for r in producer.by_topic("binance_dlq")] == [b"\x00garbage"]    # routed by its key
     assert consumer.commits == [[("binance_transformed_data", 1, 11), ("kucoin_transformed_data", 0, 5),
-                                 ("pipeline_events", 0, 5)]]
+                                 ("pipeline_events", 0, 6)]]
 
 
 def test_db_outage_is_retried_without_committing_until_it_succeeds():
