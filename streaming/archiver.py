@@ -5,7 +5,7 @@ Objects: `raw/exchange=<ex>/date=YYYY-MM-DD/hour=HH/<topic>+<partition>+<first_o
 
 Why a crash never duplicates nor loses a record:
 - An object is closed by record count, by uncompressed bytes, or when a record's receive hour
-  differs from the object's first record's hour — all functions of the records read from the
+  is later than the object's first record's hour — all functions of the records read from the
   object's first offset, so a restart from the committed offset cuts the same objects. Age
   closes an object early (so a quiet partition still reaches S3); only the object in flight can
   be affected by that, see next point.
@@ -164,7 +164,9 @@ class ObjectCutter:
             generation: int = 0) -> None:
         tp = (topic, partition)
         obj = self.open.get(tp)
-        if obj is not None and received_ns // HOUR_NS != obj.hour:
+        # a record of a later hour closes the object (its key names the first record's hour); a
+        # slightly late record of an earlier hour (two connections sharing a partition) stays in it
+        if obj is not None and received_ns // HOUR_NS > obj.hour:
             self._close(tp)
             obj = None
         if obj is None:

@@ -75,6 +75,11 @@ def test_a_restart_at_any_object_boundary_cuts_the_same_objects(rotation):
         assert cut(RECORDS, rotation, start=first) == [o for o in full if o[0] >= first]
 
 
+def test_a_late_record_of_the_previous_hour_does_not_split_objects():
+    records = [(0, T0 + HOUR_NS - 5, 1), (1, T0 + HOUR_NS + 5, 1), (2, T0 + HOUR_NS - 1, 1), (3, T0 + HOUR_NS + 9, 1)]
+    assert cut(records, Rotation(100, 10**9)) == [(0, 0), (1, 3)]
+
+
 def test_age_closes_an_object_early():
     now = [0.0]
     cutter = ObjectCutter(Rotation(1000, 10**9, max_age_s=5), clock=lambda: now[0])
