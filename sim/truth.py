@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ TICK_COLUMNS = ["exchange", "conn_id", "kind", "symbol", "event_ms", "sequence",
 
 
 SPOOL_MAX = 2_000_000
+EVENT_SLACK_MS = 120_000    # event time vs send time: connection queues hold at most ~20 s
 log = logging.getLogger("sim")
 
 
@@ -73,7 +75,22 @@ class Truth:
         """Rows in TICK_COLUMNS order; the window [since_ms, until_ms] is on event time (by='event')
         or on the time the frame was written (by='sent')."""
         out = []
-        for cid, tk, sent, flag in list(self.records):
+        recs = self.records
+        start = 0
+        if since_ms is not None and recs:
+            # records are (nearly: writers interleave) in send order, and an event is never more than
+            # EVENT_SLACK_MS older than its send: start the scan there instead of at the oldest
+            lo, hi = 0, len(recs)
+            bound = since_ms - (10_000 if by == "sent" else EVENT_SLACK_MS)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if recs[mid][2] < bound:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            start = lo
+        # no await below: writers cannot append while this runs
+        for cid, tk, sent, flag in itertools.islice(recs, start, None):
             ex, k, sym, ev, seq, price = tk
             t = ev if by == "event" else sent
             if exchange and ex != exchange:

@@ -141,6 +141,7 @@ def test_kucoin_bullet_and_rest_shapes(busy_sim):
     st, _, cur = get(base + "/api/v3/currencies")
     currencies = sample_lines("kucoin-rest-doc-examples-load-markets-2025.jsonl")[0]
     assert set(cur["data"][0]) == set(currencies["response"]["data"][0])
+    assert get(base + "/api/v1/status")[2] == sample_lines("kucoin-rest-doc-examples-load-markets-2025.jsonl")[1]["response"]
     st, _, body = get(base + "/api/v1/market/candles?symbol=NOPE-USDT&type=1min")
     assert body == {"code": "400100", "msg": "This pair is not provided at present."}
 
