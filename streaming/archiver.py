@@ -258,11 +258,14 @@ class Archiver:
     def flush_closed(self) -> int:
         """Upload the closed objects in order, committing each one's end offset after its upload."""
         written = 0
+        abandoned: set[tuple[str, int]] = set()
         for obj in self.cutter.take_closed():
-            if not self._owned(obj):
-                continue
+            tp = (obj.topic, obj.partition)
+            if tp in abandoned or not self._owned(obj):
+                continue          # never commit past an object that is not in S3
             started = time.monotonic()
             if not self._upload_with_retry(obj):
+                abandoned.add(tp)
                 continue
             commit_sync(self.consumer, [TopicPartition(obj.topic, obj.partition, obj.last_offset + 1)])
             self.objects_written += 1

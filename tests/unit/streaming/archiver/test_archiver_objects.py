@@ -153,3 +153,23 @@ def test_hand_written_line_is_canonical_sorted_ascii_json(key, value, headers):
     obj = json.loads(line)
     assert json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n" == line
     assert obj["received_at"].endswith(".000000123Z")
+
+
+def test_giving_up_at_shutdown_never_commits_past_the_missing_object(monkeypatch):
+    import streaming.archiver as mod
+    monkeypatch.setattr(mod, "backoff_delays", lambda *a, **k: iter([0.01] * 1000))
+
+    class FirstObjectDown(FakeS3):
+        def put_object(self, Bucket, Key, Body, **kw):
+            if Key.endswith("+0+0.jsonl.gz"):
+                raise ConnectionError("this one never gets through")
+            super().put_object(Bucket, Key, Body, **kw)
+
+    consumer, s3 = FakeConsumer(assignment=[(TOPIC, 0)]), FirstObjectDown()
+    arch = make_archiver(consumer, s3, Rotation(4, 10**9, 3600))
+    arch.stop_grace_s = 0.05
+    arch.add(raw_msgs(10))
+    arch.cutter.close_all()
+    arch.stop.set()                           # shutting down: give up after the grace period
+    arch.flush_closed()
+    assert s3.objects == {} and consumer.commits == []
