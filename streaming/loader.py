@@ -522,7 +522,15 @@ class Loader:
                 good, errors = split_errors(messages)
                 log_consumer_errors(errors, COMPONENT)
                 if good:
-                    self.process(good)
+                    try:
+                        self.process(good)
+                    except _RETRYABLE as exc:
+                        if not self.stop.is_set():
+                            raise
+                        # stopping while the DB is down: nothing was committed, the next run replays
+                        log.warning("stopping with an unwritten batch (%s); offsets not committed",
+                                    safe_reason(exc, 200))
+                        break
                 elif not messages:
                     self.commit_idle_positions()
                 self.lag.maybe_report(self.consumer)
