@@ -68,15 +68,21 @@ def crypto_backfill():
 
         return run_batch(validated["request"], batch)
 
-    @task(trigger_rule="all_done", retries=1)
-    def summarize(validated: dict) -> dict:
+    @task(trigger_rule="all_done", retries=0)
+    def summarize() -> dict:
+        """Runs however the chunk tasks ended, so the gaps are settled and the summary written."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from plugins.backfill_tasks import format_summary, summarize as add_up
 
-        ctx = get_current_context()
-        ti = ctx["ti"]
-        batches = ti.xcom_pull(task_ids="plan") or []
+        ti = get_current_context()["ti"]
+        validated = ti.xcom_pull(task_ids="validate")
+        if not validated:
+            raise AirflowFailException("nothing was backfilled: the parameters were rejected "
+                                       "(the validate task's log says why)")
+        batches = ti.xcom_pull(task_ids="plan")
+        if batches is None:
+            raise AirflowFailException("nothing was backfilled: planning failed (see the plan task's log)")
         stats = ti.xcom_pull(task_ids="plan", key="stats") or {}
         results = ti.xcom_pull(task_ids="fill_chunks", map_indexes=list(range(len(batches)))) if batches else []
         if not isinstance(results, list):
@@ -91,7 +97,7 @@ def crypto_backfill():
     validated = validate()
     batches = plan(validated)
     filled = fill_chunks.partial(validated=validated).expand(batch=batches)
-    filled >> summarize(validated)
+    filled >> summarize()
 
 
 crypto_backfill()
