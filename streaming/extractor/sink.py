@@ -21,7 +21,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from .spool import Record, Spool
+from confluent_kafka import KafkaError, KafkaException
+
+from .spool import Record, Spool, encode
 
 log = logging.getLogger("cryptopipe.extractor")
 
@@ -93,7 +95,17 @@ class KafkaSink:
                                   on_delivery=lambda err, msg, rid=rid: self._delivered(rid, err))
         except BufferError:
             return False                      # librdkafka's queue is full: the broker is away
-        except Exception as exc:  # noqa: BLE001 - KafkaException: keep the record, count the error
+        except KafkaException as exc:
+            if exc.args and getattr(exc.args[0], "code", lambda: None)() == KafkaError.MSG_SIZE_TOO_LARGE:
+                # Kafka will never take it: keep it on disk beside the spool rather than block the spool
+                self._reject_to_disk(record, "msg_size_too_large")
+                return True
+            self.errors += 1
+            if self.metrics is not None:
+                self.metrics.produce_errors.inc()
+            log.error("produce failed (%s): spooling", str(exc)[:200])
+            return False
+        except Exception as exc:  # noqa: BLE001 - keep the record, count the error
             self.errors += 1
             if self.metrics is not None:
                 self.metrics.produce_errors.inc()
@@ -101,6 +113,15 @@ class KafkaSink:
             return False
         self._pending[rid] = (record, from_spool, time.monotonic())
         return True
+
+    def _reject_to_disk(self, record: Record, reason: str) -> None:
+        self.errors += 1
+        if self.metrics is not None:
+            self.metrics.produce_errors.inc()
+        path = self.spool.dir / "rejected.bin"
+        with open(path, "ab") as fh:
+            fh.write(encode(record))
+        log.error("record of %d bytes refused by Kafka (%s): kept in %s", len(record.value), reason, path)
 
     def _delivered(self, rid: int, err) -> None:
         entry = self._pending.pop(rid, None)

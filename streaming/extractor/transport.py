@@ -27,7 +27,10 @@ from .spool import Record
 
 log = logging.getLogger("cryptopipe.extractor")
 
-MAX_WS_FRAME = 16 << 20         # a bigger frame closes the connection (1009) rather than the process' memory
+# A frame must fit one Kafka record (producer message.max.bytes defaults to 1,000,000, headers and
+# key included). A bigger one closes the connection (1009, reason `frame_too_big`): that span is
+# then on record as uncovered and gets backfilled, instead of a record Kafka would refuse forever.
+MAX_WS_FRAME = 990_000
 
 
 class ConnectionEnded(Exception):
@@ -131,8 +134,11 @@ class Connection:
         except ConnectionEnded as exc:
             reason = exc.reason
         except ConnectionClosed as exc:
-            rcvd = exc.rcvd
-            reason = f"server_closed:{rcvd.code}" if rcvd is not None else "connection_lost"
+            rcvd, sent = exc.rcvd, exc.sent
+            if sent is not None and sent.code == 1009:
+                reason = "frame_too_big"
+            else:
+                reason = f"server_closed:{rcvd.code}" if rcvd is not None else "connection_lost"
         except (OSError, asyncio.TimeoutError, InvalidHandshake, InvalidURI, aiohttp.ClientError) as exc:
             reason = f"connect_failed:{type(exc).__name__}"
             log.warning("%s: %s %s", self.conn_id, reason, str(exc)[:200])

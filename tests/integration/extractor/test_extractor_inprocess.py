@@ -94,3 +94,29 @@ def test_binance_server_pings_are_answered(sim_factory):
     assert len(conns) == 1, conns                          # never closed for a missing pong
     assert conns[0]["close_reason"] in (None, "client_closed")
     assert len(_by_conn(records, "binance_raw_data")) == 1
+
+
+def test_oversized_frame_ends_the_connection_on_record_and_streaming_resumes(sim_factory):
+    sim = sim_factory(symbols=8, rate=40)
+
+    async def go():
+        sink = CollectingSink()
+        metrics = Metrics("kucoin")
+        options = Options(stall_s=10, kucoin_rest_url=sim.url("KUCOIN_REST_URL"))
+        x = Extractor("kucoin", plan_kucoin([], [], 300), sink, Events("kucoin", sink, metrics), metrics, options,
+                      heartbeat_s=1, label="big", backoff={"base_s": 0.1, "cap_s": 0.5})
+        task = asyncio.create_task(x.run())
+        await asyncio.sleep(2)
+        await asyncio.to_thread(sim.control.oversized, 2 << 20, "kucoin")
+        await asyncio.sleep(4)
+        x.stop.set()
+        await asyncio.wait_for(task, 10)
+        return sink.records
+
+    records = asyncio.run(go())
+    events = [json.loads(r.value) for r in records if r.topic == "pipeline_events"]
+    reasons = [e["reason"] for e in events if e["kind"] == "disconnected"]
+    assert reasons[0] == "frame_too_big" and reasons[-1] == "shutdown", reasons
+    conns = _by_conn(records, "kucoin_raw_data")
+    assert len(conns) == 2 and all(any(b'"type":"message"' in f for f in fs) for fs in conns.values())
+    assert max(len(r.value) for r in records) < 990_000

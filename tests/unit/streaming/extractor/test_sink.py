@@ -171,3 +171,24 @@ def test_failed_replay_delivery_keeps_the_cursor(tmp_path):
         sink.poll()
     assert producer.log == [rec(i).value for i in range(6)]
     assert spool.empty() and not sink.spooling
+
+
+def test_record_kafka_refuses_is_kept_on_disk_and_does_not_block(tmp_path):
+    from confluent_kafka import KafkaError, KafkaException
+
+    from streaming.extractor.spool import _decode_at
+
+    class Refusing(FakeProducer):
+        def produce(self, topic, value=None, key=None, headers=None, on_delivery=None):
+            if len(value) > 100:
+                raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+            super().produce(topic, value, key, headers, on_delivery)
+
+    sink, _, spool, _ = make(tmp_path)
+    sink.producer = producer = Refusing()
+    big = Record("binance_raw_data", b"c", b"x" * 500, [])
+    assert sink.offer(rec(0)) and sink.offer(big) and sink.offer(rec(1))
+    sink.poll()
+    assert producer.log == [rec(0).value, rec(1).value] and not sink.spooling
+    kept, _ = _decode_at((spool.dir / "rejected.bin").read_bytes(), 0)
+    assert kept.value == big.value
