@@ -12,6 +12,11 @@ Modes:
   `spool_full` event records the outage). Events keep a reserve so they still fit.
 - close: flush for a few seconds; what the broker did not acknowledge is written to the front of
   the spool (it is older than anything spooled) and replayed by the next process.
+
+Known limit: a record handed to the producer lives only in its memory until acknowledged. A
+SIGTERM saves it (above); a kill -9 loses it: normally the last few milliseconds of frames, during
+a broker outage up to `stuck_after_s` (2 s) before spooling begins. Closing that window needs a
+write-ahead spool (every record on disk before produce, cursor on acknowledged prefix): not done.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ log = logging.getLogger("cryptopipe.extractor")
 
 class KafkaSink:
     def __init__(self, producer, spool: Spool, metrics=None, *, max_pending: int = 50_000,
-                 stuck_after_s: float = 5.0, replay_batch: int = 2000,
+                 stuck_after_s: float = 2.0, replay_batch: int = 2000,
                  on_spool_full: Callable[[], None] | None = None,
                  on_spool_drained: Callable[[int], None] | None = None):
         self.producer = producer
