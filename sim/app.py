@@ -38,7 +38,7 @@ from sim.binance import Binance
 from sim.engine import Engine
 from sim.faults import EXCHANGES, Faults, _exchanges
 from sim.kucoin import Kucoin
-from sim.market import MINUTE_MS, Market, build_universe
+from sim.market import MINUTE_MS, Market, build_universe, fmt_plain
 from sim.truth import TICK_COLUMNS, Truth, now_ms
 
 log = logging.getLogger("sim")
@@ -168,7 +168,6 @@ class Sim:
                 if c is None and ex == "kucoin":
                     continue
                 pd, qd = s.price_decimals, s.qty_decimals
-                from sim.market import fmt_plain
                 if c is None:
                     p = fmt_plain(m.last_close_before(s, minute), pd)
                     out.append({"open_ms": minute * MINUTE_MS, "open": p, "high": p, "low": p, "close": p,

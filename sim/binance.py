@@ -18,11 +18,10 @@ import time
 from aiohttp import WSMsgType, web
 
 from sim.engine import Conn, b8
-from sim.market import MINUTE_MS
+from sim.market import MINUTE_MS, is_buyer_maker
 from sim.truth import now_ms
 
 JSON_CT = "application/json;charset=UTF-8"
-STREAM_KINDS = ("miniTicker", "trade", "kline_1m", "bookTicker")
 WEIGHTS = {"ping": 1, "time": 1, "exchangeInfo": 20, "klines": 2, "aggTrades": 4}
 _STREAM_RE = re.compile(r"^([a-z0-9]{2,40})@(miniTicker|trade|kline_1m|bookTicker)$")
 
@@ -253,7 +252,6 @@ class Binance:
         return rows
 
     def _aggTrades(self, q):
-        from sim.market import is_buyer_maker
         s = self._symbol(q)
         limit = max(1, min(1000, self._int(q, "limit", 500)))
         start, end, from_id = self._int(q, "startTime"), self._int(q, "endTime"), self._int(q, "fromId")

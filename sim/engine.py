@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 
 from sim.market import MINUTE_MS, Market, fmt_fixed, fmt_plain, is_buyer_maker
-from sim.truth import Truth, now_ms
+from sim.truth import now_ms
 
 log = logging.getLogger("sim")
 
