@@ -94,6 +94,9 @@ class Kucoin:
 
     def _bullet(self, q, request):
         token = secrets.token_urlsafe(48) + "." + secrets.token_urlsafe(16)
+        if len(self.tokens) >= 100_000:          # forget the oldest tokens (dicts keep insertion order)
+            for old in list(self.tokens)[:10_000]:
+                del self.tokens[old]
         self.tokens[token] = True
         host = request.host or f"127.0.0.1:{self.sim.port}"
         return {"token": token, "instanceServers": [{
