@@ -47,6 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--backoff-base", type=float, default=0.5)
     p.add_argument("--backoff-cap", type=float, default=30.0)
     p.add_argument("--linger-ms", type=int, default=5, help="producer linger (the micro-batching bound)")
+    p.add_argument("--topic-suffix", default="",
+                   help="write to <exchange>_raw_data<SUFFIX> and pipeline_events<SUFFIX> (private runs)")
     p.add_argument("--label", default="", help="tag in connection ids (letters, digits, dashes)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
@@ -70,10 +72,11 @@ def build(args: argparse.Namespace):
                      on_spool_full=lambda: events_box[0].emit("spool_full", proc_id, "spool_full",
                                                               spool_bytes=spool.depth_bytes),
                      on_spool_drained=lambda n: events_box[0].emit("spool_drained", proc_id, records=n))
-    events = Events(exchange, sink, metrics)
+    events = Events(exchange, sink, metrics, topic_suffix=args.topic_suffix)
     events_box.append(events)
     options = Options(stall_s=args.stall_seconds, rotate_after_s=args.rotate_after,
-                      binance_ws_url=settings.binance_ws_url, kucoin_rest_url=settings.kucoin_rest_url)
+                      binance_ws_url=settings.binance_ws_url, kucoin_rest_url=settings.kucoin_rest_url,
+                      topic_suffix=args.topic_suffix)
     extractor = Extractor(exchange, shards, sink, events, metrics, options, heartbeat_s=args.heartbeat_seconds,
                           backoff={"base_s": args.backoff_base, "cap_s": args.backoff_cap}, label=args.label)
     return extractor, sink

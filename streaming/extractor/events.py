@@ -18,15 +18,16 @@ log = logging.getLogger("cryptopipe.extractor")
 
 
 class Events:
-    def __init__(self, exchange: str, sink, metrics=None):
+    def __init__(self, exchange: str, sink, metrics=None, topic_suffix: str = ""):
         self.exchange = exchange
         self.sink = sink
         self.metrics = metrics
+        self.topic = PIPELINE_EVENTS + topic_suffix
 
     def record(self, kind: str, conn_id: str, reason: str = "", at_ns: int | None = None, **detail) -> Record:
         event = PipelineEvent(exchange=self.exchange, conn_id=conn_id, kind=kind,
                               at_ns=at_ns if at_ns is not None else time.time_ns(), reason=reason, detail=detail)
-        return Record(PIPELINE_EVENTS, self.exchange.encode(), event.to_json(),
+        return Record(self.topic, self.exchange.encode(), event.to_json(),
                       [("exchange", self.exchange.encode()), ("conn_id", conn_id.encode()),
                        ("received_ns", str(event.at_ns).encode())])
 

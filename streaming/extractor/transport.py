@@ -52,6 +52,7 @@ class Options:
     topics_per_connection: int = KuCoin.MAX_TOPICS_PER_CONNECTION
     binance_ws_url: str = ""
     kucoin_rest_url: str = ""
+    topic_suffix: str = ""          # private topics (benchmarks, tests): <exchange>_raw_data<suffix>
     extra: dict = field(default_factory=dict)
 
 
@@ -86,7 +87,7 @@ class Connection:
         self.options = options
         self.stop = stop
         self.conn_id = f"{self.exchange[:2]}-{label}{'-' if label else ''}{uuid.uuid4().hex[:12]}"
-        self.topic = raw_topic(self.exchange)
+        self.topic = raw_topic(self.exchange) + options.topic_suffix
         self.connected = asyncio.Event()
         self.delivering = asyncio.Event()
         self.rotate_wanted = asyncio.Event()

@@ -71,3 +71,26 @@ def test_cli_defaults_and_options():
 def test_label_must_be_safe():
     with pytest.raises(ValueError):
         Extractor("binance", [[]], None, None, None, Options(), label="a b;c")
+
+
+def test_topic_suffix_reaches_raw_and_event_records():
+    from streaming.extractor.events import Events
+    from streaming.extractor.transport import BinanceConnection
+
+    class Sink:
+        def __init__(self):
+            self.records = []
+
+        def offer(self, record, event=False):
+            self.records.append(record)
+            return True
+
+    async def go():
+        sink = Sink()
+        events = Events("binance", sink, topic_suffix="_bench1")
+        events.emit("connected", "bi-x")
+        conn = BinanceConnection([], sink, events, None, Options(topic_suffix="_bench1"), asyncio.Event())
+        return sink.records[0].topic, conn.topic
+
+    assert asyncio.run(go()) == ("pipeline_events_bench1", "binance_raw_data_bench1")
+    assert parse_args(["binance", "--topic-suffix", "_b"]).topic_suffix == "_b"
