@@ -34,14 +34,14 @@ INTERVAL_MINUTES = int(os.environ.get("CRYPTOPIPE_GAP_DETECTION_MINUTES", "15"))
 )
 def crypto_gap_detection():
     @task
-    def detect() -> list[dict]:
+    def detect() -> dict:
         from plugins.backfill_tasks import detect as detect_gaps
 
         p = get_current_context()["params"]
         return detect_gaps(p["lookback_hours"], p["settle_seconds"])
 
     @task
-    def plan_backfills(found: list[dict]) -> list[dict]:
+    def plan_backfills(detected: dict) -> list[dict]:
         from plugins.backfill_tasks import backfill_triggers
 
         ctx = get_current_context()

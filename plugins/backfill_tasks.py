@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 UTC = timezone.utc
 
 DEFAULT_MAX_TASKS = 16
+OPEN_GAPS_SCAN = 10_000          # open gaps looked at per detection run (oldest are triggered first)
+DETECT_XCOM_GAPS = 100           # gaps listed in the detect task's XCom (the count is always exact)
 
 
 class InvalidParams(ValueError):
@@ -190,17 +192,19 @@ def format_summary(summary: dict) -> str:
 
 # -- crypto_gap_detection -------------------------------------------------------------------
 
-def detect(lookback_hours: float, settle_s: float, now: datetime | None = None) -> list[dict]:
-    """Record new gaps (backfill.gaps.detect_gaps); returns the gaps created or extended."""
+def detect(lookback_hours: float, settle_s: float, now: datetime | None = None) -> dict:
+    """Record new gaps (backfill.gaps.detect_gaps); returns {"found": n, "gaps": the first
+    DETECT_XCOM_GAPS gaps created or extended}."""
     from datetime import timedelta
 
     from backfill.gaps import detect_gaps
 
     found = detect_gaps(now, lookback=timedelta(hours=float(lookback_hours)), settle=timedelta(seconds=float(settle_s)))
-    for gap in found:
+    for gap in found[:DETECT_XCOM_GAPS]:
         log.info("gap %s %s %s %s .. %s (%s)", gap.id, gap.exchange, gap.symbol or "*", gap.gap_start,
                  gap.gap_end, gap.kind)
-    return [_jsonable(g.to_dict()) for g in found]
+    log.info("%d gaps created or extended", len(found))
+    return {"found": len(found), "gaps": [_jsonable(g.to_dict()) for g in found[:DETECT_XCOM_GAPS]]}
 
 
 def _jsonable(d: dict) -> dict:
@@ -217,7 +221,8 @@ def backfill_triggers(limit: int, run_id: str, now: datetime | None = None, know
 
     out = []
     safe_run = re.sub(r"[^A-Za-z0-9_.:+-]", "_", run_id)[-80:]
-    for gap in open_gaps(limit=int(limit)):
+    # open_gaps(limit) keeps the newest `limit`; the scheduler wants the oldest (no gap starves)
+    for gap in open_gaps(limit=OPEN_GAPS_SCAN)[:int(limit)]:
         try:
             request = request_for_gap(gap, now=now, known_symbols=known_symbols)
         except ValueError as e:
