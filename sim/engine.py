@@ -80,7 +80,7 @@ class Conn:
                     break
                 sent = now_ms()
                 for frame, ticks in batch:
-                    if self.closed:
+                    if self.closed or ws.closed:
                         return
                     if ticks is not None:
                         big = faults.oversized_pending[ex]
@@ -94,16 +94,19 @@ class Conn:
                             flag = corrupt.kind
                             frame = frame[: len(frame) // 2] if flag == "truncated" else frame.replace(":", ";", 1)
                             faults.note(flag + "_sent", conn_id=self.id, frame=frame[:200])
-                        await ws.send_str(frame)
-                        sim.ticks_out += len(ticks)
+                        # recorded before the write: a frame can reach the client even when the
+                        # socket dies during the write, so the truth must already hold it (a recorded
+                        # frame that never arrived can only be the last one before a close)
                         if ticks:
                             truth.add_many(self.id, ticks, sent, flag)
+                        sim.ticks_out += len(ticks)
+                        await ws.send_str(frame)
                         if (dup.count or dup.ratio) and dup.hit(faults.rng):
-                            await ws.send_str(frame)
-                            sim.ticks_out += len(ticks)
-                            faults.note("duplicate_sent", conn_id=self.id, frame=frame[:200])
                             if ticks:
                                 truth.add_many(self.id, ticks, sent, "dup")
+                            sim.ticks_out += len(ticks)
+                            faults.note("duplicate_sent", conn_id=self.id, frame=frame[:200])
+                            await ws.send_str(frame)
                     else:
                         await ws.send_str(frame)
         except (ConnectionError, RuntimeError, asyncio.CancelledError):

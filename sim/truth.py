@@ -1,5 +1,8 @@
 """Ground truth: every tick written to a websocket, with its connection, and every connection.
 
+A tick is recorded just before its frame is written, so everything a client received is in the
+truth; only the last frame(s) written as a connection died may be recorded yet not received.
+
 A tick is the tuple (exchange, kind, symbol, event_ms, sequence, price) shared by every frame that
 carries it; a record is (conn_id, tick, sent_ms, flag) with flag '' (normal), 'dup' (the second
 copy of a duplicated frame), 'malformed' or 'truncated' (the frame that carried it was corrupted).
