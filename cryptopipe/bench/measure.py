@@ -130,6 +130,15 @@ def slope(points: list[tuple[float, float]]) -> float | None:
     return sum((t - mt) * (y - my) for t, y in points) / den
 
 
+def lag_is_bounded(slope_per_s: float | None, window_s: float, offered_per_s: float, batch: int = 0) -> bool:
+    """Lag is bounded when its trend over the window adds less than two seconds of feed (or two
+    batches, whichever is more): batch consumers lag in a sawtooth of about one batch, so a flat
+    trend with that ripple is a pipeline keeping up, and a steady climb is one falling behind."""
+    if slope_per_s is None:
+        return True
+    return slope_per_s * window_s <= max(2 * batch, 2 * offered_per_s, 1.0)
+
+
 # --------------------------------------------------------------------------- commit clock
 
 def parse_snapshot(text: str) -> tuple[int, int, frozenset[int]]:

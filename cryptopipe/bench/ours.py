@@ -19,8 +19,8 @@ from pathlib import Path
 
 from confluent_kafka.admin import NewTopic
 
-from cryptopipe.bench.measure import (CommitClock, LagProbe, Sampler, latency_percentiles, metric_sum, scrape,
-                                      slope)
+from cryptopipe.bench.measure import (CommitClock, LagProbe, Sampler, lag_is_bounded, latency_percentiles, metric_sum,
+                                      scrape, slope)
 from cryptopipe.bench.procs import InfraSampler, Proc, SimProc, free_port, python
 
 UTC = timezone.utc
@@ -295,8 +295,7 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
         "archived_records_per_s": delta("archived") / span if span else 0.0,
         "dlq_records": delta("dlq"),
         "lag": lag,
-        # lag that grows by less than 1% of the offered rate per second over the window is bounded
-        "lag_bounded": (load_slope + transform_slope) < max(1.0, 0.01 * offered),
+        "lag_bounded": lag_is_bounded(load_slope + transform_slope, span, offered, cfg.batch_size),
         "drain_seconds": drain_s,
         "latency": latency,
         "commit_clock_samples": clock_samples,

@@ -23,7 +23,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cryptopipe.bench.measure import CommitClock, Sampler, latency_percentiles
+from cryptopipe.bench.measure import CommitClock, Sampler, latency_percentiles, lag_is_bounded, slope
 from cryptopipe.bench.ours import RunConfig, create_topics, delete_topics, sim_argv
 from cryptopipe.bench.procs import InfraSampler, Proc, SimProc
 
@@ -234,8 +234,6 @@ def run_cryptofeed(cfg: RunConfig, settings, log=print) -> dict:
                           "peak_rss_mb": p.peak_rss / 2**20,
                           "rss_first_mb": (sum(rss[:tenth]) / tenth) / 2**20 if rss else None,
                           "rss_last_mb": (sum(rss[-tenth:]) / tenth) / 2**20 if rss else None})
-    from cryptopipe.bench.measure import slope
-
     return {
         "system": f"cryptofeed {CRYPTOFEED_VERSION}",
         "run_id": run_id,
@@ -253,7 +251,7 @@ def run_cryptofeed(cfg: RunConfig, settings, log=print) -> dict:
                                      "last": backlog[-1] if backlog else None, "slope_per_s": pg_slope},
                 "kafka backlog": {"max": max(kafka_backlog) if kafka_backlog else None,
                                   "last": kafka_backlog[-1] if kafka_backlog else None, "slope_per_s": kafka_slope}},
-        "lag_bounded": (max(pg_slope, 0.0) + max(kafka_slope, 0.0)) < max(1.0, 0.01 * offered),
+        "lag_bounded": lag_is_bounded(pg_slope, span, offered) and lag_is_bounded(kafka_slope, span, offered),
         "drain_seconds": drain_s,
         "latency": latency,
         "processes": processes + infra.rows(),

@@ -17,6 +17,13 @@ def _f(value, fmt: str = "{:,.0f}", none: str = "–") -> str:
         return str(value)
 
 
+def cpu_us_per_tick(cpu_percent, ticks_per_s) -> float | None:
+    """CPU microseconds a process spent per tick stored (the figure that bounds a 2-core machine)."""
+    if cpu_percent is None or not ticks_per_s:
+        return None
+    return cpu_percent / 100.0 * 1e6 / ticks_per_s
+
+
 def headline_rows(result: dict) -> list[tuple[str, str]]:
     lat = result.get("latency") or {}
     lag = result.get("lag") or {}
@@ -73,11 +80,17 @@ def render(doc: dict, console: Console | None = None) -> None:
         console.print(f"[red]peer not run:[/red] {doc['peer_error']}")
     for r in runs:
         procs = Table(title=f"{r.get('system')}: CPU (% of one core) and RSS per process over the window")
-        for col in ("process", "CPU %", "peak RSS MB", "RSS first/last 10% MB"):
+        for col in ("process", "CPU %", "CPU µs per stored tick", "peak RSS MB", "RSS first/last 10% MB"):
             procs.add_column(col, justify="right" if col != "process" else "left")
+        rate = r.get("sustained_ticks_per_s") or 0.0
+        total_us = 0.0
         for p in r.get("processes", []):
-            procs.add_row(p["process"], _f(p.get("cpu_percent"), "{:.0f}"), _f(p.get("peak_rss_mb"), "{:.0f}"),
+            us = cpu_us_per_tick(p.get("cpu_percent"), rate)
+            total_us += us or 0.0
+            procs.add_row(p["process"], _f(p.get("cpu_percent"), "{:.0f}"), _f(us, "{:.0f}"),
+                          _f(p.get("peak_rss_mb"), "{:.0f}"),
                           f"{_f(p.get('rss_first_mb'), '{:.0f}')} / {_f(p.get('rss_last_mb'), '{:.0f}')}")
+        procs.add_row("all of the above", "", _f(total_us or None, "{:.0f}"), "", "")
         console.print(procs)
         for name, rows in (r.get("profiles") or {}).items():
             if not rows:

@@ -68,3 +68,12 @@ def test_headline_rows_say_when_lag_grows_and_format_missing_values():
     assert rows["receipt -> commit p50 / p95 / p99 ms"] == "10 / 40 / –"
     assert rows["lag bounded"] == "NO"
     assert rows["lag load: max / last / slope per s"] == "5 / 2 / -0.5"
+
+
+def test_lag_trend_within_two_seconds_of_feed_is_bounded():
+    from cryptopipe.bench.measure import lag_is_bounded
+
+    assert lag_is_bounded(95.0, 30.0, 5000.0, 5000)          # +2,850 over the window: ripple
+    assert not lag_is_bounded(3459.0, 30.0, 6000.0, 5000)    # +104k: falling behind
+    assert lag_is_bounded(-50.0, 30.0, 1000.0)
+    assert lag_is_bounded(None, 30.0, 1000.0)
