@@ -198,18 +198,17 @@ CREATE TEMP TABLE IF NOT EXISTS stage_ticks (
 
 COPY_STAGE = f"COPY stage_ticks ({', '.join(STAGE_COLUMNS)}) FROM STDIN"
 
-# Ticks first; candles and latest prices only from the rows this statement really inserted.
+# Ticks first; candles and latest prices only from the rows this statement really inserted
+# (RETURNING lists each new row once, duplicates inside the batch included).
 MERGE_TICKS = """
 WITH ins AS (
     INSERT INTO ticks (exchange, symbol, event_time, sequence, price, bid, bid_size, ask, ask_size,
                        last_size, open_24h, high_24h, low_24h, volume_24h, quote_volume_24h, received_at)
-    SELECT DISTINCT ON (exchange, symbol, event_time_ms, sequence)
-           exchange, symbol, timestamptz 'epoch' + event_time_ms * interval '1 millisecond', sequence,
+    SELECT exchange, symbol, timestamptz 'epoch' + event_time_ms * interval '1 millisecond', sequence,
            price, bid, bid_size, ask, ask_size, last_size, open_24h, high_24h, low_24h, volume_24h,
            quote_volume_24h, timestamptz 'epoch' + (received_ns / 1000) * interval '1 microsecond'
     FROM stage_ticks
-    ORDER BY exchange, symbol, event_time_ms, sequence, received_ns
-    ON CONFLICT DO NOTHING
+    ON CONFLICT DO NOTHING   -- also skips a duplicate within the batch: the first copy wins
     RETURNING exchange, symbol, event_time, sequence, price
 ), cnd AS (
     INSERT INTO candles_1m AS c (exchange, symbol, open_time, open, high, low, close, source,
