@@ -30,14 +30,19 @@ def pg(stack):
 PIPELINE_TABLES = ("ticks", "latest_prices", "candles_1m", "stream_sessions", "gaps")
 
 
-@pytest.fixture
-def clean_db(pg):
-    with pg.cursor() as cur:
+def truncate_pipeline_tables(conn) -> None:
+    """Empty every table of the cryptopipe database but the migrations' bookkeeping."""
+    with conn.cursor() as cur:
         cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
                     "AND tablename <> 'schema_migrations' AND tablename NOT LIKE 'ticks\\_%'")
         tables = [r[0] for r in cur.fetchall()]
         if tables:
             cur.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture
+def clean_db(pg):
+    truncate_pipeline_tables(pg)
     return pg
 
 
