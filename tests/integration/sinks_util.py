@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
@@ -117,6 +118,17 @@ def end_offsets(topic: str, partitions: int) -> dict[int, int]:
         c.close()
 
 
+_RUNNING: list["Daemon"] = []
+
+
+@pytest.fixture(autouse=True)
+def stop_leftover_daemons():
+    """Import into a test module: whatever a failed test left running is killed at teardown."""
+    yield
+    while _RUNNING:
+        _RUNNING.pop().kill9()
+
+
 class Daemon:
     """`python -m cryptopipe <command> ...` as a subprocess, its output in a log file."""
 
@@ -131,6 +143,7 @@ class Daemon:
         self.proc = subprocess.Popen([sys.executable, "-m", "cryptopipe", *self.args], cwd=ROOT, env=env,
                                      stdout=log, stderr=subprocess.STDOUT)
         log.close()
+        _RUNNING.append(self)
         return self
 
     def kill9(self) -> None:

@@ -9,7 +9,8 @@ import uuid
 import pytest
 
 from common.settings import get_settings
-from tests.integration.sinks_util import (Daemon, committed, create_topics, delete_topics, end_offsets, new_suffix,
+from tests.integration.sinks_util import (stop_leftover_daemons,  # noqa: F401
+                                          Daemon, committed, create_topics, delete_topics, end_offsets, new_suffix,
                                           produce, raw_headers, wait_until)
 
 pytestmark = pytest.mark.integration

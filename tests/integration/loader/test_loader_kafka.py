@@ -6,7 +6,8 @@ from decimal import Decimal
 import pytest
 
 from common.models import PipelineEvent, Tick
-from tests.integration.sinks_util import (Daemon, committed, create_topics, delete_topics, end_offsets, new_suffix,
+from tests.integration.sinks_util import (stop_leftover_daemons,  # noqa: F401
+                                          Daemon, committed, create_topics, delete_topics, end_offsets, new_suffix,
                                           produce, wait_until)
 
 pytestmark = pytest.mark.integration

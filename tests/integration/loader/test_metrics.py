@@ -6,7 +6,8 @@ import uuid
 import pytest
 
 from common.models import Tick
-from tests.integration.sinks_util import Daemon, create_topics, delete_topics, new_suffix, produce, wait_until
+from tests.integration.sinks_util import (stop_leftover_daemons,  # noqa: F401
+                                          Daemon, create_topics, delete_topics, new_suffix, produce, wait_until)
 
 pytestmark = pytest.mark.integration
 

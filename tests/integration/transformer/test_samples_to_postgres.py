@@ -9,7 +9,8 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import SAMPLES
-from tests.integration.sinks_util import (Daemon, committed, create_topics, delete_topics, end_offsets, new_suffix,
+from tests.integration.sinks_util import (stop_leftover_daemons,  # noqa: F401
+                                          Daemon, committed, create_topics, delete_topics, end_offsets, new_suffix,
                                           produce, raw_headers, read_topic, wait_until)
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,8 @@ import uuid
 
 import pytest
 
-from tests.integration.sinks_util import (Daemon, committed, create_topics, delete_topics, end_offsets, new_suffix,
+from tests.integration.sinks_util import (stop_leftover_daemons,  # noqa: F401
+                                          Daemon, committed, create_topics, delete_topics, end_offsets, new_suffix,
                                           produce, raw_headers, read_topic, wait_until)
 
 pytestmark = pytest.mark.integration
