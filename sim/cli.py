@@ -22,6 +22,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cryptopipe sim", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=8765, help="0 = a free port (default 8765)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default loopback; 0.0.0.0 only inside a container, see docker-compose.yaml)")
     p.add_argument("--symbols", type=int, default=200, help="symbols per exchange (default 200)")
     p.add_argument("--rate", type=float, default=200.0, help="trades/s over all symbols, per exchange (default 200)")
     p.add_argument("--seed", type=int, default=1)
@@ -54,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_from(args) -> Config:
-    return Config(port=args.port, symbols=args.symbols, rate=args.rate, seed=args.seed,
+    return Config(host=args.host, port=args.port, symbols=args.symbols, rate=args.rate, seed=args.seed,
                   max_lifetime=args.max_lifetime, binance_ping_interval=args.binance_ping_interval,
                   binance_pong_timeout=args.binance_pong_timeout, kucoin_ping_interval=args.kucoin_ping_interval,
                   kucoin_ping_timeout=args.kucoin_ping_timeout, weight_limit=args.weight_limit,

@@ -1,0 +1,201 @@
+"""Fault injection on the real stack fed by the simulator: one scenario per fault, each asserting
+the same invariants afterwards (tests/plugins/pipeline.py) and printing its figures.
+
+The S3 server stays down for five minutes while the websocket faults run (drops every 30 s,
+stall, token expiry, rotation, malformed frames): those scenarios check ticks and candles as
+they go, and the last one of the group checks that the archive lost nothing once S3 is back.
+"""
+import time
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from common.topics import DLQ_TOPICS, RAW_TOPICS
+from tests.plugins.pipeline import Figures, now_ms, wait_for
+
+pytestmark = pytest.mark.faults
+
+UTC = timezone.utc
+S3_OUTAGE_S = 300
+
+
+@contextmanager
+def scenario(h, pg, s3, bucket, name, *, archive=True, candles=True):
+    raw_start = h.end_offsets(RAW_TOPICS)
+    t0 = now_ms()
+    fig = Figures(name)
+    yield fig
+    t1 = now_ms()
+    raw_end = h.end_offsets(RAW_TOPICS)
+    h.settle(archive=archive, timeout=300)
+    h.check_ticks(pg, t0, t1, fig)
+    if archive:
+        h.check_archive(s3, bucket, raw_start, raw_end, fig)
+    if candles:
+        h.fill_gaps(fig)
+        h.check_candles(pg, t0, t1, fig)
+    fig.print()
+    assert h.all_running() == {}, "a process was left dead"
+
+
+# ---------------------------------------------------------------- S3 down for five minutes
+
+@pytest.fixture(scope="module")
+def s3_outage(live_pipeline):
+    h = live_pipeline
+    h.settle(archive=True, timeout=300)
+    state = {"raw_start": h.end_offsets(RAW_TOPICS), "since": time.monotonic(), "t0": now_ms()}
+    h.stop("s3proxy")
+    yield state
+    if h.info("s3proxy")["statename"] != "RUNNING":
+        h.start("s3proxy")
+
+
+def test_websocket_dropped_every_30s(live_pipeline, s3_outage, pg, s3, stack):
+    h = live_pipeline
+    with scenario(h, pg, s3, stack.s3_bucket, "ws_dropped_every_30s", archive=False) as fig:
+        for _ in range(5):
+            time.sleep(30)
+            h.sim.drop()
+        time.sleep(10)
+        fig.add(drops=5)
+
+
+def test_silent_stall(live_pipeline, s3_outage, pg, s3, stack):
+    h = live_pipeline
+    with scenario(h, pg, s3, stack.s3_bucket, "silent_stall_30s", archive=False) as fig:
+        time.sleep(3)
+        h.sim.stall(30)          # sockets stay open, nothing is sent, no pongs
+        time.sleep(30 + 15)
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM stream_sessions WHERE reason ILIKE %s AND disconnected_at > now() - interval '2 minutes'",
+                    ("%stall%",))
+        assert cur.fetchone()[0] >= 1, "the extractors did not report the stall"
+
+
+def test_kucoin_token_expiry(live_pipeline, s3_outage, pg, s3, stack):
+    h = live_pipeline
+    with scenario(h, pg, s3, stack.s3_bucket, "kucoin_token_expiry", archive=False):
+        time.sleep(3)
+        h.sim.expire_tokens()
+        time.sleep(15)
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM stream_sessions WHERE exchange = 'kucoin' AND reason ILIKE %s",
+                    ("%token%",))
+        assert cur.fetchone()[0] >= 1
+
+
+def test_forced_rotation_leaves_no_uncovered_span(live_pipeline, s3_outage, pg, s3, stack):
+    from backfill import gaps
+
+    h = live_pipeline
+    with scenario(h, pg, s3, stack.s3_bucket, "binance_server_shutdown_rotation", archive=False) as fig:
+        t0 = datetime.now(UTC)
+        time.sleep(3)
+        h.sim.server_shutdown(grace_s=3)   # the extractor opens the new connection before the old one closes
+        time.sleep(15)
+    uncovered = [g for g in gaps.list_gaps(exchange="binance", limit=1000)
+                 if g.kind and "uncovered" in g.kind and g.gap_end > t0 - timedelta(minutes=1)]
+    fig.add(binance_uncovered_gaps=len(uncovered))
+    assert not uncovered, [g.to_dict() for g in uncovered]
+
+
+def test_one_percent_malformed_frames_go_to_the_dlq(live_pipeline, s3_outage, pg, s3, stack):
+    h = live_pipeline
+    dlq_before = h.end_offsets(DLQ_TOPICS)
+    with scenario(h, pg, s3, stack.s3_bucket, "malformed_1pct", archive=False) as fig:
+        h.sim.corrupt(ratio=0.01, seconds=30)
+        time.sleep(35)
+    dlq_after = h.end_offsets(DLQ_TOPICS)
+    added = sum(dlq_after[k] - dlq_before.get(k, 0) for k in dlq_after)
+    fig.add(dlq_records=added)
+    assert added > 0, "malformed frames did not reach the DLQ"
+
+
+def test_s3_down_five_minutes_loses_nothing(live_pipeline, s3_outage, pg, s3, stack):
+    h = live_pipeline
+    remaining = S3_OUTAGE_S - (time.monotonic() - s3_outage["since"])
+    if remaining > 0:
+        time.sleep(remaining)
+    raw_end = h.end_offsets(RAW_TOPICS)
+    fig = Figures("s3_down_5min")
+    fig.add(s3_down_s=round(time.monotonic() - s3_outage["since"]))
+    h.start("s3proxy")
+    h.settle(archive=True, timeout=300)
+    h.check_archive(s3, stack.s3_bucket, s3_outage["raw_start"], raw_end, fig)
+    fig.print()
+    assert h.all_running() == {}
+
+
+# ---------------------------------------------------------------- daemons and services
+
+def test_kill9_each_daemon(live_pipeline, pg, s3, stack):
+    h = live_pipeline
+    with scenario(h, pg, s3, stack.s3_bucket, "kill9_each_daemon") as fig:
+        killed = []
+        for program in ("transform", "load", "archive", "extract-binance", "extract-kucoin"):
+            time.sleep(4)
+            killed.append(h.kill9(program))
+        time.sleep(10)
+        fig.add(killed=len(killed))
+
+
+def test_kafka_broker_stopped_and_restarted(live_pipeline, pg, s3, stack):
+    h = live_pipeline
+    with scenario(h, pg, s3, stack.s3_bucket, "kafka_down_30s") as fig:
+        time.sleep(3)
+        h.stop("kafka")
+        time.sleep(30)
+        h.start("kafka")
+        time.sleep(20)
+        fig.add(kafka_down_s=30)
+
+
+def test_postgres_restarted(live_pipeline, pg, s3, stack):
+    h = live_pipeline
+    with scenario(h, pg, s3, stack.s3_bucket, "postgres_down_15s") as fig:
+        time.sleep(3)
+        h.stop("postgres")
+        time.sleep(15)
+        h.start("postgres")
+        time.sleep(15)
+        fig.add(postgres_down_s=15)
+        pg.close()
+    # the test's own connection died with the server: reconnect for the checks
+    from common.db import connect
+
+    fresh = connect()
+    fresh.autocommit = True
+    with fresh.cursor() as cur:
+        cur.execute("SELECT count(*) FROM ticks WHERE event_time > now() - interval '1 minute'")
+        assert cur.fetchone()[0] > 0, "no tick stored after Postgres came back"
+    fresh.close()
+
+
+def test_backfill_under_429_418_storm(live_pipeline, pg):
+    from backfill.engine import run_backfill
+    from backfill.validation import validate_request
+
+    h = live_pipeline
+    fig = Figures("backfill_429_418_storm")
+    end = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    start = end - timedelta(minutes=20)
+    h.sim.rest_errors(429, seconds=8)
+    summaries = []
+    for exchange in ("binance", "kucoin"):
+        symbols = [x["symbol"] for x in h.sim.symbols(exchange) if x["status"] == "TRADING"]
+        req = validate_request(exchange, symbols, start, end)
+        summaries.append(run_backfill(req, workers=4, force=True))
+        if exchange == "binance":
+            h.sim.rest_errors(418, count=3)
+    for s in summaries:
+        assert s.ok, s.to_dict()
+    fig.add(chunks=sum(len(s.to_dict().get("chunks", [])) for s in summaries))
+    status = h.sim.status()
+    fig.add(rest_answers=str(status.get("counters", {}).get("rest", ""))[:80])
+    with pg.cursor() as cur:
+        cur.execute("""SELECT count(*) FROM candles_1m WHERE open_time >= %s AND open_time < %s AND source = 'rest'""",
+                    (start, end))
+        fig.add(rest_candles=cur.fetchone()[0])
+    fig.print()
