@@ -175,9 +175,16 @@ def event_exchange(message) -> str | None:
     return key if key in EXCHANGES else None
 
 
+# process-level events (the extractor's spool), not a connection's: they stay in the topic, and
+# the connection that stopped reading because of a full spool reports its own `disconnected`
+PROCESS_EVENT_KINDS = frozenset({"spool_full", "spool_drained"})
+
+
 def merge_events(events: list[PipelineEvent]) -> dict[str, Session]:
     sessions: dict[str, Session] = {}
     for ev in events:
+        if ev.kind in PROCESS_EVENT_KINDS:
+            continue
         s = sessions.get(ev.conn_id)
         if s is None:
             s = sessions[ev.conn_id] = Session(ev.exchange, ev.at_ns, ev.at_ns)

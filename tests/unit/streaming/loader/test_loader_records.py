@@ -96,6 +96,13 @@ def test_events_merge_per_connection_with_first_disconnect_reason():
     assert s["c2"].connected_ns is None and s["c2"].first_seen_ns == NS + 5
 
 
+def test_spool_events_are_not_sessions():
+    evs = [PipelineEvent("binance", "binance-spool", "spool_full", NS),
+           PipelineEvent("binance", "binance-spool", "spool_drained", NS + 5),
+           PipelineEvent("binance", "c1", "connected", NS + 1)]
+    assert set(merge_events(evs)) == {"c1"}
+
+
 @pytest.mark.parametrize("value, reason", [
     (b"{}", "malformed"),
     (b'{"exchange":"x","conn_id":"c","kind":"connected","at_ns":1764000000000000000}', "unknown exchange"),
