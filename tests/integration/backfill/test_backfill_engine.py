@@ -131,3 +131,34 @@ def test_unknown_symbol_is_rejected_by_the_exchange_markets(sim_rest):
     now = datetime.now(UTC)
     with pytest.raises(InvalidBackfillRequest, match="binance has no active spot market ZZZ-USDT"):
         validate_request("binance", "ZZZ-USDT", now - timedelta(hours=2), now - timedelta(hours=1))
+
+
+def test_chunk_is_not_done_until_its_responses_are_in_s3(sim_rest, window, pg, monkeypatch):
+    import socket
+
+    from tests.integration.backfill.conftest import reset_backfill_state
+
+    exchange = "kucoin"
+    w = window(20)
+    symbols = w.use(exchange, pick_symbols(sim_rest.control, exchange, 1, 0))
+    request = validate_request(exchange, symbols, w.start, w.end)
+    with socket.socket() as s:                    # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    monkeypatch.setenv("S3_ENDPOINT_URL", f"http://127.0.0.1:{dead}")
+    reset_backfill_state()
+    summary = run_backfill(request)
+    assert not summary.ok and summary.chunks_failed == summary.chunks_total
+    assert "could not keep the REST responses in S3" in summary.failures[0]["error"]
+    assert stored_candles(pg, exchange, symbols[0], w.start, w.end) == {}
+    with pg.cursor() as cur:
+        cur.execute("SELECT status, error FROM backfill_chunks WHERE exchange = %s AND symbol = %s "
+                    "AND chunk_start = %s", (exchange, symbols[0], w.start))
+        status, error = cur.fetchone()
+    assert status == "failed" and "S3" in error
+
+    monkeypatch.delenv("S3_ENDPOINT_URL")
+    reset_backfill_state()
+    again = run_backfill(request)
+    assert again.ok and again.chunks_done == again.chunks_total
+    assert_matches_truth(pg, sim_rest.control, exchange, symbols, w.start, w.end)
