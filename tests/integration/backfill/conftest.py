@@ -33,7 +33,12 @@ def reset_backfill_state():
 
 @pytest.fixture
 def sim_rest(stack, sim_factory, monkeypatch):
-    sim = sim_factory(symbols=20, rate=20, seed=random.randint(1000, 9999))
+    from sim.market import build_universe
+
+    # a fresh market per test, with illiquid symbols (minutes without a trade) on both exchanges
+    seed = next(seed for seed in iter(lambda: random.randint(1000, 99999), None)
+                if sum(s.illiquid and not s.break_on_binance for s in build_universe(seed, 20)) >= 2)
+    sim = sim_factory(symbols=20, rate=20, seed=seed)
     monkeypatch.setenv("BINANCE_REST_URL", sim.env["BINANCE_REST_URL"])
     monkeypatch.setenv("KUCOIN_REST_URL", sim.env["KUCOIN_REST_URL"])
     reset_backfill_state()
