@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,14 +83,14 @@ def _config(args, rate: float):
 
 def _run_max(args, settings, console, run_fn, label: str) -> tuple[dict, list[dict]]:
     """Step the rate up; the best step is the highest sustained rate that kept up with its feed
-    (sustained >= 95% of offered, lag bounded). Stops at the first step that does not keep up."""
+    (rows into Postgres >= 95% of offered, lag bounded). Stops at the first step that does not keep
+    up. Both systems are judged on Postgres, the sink the headline figure counts; the peer's Kafka
+    sink is reported beside it."""
     steps, best, result = [], None, None
     for rate in MAX_RATE_STEPS:
         cfg = _config(args, rate)
         result = run_fn(cfg, settings, log=lambda m: console.print(m, style="dim"))
         keeping_up = result["lag_bounded"] and result["sustained_ticks_per_s"] >= 0.95 * result["offered_ticks_per_s"]
-        if "sustained_both_sinks_ticks_per_s" in result:
-            keeping_up = keeping_up and result["sustained_both_sinks_ticks_per_s"] >= 0.95 * result["offered_ticks_per_s"]
         steps.append({"rate": rate, "offered": result["offered_ticks_per_s"],
                       "sustained": result["sustained_ticks_per_s"], "lag_bounded": result["lag_bounded"],
                       "kept_up": keeping_up})
@@ -105,8 +106,14 @@ def _run_max(args, settings, console, run_fn, label: str) -> tuple[dict, list[di
     return chosen, steps
 
 
+def _terminate(signum, _frame):
+    # SIGTERM unwinds like Ctrl-C, so every child process and topic of the run is cleaned up
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _terminate)
     console = Console()
     started = datetime.now(timezone.utc)
     command = "cryptopipe bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 
@@ -70,6 +71,27 @@ def main() -> int:
                 self.address = address
 
     cryptofeed.feed.WSAsyncConn = LoopbackWSAsyncConn
+
+    class CompactTopics:
+        """cryptofeed 2.4.1 subscribes to `/market/ticker: A,B` (a space after the colon), which
+        KuCoin tolerates and the simulator answers with 404 `topic ... is not found`. This
+        connection wrapper removes that space on the wire; cryptofeed's subscribe logic is its own."""
+
+        def __init__(self, conn):
+            self._conn = conn
+
+        def __getattr__(self, name):
+            return getattr(self._conn, name)
+
+        async def write(self, msg: str):
+            return await self._conn.write(re.sub(r'("topic":\s*"/market/[A-Za-z0-9]+): ', r"\1:", msg))
+
+    kucoin_subscribe = KuCoin.subscribe
+
+    async def subscribe_compact(self, conn):
+        return await kucoin_subscribe(self, CompactTopics(conn))
+
+    KuCoin.subscribe = subscribe_compact
 
     class OneTopicTickerKafka(TickerKafka):
         """Stock TickerKafka writes to one topic per (exchange, symbol); the broker here does not
