@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Turn the FIGURES lines the fault and end-to-end scenarios write (CRYPTOPIPE_FIGURES=file.jsonl)
+into the README's reliability table (Markdown on stdout).
+
+    CRYPTOPIPE_FIGURES=/tmp/figures.jsonl make test PYTEST_ARGS="tests/e2e tests/faults"
+    python scripts/reliability_table.py /tmp/figures.jsonl
+"""
+import json
+import sys
+
+COLUMNS = [
+    ("sent (B/K)", lambda f: f"{f.get('binance_sent', '–')}/{f.get('kucoin_sent', '–')}"),
+    ("owed (B/K)", lambda f: f"{f.get('binance_owed', '–')}/{f.get('kucoin_owed', '–')}"),
+    ("stored (B/K)", lambda f: f"{f.get('binance_stored', '–')}/{f.get('kucoin_stored', '–')}"),
+    ("ticks missing", lambda f: _sum(f, "binance_missing", "kucoin_missing")),
+    ("duplicates", lambda f: _sum(f, "binance_duplicates", "kucoin_duplicates")),
+    ("outside coverage → backfilled", lambda f: _sum(f, "binance_outside_coverage", "kucoin_outside_coverage")),
+    ("raw records archived / missing / doubled",
+     lambda f: f"{f['archived_records']} / {f['archive_missing']} / {f['archive_duplicates']}"
+     if "archived_records" in f else "–"),
+    ("gaps filled", lambda f: f.get("gaps_filled", "–")),
+    ("minutes missing", lambda f: f.get("minutes_missing", "–")),
+    ("gap minutes checked vs truth", lambda f: f.get("minutes_filled_checked", "–")),
+]
+
+
+def _sum(f, *keys):
+    vals = [f[k] for k in keys if k in f]
+    return sum(vals) if vals else "–"
+
+
+def main(path: str) -> int:
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    print("| scenario | " + " | ".join(c for c, _ in COLUMNS) + " |")
+    print("| --- " * (len(COLUMNS) + 1) + "|")
+    for f in rows:
+        print(f"| {f['scenario']} | " + " | ".join(str(fn(f)) for _, fn in COLUMNS) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
