@@ -4,7 +4,9 @@
   MAX_LIMIT[exchange] minutes counted from the epoch (Binance 1000, KuCoin 1500), so each chunk
   is one REST request and overlapping requests produce the same chunk cells.
 - `run_chunk(chunk, *, force=False, raise_on_error=False) -> ChunkResult`: skip if a finished
-  chunk already covers it (unless force); else fetch every minute (backfill.rest), keep the raw
+  chunk already covers it (unless force); a chunk that ended less than backfill.rest.SETTLE_S
+  (30 s) ago first waits until then (so it never ends `partial` for a validated request);
+  else fetch every minute (backfill.rest), keep the raw
   responses in S3, then in one Postgres transaction upsert `candles_1m` (source 'rest') and
   record the chunk in `backfill_chunks`. Safe to repeat and to kill at any point: a killed chunk
   was not recorded, so the re-run fetches it again, and the upsert writes no duplicate.
@@ -160,8 +162,21 @@ def _s3():
         return _s3_client
 
 
+def _wait_until_settled(end: datetime, sleep=time.sleep) -> float:
+    """A chunk ending less than SETTLE_S ago waits (at most SETTLE_S) until the exchange has
+    surely published its last minute, so a missing row there can be confirmed empty."""
+    from backfill.rest import SETTLE_S
+
+    wait = (end - datetime.now(UTC)).total_seconds() + SETTLE_S
+    if 0 < wait <= SETTLE_S:
+        sleep(wait)
+        return wait
+    return 0.0
+
+
 def run_chunk(chunk: "Chunk | dict", *, force: bool = False, raise_on_error: bool = False,
-              fetcher: RestFetcher | None = None, now: datetime | None = None) -> ChunkResult:
+              fetcher: RestFetcher | None = None, now: datetime | None = None,
+              wait_for_settle: bool = True) -> ChunkResult:
     from common.db import connect
     from common.settings import get_settings
     from backfill import store
@@ -174,6 +189,8 @@ def run_chunk(chunk: "Chunk | dict", *, force: bool = False, raise_on_error: boo
             result.status = "skipped"
             return result
         fetcher = fetcher or _fetcher(chunk.exchange)
+        if wait_for_settle and now is None:
+            _wait_until_settled(chunk.end)
         try:
             fetched = fetcher.fetch_minutes(chunk.symbol, chunk.start, chunk.end, now=now)
         except FetchError as e:

@@ -162,3 +162,21 @@ def test_chunk_is_not_done_until_its_responses_are_in_s3(sim_rest, window, pg, m
     again = run_backfill(request)
     assert again.ok and again.chunks_done == again.chunks_total
     assert_matches_truth(pg, sim_rest.control, exchange, symbols, w.start, w.end)
+
+
+def test_backfill_up_to_now_waits_for_the_last_minute_instead_of_ending_partial(sim_rest, window, pg):
+    from sim.market import build_universe
+
+    exchange = "kucoin"
+    # not a symbol of the e2e or DAG tests' markets, which stream at this very moment
+    busy = {s.canonical for seed, n in ((7, 12), (1, 5), (1, 200)) for s in build_universe(seed, n)}
+    listed = [s for s in sim_rest.control.symbols(exchange) if s["status"] == "TRADING" and s["symbol"] not in busy]
+    symbol = sorted(listed, key=lambda s: s["trades_per_minute"])[0]["symbol"]     # the quietest
+    w = window(1)
+    now = datetime.now(UTC)
+    w.start, w.end = now.replace(second=0, microsecond=0) - timedelta(minutes=6), now
+    w.use(exchange, [symbol])
+    request = validate_request(exchange, [symbol], w.start, now)
+    summary = run_backfill(request)
+    assert summary.ok and summary.chunks_partial == 0 and summary.chunks_done == 1
+    assert_matches_truth(pg, sim_rest.control, exchange, [symbol], request.start, request.end)

@@ -73,3 +73,15 @@ def test_gaps_cli_rejects_bad_status(capsys):
         gaps_main(["--status", "'; DROP TABLE gaps; --"])
     assert e.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_only_chunks_ending_within_the_settle_time_wait_and_never_longer():
+    from backfill.engine import _wait_until_settled
+    from backfill.rest import SETTLE_S
+
+    now = datetime.now(UTC)
+    slept = []
+    assert _wait_until_settled(now - timedelta(minutes=5), slept.append) == 0 and slept == []
+    assert _wait_until_settled(now + timedelta(minutes=5), slept.append) == 0 and slept == []   # bogus: no wait
+    waited = _wait_until_settled(now - timedelta(seconds=10), slept.append)
+    assert SETTLE_S - 11 < waited <= SETTLE_S - 9 and slept == [waited]
