@@ -22,6 +22,10 @@ class InvalidParams(ValueError):
     """Trigger parameters that must not run; str() is the message for the person who triggered."""
 
 
+class GapsNotPlanned(RuntimeError):
+    """Open gaps exist but no exchange could be asked which symbols it lists; they stay open."""
+
+
 class BackfillFailed(RuntimeError):
     """Some chunks could not be fetched or stored; the gaps the run was for are marked failed."""
 
@@ -212,28 +216,54 @@ def _jsonable(d: dict) -> dict:
 
 
 def backfill_triggers(limit: int, run_id: str, now: datetime | None = None, known_symbols=None) -> list[dict]:
-    """Open gaps (oldest first, at most `limit`) -> kwargs for one TriggerDagRunOperator each:
-    {"conf": crypto_backfill params, "trigger_run_id": ...}. A gap that cannot become a valid
-    request (no tracked symbol, ...) is marked failed with the reason instead."""
+    """Open gaps, oldest first -> kwargs for one TriggerDagRunOperator each (at most `limit`):
+    {"conf": crypto_backfill params, "trigger_run_id": ...}.
+
+    Gaps of one exchange with the same window (detection finds many per-symbol gaps at once) share
+    one run: its conf lists all their symbols and gap ids. A gap that can never become a valid
+    request (no tracked symbol, unknown market, ...) is marked failed with the reason; a gap whose
+    exchange cannot be reached now stays open for the next run (GapsNotPlanned if none could be
+    planned at all).
+    """
     import re
 
     from backfill.gaps import mark, open_gaps, request_for_gap
 
-    out = []
-    safe_run = re.sub(r"[^A-Za-z0-9_.:+-]", "_", run_id)[-80:]
+    runs: dict[tuple, dict] = {}
+    unreachable: dict[str, str] = {}        # exchange -> why its markets could not be read
     # open_gaps(limit) keeps the newest `limit`; the scheduler wants the oldest (no gap starves)
-    for gap in open_gaps(limit=OPEN_GAPS_SCAN)[:int(limit)]:
+    for gap in open_gaps(limit=OPEN_GAPS_SCAN):
+        if len(runs) >= int(limit) and gap.gap_start > max(start for _, start, _ in runs):
+            break                            # every run is planned; later gaps wait for the next check
+        if gap.exchange in unreachable:
+            continue
         try:
             request = request_for_gap(gap, now=now, known_symbols=known_symbols)
-        except ValueError as e:
+        except ValueError as e:              # this gap can never become a valid request
             log.warning("gap %s cannot be backfilled: %s", gap.id, e)
             mark(gap.id, "failed", error=str(e)[:500])
             continue
-        conf = {"exchange": request.exchange, "symbols": list(request.symbols),
-                "start": request.start.isoformat(), "end": request.end.isoformat(),
-                "dry_run": False, "gap_ids": [gap.id]}
-        out.append({"conf": conf, "trigger_run_id": f"gap_{gap.id}__{safe_run}"})
-    log.info("%d backfill runs to trigger", len(out))
+        except Exception as e:               # the exchange is unreachable now: the gap stays open
+            unreachable[gap.exchange] = f"{type(e).__name__}: {str(e)[:300]}"
+            log.error("gap %s left open: %s", gap.id, unreachable[gap.exchange])
+            continue
+        key = (request.exchange, request.start, request.end)
+        if key not in runs:
+            if len(runs) >= int(limit):
+                continue
+            runs[key] = {"symbols": set(), "gap_ids": []}
+        runs[key]["symbols"].update(request.symbols)
+        runs[key]["gap_ids"].append(gap.id)
+    if unreachable and not runs:
+        raise GapsNotPlanned("no backfill could be planned; " + "; ".join(
+            f"{ex}: {why}" for ex, why in sorted(unreachable.items())))
+    safe_run = re.sub(r"[^A-Za-z0-9_.:+-]", "_", run_id)[-80:]
+    out = []
+    for (exchange, start, end), run in runs.items():
+        conf = {"exchange": exchange, "symbols": sorted(run["symbols"]), "start": start.isoformat(),
+                "end": end.isoformat(), "dry_run": False, "gap_ids": run["gap_ids"]}
+        out.append({"conf": conf, "trigger_run_id": f"gaps_{run['gap_ids'][0]}_{len(run['gap_ids'])}__{safe_run}"})
+    log.info("%d backfill runs to trigger for %d gaps", len(out), sum(len(r["gap_ids"]) for r in runs.values()))
     return out
 
 

@@ -32,7 +32,7 @@ def test_gap_detection_dag_triggers_a_backfill_for_an_open_gap(sim_factory, run_
     assert planned == [{"conf": {"exchange": "binance", "symbols": ["ETH-USDT"],
                                  "start": "2019-01-01T00:00:00+00:00", "end": "2019-01-01T00:10:00+00:00",
                                  "dry_run": False, "gap_ids": [old_open_gap]},
-                        "trigger_run_id": f"gap_{old_open_gap}__{out['run_id']}".replace(" ", "_")[:200]}]
+                        "trigger_run_id": f"gaps_{old_open_gap}_1__{out['run_id']}"}]
     triggered = [v for k, v in out["xcom"].items() if k.startswith("trigger_backfill[0].")]
     assert planned[0]["trigger_run_id"] in triggered
     # the gap stays open until the backfill run claims it

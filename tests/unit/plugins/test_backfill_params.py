@@ -1,12 +1,13 @@
 """Invalid crypto_backfill trigger parameters are rejected with messages a person understands:
 types and shapes by the trigger form's Params (the API server's own check, run here through the
 serialized DAG exactly as the server does), the rest by the `validate` task."""
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 import backfill.gaps
+import backfill.validation
 from plugins import backfill_tasks
 from plugins.backfill_tasks import InvalidParams, plan, summarize, validate_and_claim, validate_params
 
@@ -152,3 +153,77 @@ def test_summary_with_a_lost_task_fails_its_gaps(monkeypatch):
     out = summarize(validated, {"chunks": 3}, [batch_summary(), None], 3)
     assert not out["ok"] and out["batches_failed"] == 2
     assert marks == [(7, "failed", "2 of 3 tasks failed")] and out["gaps_failed"] == [7]
+
+
+# -- crypto_gap_detection: open gaps -> crypto_backfill runs --------------------------------
+
+def fake_gap(gid, exchange, symbol, minute_from, minute_to):
+    t = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
+    return backfill.gaps.Gap(gid, exchange, symbol, t + timedelta(minutes=minute_from),
+                             t + timedelta(minutes=minute_to), "open", "missing_candles", t, None, None, None)
+
+
+@pytest.fixture
+def gaps_world(monkeypatch):
+    """open_gaps newest-first-limited like backfill's; request_for_gap for symbol gaps; marks kept."""
+    world = {"gaps": [], "marks": [], "down": set()}
+
+    def request_for_gap(gap, now=None, known_symbols=None):
+        if gap.exchange in world["down"]:
+            raise backfill_rest_error("cannot load markets")
+        return backfill.validation.validate_request(gap.exchange, [gap.symbol], gap.gap_start, gap.gap_end,
+                                                    now=NOW, known_symbols=KNOWN,
+                                                    max_window=gap.gap_end - gap.gap_start)
+
+    monkeypatch.setattr(backfill.gaps, "open_gaps", lambda limit=100: sorted(world["gaps"],
+                                                                               key=lambda g: g.gap_start)[:limit])
+    monkeypatch.setattr(backfill.gaps, "request_for_gap", request_for_gap)
+    monkeypatch.setattr(backfill.gaps, "mark", lambda gid, status, **kw: world["marks"].append((gid, status,
+                                                                                                 kw.get("error"))))
+    return world
+
+
+def backfill_rest_error(msg):
+    from backfill.rest import FetchError
+
+    return FetchError(msg)
+
+
+def test_gaps_of_one_window_share_one_backfill_run(gaps_world):
+    gaps_world["gaps"] = [fake_gap(1, "kucoin", "BTC-USDT", 5, 7), fake_gap(2, "kucoin", "ETH-USDT", 5, 7),
+                          fake_gap(3, "binance", "BTC-USDT", 5, 7), fake_gap(4, "kucoin", "SOL-USDT", 20, 30)]
+    out = backfill_tasks.backfill_triggers(10, "scheduled__2026-11-25T10:45:00+00:00")
+    assert [o["conf"] for o in out] == [
+        {"exchange": "kucoin", "symbols": ["BTC-USDT", "ETH-USDT"], "start": "2026-11-25T10:05:00+00:00",
+         "end": "2026-11-25T10:07:00+00:00", "dry_run": False, "gap_ids": [1, 2]},
+        {"exchange": "binance", "symbols": ["BTC-USDT"], "start": "2026-11-25T10:05:00+00:00",
+         "end": "2026-11-25T10:07:00+00:00", "dry_run": False, "gap_ids": [3]},
+        {"exchange": "kucoin", "symbols": ["SOL-USDT"], "start": "2026-11-25T10:20:00+00:00",
+         "end": "2026-11-25T10:30:00+00:00", "dry_run": False, "gap_ids": [4]}]
+    assert out[0]["trigger_run_id"] == "gaps_1_2__scheduled__2026-11-25T10:45:00+00:00"
+    # at most `limit` runs, the oldest windows first
+    assert [o["conf"]["gap_ids"] for o in backfill_tasks.backfill_triggers(1, "r")] == [[1, 2]]
+
+
+def test_a_gap_that_can_never_be_filled_is_marked_failed(gaps_world):
+    gaps_world["gaps"] = [fake_gap(1, "kucoin", "NOPE-USDT", 5, 7), fake_gap(2, "kucoin", "BTC-USDT", 5, 7)]
+    out = backfill_tasks.backfill_triggers(10, "r")
+    assert [o["conf"]["gap_ids"] for o in out] == [[2]]
+    assert gaps_world["marks"] == [(1, "failed", "kucoin has no active spot market NOPE-USDT")]
+
+
+def test_an_unreachable_exchange_leaves_its_gaps_open(gaps_world):
+    gaps_world["gaps"] = [fake_gap(1, "binance", "BTC-USDT", 5, 7), fake_gap(2, "kucoin", "BTC-USDT", 5, 7)]
+    gaps_world["down"] = {"binance"}
+    out = backfill_tasks.backfill_triggers(10, "r")
+    assert [o["conf"]["exchange"] for o in out] == ["kucoin"] and gaps_world["marks"] == []
+    gaps_world["down"] = {"binance", "kucoin"}
+    with pytest.raises(backfill_tasks.GapsNotPlanned, match="binance: FetchError: cannot load markets"):
+        backfill_tasks.backfill_triggers(10, "r")
+    assert gaps_world["marks"] == []
+
+
+def test_gaps_beyond_the_limit_are_not_even_looked_at(gaps_world):
+    gaps_world["gaps"] = [fake_gap(1, "kucoin", "BTC-USDT", 5, 7), fake_gap(2, "kucoin", "NOPE-USDT", 20, 30)]
+    assert [o["conf"]["gap_ids"] for o in backfill_tasks.backfill_triggers(1, "r")] == [[1]]
+    assert gaps_world["marks"] == []        # gap 2 waits for the next check, untouched
