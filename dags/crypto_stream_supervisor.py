@@ -26,8 +26,11 @@ INTERVAL_MINUTES = int(os.environ.get("CRYPTOPIPE_SUPERVISOR_MINUTES", "5"))
     tags=["cryptopipe", "streaming"],
     doc_md=__doc__,
     params={
-        "stale_tick_seconds": Param(180, type="integer", minimum=10,
-                                    description="an extractor whose exchange's newest tick is older is stuck"),
+        # generous: an exchange outage of a few minutes is the extractor's to ride out (it
+        # reconnects with backoff, and the gap is backfilled); a restart is for a hung process
+        "stale_tick_seconds": Param(600, type="integer", minimum=10,
+                                    description="an extractor whose exchange's newest tick is older (and whose "
+                                                "raw topic got nothing since the last check) is stuck"),
         "startup_grace_seconds": Param(120, type="integer", minimum=0,
                                        description="a program running for less is never called stuck"),
         "restart_stopped": Param(False, type="boolean",

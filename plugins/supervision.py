@@ -86,7 +86,7 @@ class Watch:
 @dataclass(frozen=True)
 class Policy:
     watches: Mapping[str, Watch]
-    stale_tick_s: float = 180.0
+    stale_tick_s: float = 600.0
     startup_grace_s: float = 120.0
     restart_stopped: bool = False
 

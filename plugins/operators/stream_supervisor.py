@@ -19,7 +19,7 @@ class StreamSupervisorOperator(BaseOperator):
 
     template_fields = ("stale_tick_s", "startup_grace_s", "restart_stopped", "groups")
 
-    def __init__(self, *, stale_tick_s: Any = 180, startup_grace_s: Any = 120, restart_stopped: Any = False,
+    def __init__(self, *, stale_tick_s: Any = 600, startup_grace_s: Any = 120, restart_stopped: Any = False,
                  groups: Any = None, socket_path: str | None = None,
                  postgres_conn_id: str = POSTGRES_CONN_ID, kafka_config_id: str = KAFKA_CONN_ID,
                  **kwargs):
