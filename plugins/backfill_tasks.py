@@ -233,7 +233,7 @@ def backfill_triggers(limit: int, run_id: str, now: datetime | None = None, know
     unreachable: dict[str, str] = {}        # exchange -> why its markets could not be read
     # open_gaps(limit) keeps the newest `limit`; the scheduler wants the oldest (no gap starves)
     for gap in open_gaps(limit=OPEN_GAPS_SCAN):
-        if len(runs) >= int(limit) and gap.gap_start > max(start for _, start, _ in runs):
+        if len(runs) >= int(limit) and (not runs or gap.gap_start > max(start for _, start, _ in runs)):
             break                            # every run is planned; later gaps wait for the next check
         if gap.exchange in unreachable:
             continue

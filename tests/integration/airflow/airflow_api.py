@@ -1,0 +1,55 @@
+"""A small client of Airflow's REST API (JWT from /auth/token), as the UI uses it."""
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+
+class AirflowApi:
+    def __init__(self, url: str, user: str, password: str):
+        self.url = url.rstrip("/")
+        body = json.dumps({"username": user, "password": password}).encode()
+        req = urllib.request.Request(f"{self.url}/auth/token", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            self.token = json.load(r)["access_token"]
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        req = urllib.request.Request(f"{self.url}/api/v2{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"Bearer {self.token}",
+                                              "Content-Type": "application/json", "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def trigger(self, dag_id: str, conf: dict) -> tuple[int, dict]:
+        return self.call("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            status, run = self.call("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")
+            assert status == 200, run
+            if run["state"] in ("success", "failed") or time.monotonic() > deadline:
+                return run
+            time.sleep(2)
+
+    def ready(self, dag_id: str, timeout: float = 120) -> None:
+        """Wait until the dag-processor has parsed `dag_id`, and unpause it."""
+        deadline = time.monotonic() + timeout
+        while self.call("GET", f"/dags/{dag_id}")[0] != 200:
+            assert time.monotonic() < deadline, f"{dag_id} never appeared in Airflow"
+            time.sleep(2)
+        status, dag = self.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+        assert status == 200, dag
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        q = urllib.parse.quote(run_id, safe="")
+        status, body = self.call("GET", f"/dags/{dag_id}/dagRuns/{q}/taskInstances/{task_id}/logs/{try_number}"
+                                        "?full_content=true")
+        assert status == 200, body
+        return json.dumps(body.get("content"))
