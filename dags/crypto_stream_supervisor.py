@@ -31,6 +31,9 @@ INTERVAL_MINUTES = int(os.environ.get("CRYPTOPIPE_SUPERVISOR_MINUTES", "5"))
         "stale_tick_seconds": Param(600, type="integer", minimum=10,
                                     description="an extractor whose exchange's newest tick is older (and whose "
                                                 "raw topic got nothing since the last check) is stuck"),
+        "consumer_stall_seconds": Param(600, type="integer", minimum=60,
+                                        description="a consumer with lag whose committed offsets stood still "
+                                                    "this long is stuck"),
         "startup_grace_seconds": Param(120, type="integer", minimum=0,
                                        description="a program running for less is never called stuck"),
         "restart_stopped": Param(False, type="boolean",
@@ -44,6 +47,7 @@ def crypto_stream_supervisor():
     StreamSupervisorOperator(
         task_id="check_and_restart",
         stale_tick_s="{{ params.stale_tick_seconds }}",
+        stall_s="{{ params.consumer_stall_seconds }}",
         startup_grace_s="{{ params.startup_grace_seconds }}",
         restart_stopped="{{ params.restart_stopped }}",
         groups="{{ params.consumer_groups | tojson }}",

@@ -87,6 +87,7 @@ class Watch:
 class Policy:
     watches: Mapping[str, Watch]
     stale_tick_s: float = 600.0
+    stall_s: float = 600.0            # a consumer with lag whose offsets stood still this long is stuck
     startup_grace_s: float = 120.0
     restart_stopped: bool = False
 
@@ -144,7 +145,7 @@ def observed_for(program: str, obs: Observation, policy: Policy) -> dict:
 
 
 def _stuck_reason(program: ProgramStatus, watch: Watch, seen: dict, prev: Previous | None,
-                  policy: Policy) -> str | None:
+                  policy: Policy, at: datetime) -> str | None:
     if watch.exchange:
         age = seen.get("tick_age_s")
         if age is not None and age <= policy.stale_tick_s:
@@ -157,10 +158,17 @@ def _stuck_reason(program: ProgramStatus, watch: Watch, seen: dict, prev: Previo
     if not seen.get("topics") or seen.get("lag", 0) <= 0 or prev is None:
         return None
     prev_committed = prev.observed.get("committed")
-    if prev_committed is None or seen["committed"] > prev_committed:
+    if prev_committed is None or seen["committed"] != prev_committed:
         return None
-    return (f"group {watch.group} has lag {seen['lag']} and its committed offsets have not moved "
-            f"since {prev.at.isoformat()}")
+    # a few minutes without a commit is often a sink outage the daemon rides out itself (a
+    # restart would not help); only a stall longer than `stall_s` calls for one
+    since = prev.observed.get("stalled_since") or prev.at.isoformat()
+    seen["stalled_since"] = since
+    stalled = (at - datetime.fromisoformat(since)).total_seconds()
+    if stalled < policy.stall_s:
+        return None
+    return (f"group {watch.group} has lag {seen['lag']} and its committed offsets have not moved for "
+            f"{stalled:.0f}s (since {since}; limit {policy.stall_s:.0f}s)")
 
 
 def assess(obs: Observation, policy: Policy, previous: Mapping[str, Previous] | None = None) -> list[Verdict]:
@@ -185,7 +193,8 @@ def assess(obs: Observation, policy: Policy, previous: Mapping[str, Previous] | 
             v = Verdict(prog.name, prog.state, HEALTHY,
                         f"running for {prog.uptime_s:.0f}s, within the start-up grace", seen)
         else:
-            reason = _stuck_reason(prog, policy.watches[prog.name], seen, previous.get(prog.name), policy)
+            reason = _stuck_reason(prog, policy.watches[prog.name], seen, previous.get(prog.name), policy,
+                                   obs.at)
             if reason:
                 v = Verdict(prog.name, prog.state, STUCK, reason, seen, action="restart")
             else:

@@ -17,15 +17,16 @@ class StreamSupervisorOperator(BaseOperator):
     not bring a program back to RUNNING.
     """
 
-    template_fields = ("stale_tick_s", "startup_grace_s", "restart_stopped", "groups")
+    template_fields = ("stale_tick_s", "stall_s", "startup_grace_s", "restart_stopped", "groups")
 
-    def __init__(self, *, stale_tick_s: Any = 600, startup_grace_s: Any = 120, restart_stopped: Any = False,
-                 groups: Any = None, socket_path: str | None = None,
+    def __init__(self, *, stale_tick_s: Any = 600, stall_s: Any = 600, startup_grace_s: Any = 120,
+                 restart_stopped: Any = False, groups: Any = None, socket_path: str | None = None,
                  postgres_conn_id: str = POSTGRES_CONN_ID, kafka_config_id: str = KAFKA_CONN_ID,
                  **kwargs):
         kwargs.setdefault("execution_timeout", timedelta(minutes=4))
         super().__init__(**kwargs)
         self.stale_tick_s = stale_tick_s
+        self.stall_s = stall_s
         self.startup_grace_s = startup_grace_s
         self.restart_stopped = restart_stopped
         self.groups = groups
@@ -41,7 +42,7 @@ class StreamSupervisorOperator(BaseOperator):
         supervisor = SupervisorHook(socket_path=self.socket_path)
         run_id = context["run_id"] if context else None
         return run_check(health, supervisor, policy_from(self.stale_tick_s, self.startup_grace_s,
-                                                           self.restart_stopped, self.groups),
+                                                           self.restart_stopped, self.groups, self.stall_s),
                          run_id=run_id, log=self.log)
 
 
@@ -51,7 +52,7 @@ def _as_bool(value: Any) -> bool:
     return bool(value)
 
 
-def policy_from(stale_tick_s: Any, startup_grace_s: Any, restart_stopped: Any, groups: Any):
+def policy_from(stale_tick_s: Any, startup_grace_s: Any, restart_stopped: Any, groups: Any, stall_s: Any = 600):
     """A Policy from (possibly templated, hence string) operator arguments."""
     from plugins.supervision import Policy, default_watches
 
@@ -61,7 +62,7 @@ def policy_from(stale_tick_s: Any, startup_grace_s: Any, restart_stopped: Any, g
         groups = json.loads(groups) if groups.strip() else None
     if groups is not None and not isinstance(groups, Mapping):
         raise ValueError(f"groups must map program to consumer group, got {type(groups).__name__}")
-    return Policy(watches=default_watches(groups), stale_tick_s=float(stale_tick_s),
+    return Policy(watches=default_watches(groups), stale_tick_s=float(stale_tick_s), stall_s=float(stall_s),
                   startup_grace_s=float(startup_grace_s), restart_stopped=_as_bool(restart_stopped))
 
 

@@ -91,11 +91,18 @@ def lags(group, committed, end):
     return [GroupLag(group, "binance_raw_data", committed, end), GroupLag(group, "kucoin_raw_data", 0, 0)]
 
 
-def test_consumer_with_lag_and_frozen_offsets_is_stuck():
+def test_consumer_with_lag_and_frozen_offsets_is_stuck_only_after_the_stall_limit():
+    # first check that sees no movement: the stall starts, nothing is restarted yet
     prev = {"transform": Previous(at=T0 - timedelta(minutes=5), observed={"committed": 500})}
     v = assess(obs([prog("transform")], lags=lags("transformer", 500, 900)), POLICY, prev)[0]
+    assert (v.verdict, v.action) == (HEALTHY, "none")
+    assert v.observed["stalled_since"] == (T0 - timedelta(minutes=5)).isoformat()
+    # still no movement, and the stall began 11 minutes ago: stuck
+    prev = {"transform": Previous(at=T0 - timedelta(minutes=5), observed={
+        "committed": 500, "stalled_since": (T0 - timedelta(minutes=11)).isoformat()})}
+    v = assess(obs([prog("transform")], lags=lags("transformer", 500, 900)), POLICY, prev)[0]
     assert (v.verdict, v.action) == (STUCK, "restart")
-    assert "lag 400" in v.reason and v.observed["committed"] == 500 and v.observed["lag"] == 400
+    assert "lag 400" in v.reason and "for 660s" in v.reason and v.observed["lag"] == 400
 
 
 def test_consumer_making_progress_or_without_lag_or_history_is_healthy():
