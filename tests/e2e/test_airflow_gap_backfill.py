@@ -19,8 +19,9 @@ def test_outage_found_by_airflow_and_filled_by_rest_triggered_backfills(live_pip
 
     h = live_pipeline
     api = AirflowApi(airflow_stack["url"], airflow_stack["user"], airflow_stack["password"])
-    for dag_id in ("crypto_gap_detection", "crypto_backfill"):
-        api.ready(dag_id)
+    # scheduled runs of crypto_gap_detection may also trigger backfills meanwhile: harmless
+    # (claims are atomic, writes idempotent); the check below waits for every backfill run
+    was_paused = {dag_id: api.ready(dag_id) for dag_id in ("crypto_gap_detection", "crypto_backfill")}
     t0 = now_ms()
     time.sleep(5)
     h.sim.outage(150)            # both exchanges refuse websocket connections for 2.5 minutes
@@ -47,6 +48,9 @@ def test_outage_found_by_airflow_and_filled_by_rest_triggered_backfills(live_pip
     assert runs
     states = {r: api.wait_run("crypto_backfill", r, timeout=600)["state"] for r in runs}
     assert set(states.values()) == {"success"}, states
+    api.wait_idle("crypto_backfill")
+    for dag_id, paused in was_paused.items():
+        api.set_paused(dag_id, paused)
 
     with pg.cursor() as cur:
         cur.execute("SELECT id, exchange, symbol, gap_start, gap_end, status, error FROM gaps "

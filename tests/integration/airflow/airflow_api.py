@@ -38,14 +38,36 @@ class AirflowApi:
                 return run
             time.sleep(2)
 
-    def ready(self, dag_id: str, timeout: float = 120) -> None:
-        """Wait until the dag-processor has parsed `dag_id`, and unpause it."""
+    def ready(self, dag_id: str, timeout: float = 120) -> bool:
+        """Wait until the dag-processor has parsed `dag_id`, and unpause it; returns whether it
+        was paused (to restore with `set_paused`)."""
         deadline = time.monotonic() + timeout
-        while self.call("GET", f"/dags/{dag_id}")[0] != 200:
+        while True:
+            status, dag = self.call("GET", f"/dags/{dag_id}")
+            if status == 200:
+                break
             assert time.monotonic() < deadline, f"{dag_id} never appeared in Airflow"
             time.sleep(2)
-        status, dag = self.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+        self.set_paused(dag_id, False)
+        return bool(dag["is_paused"])
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        status, dag = self.call("PATCH", f"/dags/{dag_id}", {"is_paused": paused})
         assert status == 200, dag
+
+    def wait_idle(self, dag_id: str, timeout: float = 600) -> None:
+        """Wait until no run of `dag_id` is queued or running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = 0
+            for state in ("queued", "running"):
+                status, runs = self.call("GET", f"/dags/{dag_id}/dagRuns?state={state}&limit=1")
+                assert status == 200, runs
+                busy += runs["total_entries"]
+            if not busy:
+                return
+            assert time.monotonic() < deadline, f"{dag_id} still has {busy} active runs"
+            time.sleep(3)
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
         q = urllib.parse.quote(run_id, safe="")
