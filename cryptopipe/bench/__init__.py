@@ -101,6 +101,12 @@ def _run_max(args, settings, console, run_fn, label: str) -> tuple[dict, list[di
             best = result
         if not keeping_up:
             break
+        # the feed (simulator + extractors) stopped delivering more: more rate measures nothing new
+        offered = [st["offered"] for st in steps]
+        if len(offered) >= 3 and max(offered[-2:]) < 1.05 * max(offered[:-2]):
+            steps[-1]["stopped"] = "feed-bound: offered ticks/s stopped growing for two steps"
+            console.print(f"{label}: the feed stopped growing; stopping the ramp")
+            break
     chosen = best or result
     chosen["max_steps"] = steps
     return chosen, steps
