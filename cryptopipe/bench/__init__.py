@@ -29,7 +29,8 @@ MAX_RATE_STEPS = (2500.0, 5000.0, 7500.0, 10000.0, 15000.0, 20000.0, 30000.0, 40
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cryptopipe bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--duration", type=float, default=30.0, help="measured window, seconds (default 30)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="measured window, seconds (default 30; 3600 with --soak)")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds after the first stored row (default 5)")
     p.add_argument("--rate", default="5000",
                    help="simulator trades/s per exchange (KuCoin sends one ticker per trade, Binance one "
@@ -66,12 +67,8 @@ def _config(args, rate: float):
     if bad or not exchanges:
         raise SystemExit(f"cryptopipe bench: unknown exchange(s) {bad or exchanges}")
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="cryptopipe-bench-"))
-    duration = args.duration
-    sample_interval = 1.0
-    if args.soak:
-        if "--duration" not in sys.argv and args.duration == 30.0:
-            duration = 3600.0
-        sample_interval = 10.0
+    duration = args.duration if args.duration is not None else (3600.0 if args.soak else 30.0)
+    sample_interval = 10.0 if args.soak else 1.0
     clock_interval = 0.1 if args.soak else 0.02
     return RunConfig(commit_clock_interval=clock_interval, duration=duration, warmup=args.warmup, rate=rate, symbols=args.symbols, exchanges=exchanges,
                      seed=args.seed, sample_interval=sample_interval, batch_size=args.batch_size,
