@@ -56,17 +56,20 @@ def _start_supervisord(programs: dict[str, str], ready) -> tuple:
     from plugins.hooks.supervisord import SupervisorHook
 
     deadline = time.monotonic() + 30
-    while True:
-        hook = SupervisorHook(socket_path=str(sock), settle_s=0.5)
-        try:
-            if ready({p.name: p.state for p in hook.get_all_programs()}):
-                return proc, hook, d
-        except ConnectionError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise RuntimeError(f"throwaway supervisord did not come up: {(d / 'supervisord.log').read_text()}")
-        time.sleep(0.2)
+    try:
+        while True:
+            hook = SupervisorHook(socket_path=str(sock), settle_s=0.5)
+            try:
+                if ready({p.name: p.state for p in hook.get_all_programs()}):
+                    return proc, hook, d
+            except ConnectionError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"throwaway supervisord did not come up: {(d / 'supervisord.log').read_text()}")
+            time.sleep(0.2)
+    except BaseException:
+        _stop_supervisord(proc, d)      # never leave a supervisord (and its programs) behind
+        raise
 
 
 def _stop_supervisord(proc, d: Path) -> None:
