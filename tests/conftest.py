@@ -9,7 +9,7 @@ if str(ROOT) not in sys.path:
 
 SAMPLES = Path(os.environ.get("CRYPTOPIPE_SAMPLES", ROOT.parent / "shared" / "exchange-samples"))
 
-pytest_plugins = ["tests.plugins.stack", "tests.plugins.sim", "tests.plugins.pipeline"]
+pytest_plugins = ["tests.plugins.stack", "tests.plugins.sim", "tests.plugins.pipeline", "tests.plugins.toxiproxy"]
 
 # Cheap and isolated first; the long-running whole-pipeline suites last, so the session-scoped
 # pipeline they share runs once, after the tests that truncate tables or own the topics.

@@ -9,6 +9,11 @@ from cryptopipe.stack.paths import KAFKA_CONTROLLER_PORT, KAFKA_PORT, RESOURCES
 from cryptopipe.stack.progress import StepFailed
 
 KAFKA_VERSION = "4.4.0"
+# A third listener for network-fault tests: the broker listens on KAFKA_TOXI_PORT and advertises
+# KAFKA_TOXI_PROXY_PORT, where a Toxiproxy proxy forwards to it (cryptopipe/stack/toxiproxy.py), so
+# clients bootstrapped through the proxy keep talking through it.
+KAFKA_TOXI_PORT = 19092
+KAFKA_TOXI_PROXY_PORT = 19192
 
 
 def require_tool(tool: str, hint: str) -> str:
@@ -53,9 +58,10 @@ class Kafka(Component):
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{KAFKA_CONTROLLER_PORT}",
-            f"listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},CONTROLLER://127.0.0.1:{KAFKA_CONTROLLER_PORT}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT}",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},CONTROLLER://127.0.0.1:{KAFKA_CONTROLLER_PORT},"
+            f"TOXI://127.0.0.1:{KAFKA_TOXI_PORT}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},TOXI://127.0.0.1:{KAFKA_TOXI_PROXY_PORT}",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,TOXI:PLAINTEXT",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             f"log.dirs={data}",
