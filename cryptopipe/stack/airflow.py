@@ -147,3 +147,61 @@ def airflow_version(ctx: StackContext) -> str:
         return version("apache-airflow")
     except Exception:
         return "unknown"
+
+
+class AirflowRest:
+    """A minimal client of Airflow's REST API (JWT from /auth/token), as the UI uses it."""
+
+    def __init__(self, url: str, user: str, password: str):
+        self.url = url.rstrip("/")
+        body = json.dumps({"username": user, "password": password}).encode()
+        req = urllib.request.Request(f"{self.url}/auth/token", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            self.token = json.load(r)["access_token"]
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        import urllib.error
+
+        req = urllib.request.Request(f"{self.url}/api/v2{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"Bearer {self.token}",
+                                              "Content-Type": "application/json", "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def wait_parsed(self, dag_id: str, timeout: float = 120) -> dict:
+        """Wait until the dag-processor has registered `dag_id`; returns the DAG."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            status, dag = self.call("GET", f"/dags/{dag_id}")
+            if status == 200:
+                return dag
+            if time.monotonic() > deadline:
+                raise StepFailed(f"Airflow has not parsed {dag_id} after {timeout:.0f}s (see import errors in the UI)")
+            time.sleep(2)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        status, dag = self.call("PATCH", f"/dags/{dag_id}", {"is_paused": paused})
+        if status != 200:
+            raise StepFailed(f"could not {'pause' if paused else 'unpause'} {dag_id}: HTTP {status} {dag}")
+
+
+DAG_IDS = ("crypto_stream_supervisor", "crypto_gap_detection", "crypto_backfill")
+
+
+def rest_client(ctx: StackContext) -> AirflowRest:
+    return AirflowRest(f"http://127.0.0.1:{AIRFLOW_PORT}", ADMIN_USER, ctx.env["CRYPTOPIPE_AIRFLOW_ADMIN_PASSWORD"])
+
+
+def set_dags_paused(ctx: StackContext, paused: bool, dag_ids=DAG_IDS, timeout: float = 120) -> None:
+    """Pause or unpause the project's DAGs once the dag-processor has registered them."""
+    api = rest_client(ctx)
+    for dag_id in dag_ids:
+        if api.wait_parsed(dag_id, timeout)["is_paused"] != paused:
+            api.set_paused(dag_id, paused)

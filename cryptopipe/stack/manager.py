@@ -178,6 +178,11 @@ def up(source: str = "live", *, core_only: bool = False, with_airflow: bool = Tr
         with step("streaming daemons"):
             for program in supervisor.PIPELINE_PROGRAMS:
                 supervisor.start_program(ctx, program, ctx.paths.logs / f"{program}.log")
+    if with_airflow and not core_only:
+        from cryptopipe.stack.airflow import set_dags_paused
+
+        with step("airflow: DAGs parsed and unpaused"):
+            set_dags_paused(ctx, False)
     console.print(f"[bold green]stack up[/bold green] ({time.monotonic() - started:.1f}s, source={source}) — "
                   "`make status` shows addresses and logins")
     return 0
@@ -276,8 +281,12 @@ def ensure_airflow(source: str | None = None) -> dict:
     from cryptopipe.stack.airflow import ADMIN_USER, airflow_env
     from cryptopipe.stack.paths import AIRFLOW_PORT
 
+    from cryptopipe.stack.airflow import set_dags_paused
+
     ctx = make_context(source)
     write_stack_env(ctx)
     bring_up(ctx, [*CORE, Airflow()])
+    # tests drive detection and supervision themselves: no scheduled run may race them
+    set_dags_paused(ctx, True, dag_ids=("crypto_gap_detection", "crypto_stream_supervisor"))
     return {"url": f"http://127.0.0.1:{AIRFLOW_PORT}", "user": ADMIN_USER,
             "password": ctx.env["CRYPTOPIPE_AIRFLOW_ADMIN_PASSWORD"], "env": airflow_env(ctx)}

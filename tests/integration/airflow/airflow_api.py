@@ -6,25 +6,11 @@ import urllib.parse
 import urllib.request
 
 
-class AirflowApi:
-    def __init__(self, url: str, user: str, password: str):
-        self.url = url.rstrip("/")
-        body = json.dumps({"username": user, "password": password}).encode()
-        req = urllib.request.Request(f"{self.url}/auth/token", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            self.token = json.load(r)["access_token"]
+from cryptopipe.stack.airflow import AirflowRest
 
-    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        req = urllib.request.Request(f"{self.url}/api/v2{path}", method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {self.token}",
-                                              "Content-Type": "application/json", "Accept": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, json.load(r)
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
+
+class AirflowApi(AirflowRest):
+    """The stack's REST client plus what the tests need (trigger, wait, logs)."""
 
     def trigger(self, dag_id: str, conf: dict) -> tuple[int, dict]:
         return self.call("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
