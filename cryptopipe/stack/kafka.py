@@ -23,6 +23,18 @@ def require_tool(tool: str, hint: str) -> str:
     return path
 
 
+def maven(ctx: StackContext, args: list[str], log_name: str, what: str) -> None:
+    """Run Maven with the project's cache (outside the repo); a failure names `what` and the log."""
+    require_tool("java", "install a Java 17 runtime (apt-get install openjdk-17-jre-headless)")
+    mvn = require_tool("mvn", "install Maven (apt-get install maven)")
+    log = ctx.paths.logs / log_name
+    with open(log, "wb") as out:
+        rc = subprocess.call([mvn, "-B", "-q", f"-Dmaven.repo.local={ctx.paths.m2}", *args],
+                             stdout=out, stderr=subprocess.STDOUT)
+    if rc != 0:
+        raise StepFailed(f"Maven could not fetch {what} (exit {rc}; is Maven Central reachable?)", log)
+
+
 class Kafka(Component):
     name = "kafka"
     program = "kafka"
@@ -33,17 +45,10 @@ class Kafka(Component):
         marker = libs / f".complete-{KAFKA_VERSION}"
         if marker.exists():
             return
-        require_tool("java", "install a Java 17 runtime (apt-get install openjdk-17-jre-headless)")
-        mvn = require_tool("mvn", "install Maven (apt-get install maven)")
         libs.mkdir(parents=True, exist_ok=True)
-        log = ctx.paths.logs / "install-kafka.log"
-        with open(log, "wb") as out:
-            rc = subprocess.call([mvn, "-B", "-q", f"-Dmaven.repo.local={ctx.paths.m2}",
-                                  "-f", str(RESOURCES / "kafka-pom.xml"), "dependency:copy-dependencies",
-                                  "-DincludeScope=runtime", f"-DoutputDirectory={libs}"],
-                                 stdout=out, stderr=subprocess.STDOUT)
-        if rc != 0:
-            raise StepFailed(f"Maven could not collect the Kafka {KAFKA_VERSION} jars (exit {rc})", log)
+        maven(ctx, ["-f", str(RESOURCES / "kafka-pom.xml"), "dependency:copy-dependencies",
+                    "-DincludeScope=runtime", f"-DoutputDirectory={libs}"],
+              "install-kafka.log", f"the Kafka {KAFKA_VERSION} jars")
         marker.touch()
 
     def _classpath(self, ctx: StackContext) -> str:

@@ -6,10 +6,8 @@ of Go caches, and its repository says it is no longer maintained (STACK-FACTS.md
 """
 from __future__ import annotations
 
-import subprocess
-
 from cryptopipe.stack.component import Component, StackContext, port_open, program_block
-from cryptopipe.stack.kafka import require_tool
+from cryptopipe.stack.kafka import maven
 from cryptopipe.stack.paths import S3_PORT
 from cryptopipe.stack.progress import StepFailed
 
@@ -25,16 +23,11 @@ class S3Proxy(Component):
         jar = ctx.paths.s3proxy_jar
         if jar.exists():
             return
-        require_tool("java", "install a Java 17 runtime")
-        mvn = require_tool("mvn", "install Maven (apt-get install maven)")
         jar.parent.mkdir(parents=True, exist_ok=True)
-        log = ctx.paths.logs / "install-s3proxy.log"
-        with open(log, "wb") as out:
-            rc = subprocess.call([mvn, "-B", "-q", f"-Dmaven.repo.local={ctx.paths.m2}", "dependency:copy",
-                                  f"-Dartifact={S3PROXY_ARTIFACT}", f"-DoutputDirectory={jar.parent}"],
-                                 stdout=out, stderr=subprocess.STDOUT)
-        if rc != 0 or not jar.exists():
-            raise StepFailed(f"Maven could not fetch {S3PROXY_ARTIFACT} (exit {rc})", log)
+        maven(ctx, ["dependency:copy", f"-Dartifact={S3PROXY_ARTIFACT}", f"-DoutputDirectory={jar.parent}"],
+              "install-s3proxy.log", S3PROXY_ARTIFACT)
+        if not jar.exists():
+            raise StepFailed(f"Maven reported success but {jar} is missing", ctx.paths.logs / "install-s3proxy.log")
 
     def prepare(self, ctx: StackContext) -> None:
         data = ctx.paths.s3_dir / "data"
