@@ -239,7 +239,9 @@ def kafka_toxi_listener_up(timeout: float = 5.0) -> bool:
 
     try:
         # the broker advertises the proxy's port there; metadata alone needs only the bootstrap
-        md = AdminClient({"bootstrap.servers": f"127.0.0.1:{KAFKA_TOXI_PORT}"}).list_topics(timeout=timeout)
+        # log_level 0: the advertised proxy port may not be listening yet, which is no news
+        md = AdminClient({"bootstrap.servers": f"127.0.0.1:{KAFKA_TOXI_PORT}", "log_level": 0}
+                         ).list_topics(timeout=timeout)
     except Exception:
         return False
     return any(b.port == KAFKA_TOXI_PROXY_PORT for b in md.brokers.values())
