@@ -276,7 +276,9 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
         processes.append({"process": p.name, "pid": p.pid, "cpu_percent": p.cpu_percent(),
                           "peak_rss_mb": p.peak_rss / 2**20,
                           "rss_first_mb": (sum(rss[:tenth]) / tenth) / 2**20 if rss else None,
-                          "rss_last_mb": (sum(rss[-tenth:]) / tenth) / 2**20 if rss else None})
+                          "rss_last_mb": (sum(rss[-tenth:]) / tenth) / 2**20 if rss else None,
+                          # every sample (1 s, or 10 s in a soak): the flatness is in the shape, not two means
+                          "rss_mb_series": [round(r / 2**20, 1) for r in rss]})
     profiles = {}
     if cfg.profile_dir is not None:
         for name in ("transform", "load"):

@@ -233,7 +233,9 @@ def run_cryptofeed(cfg: RunConfig, settings, log=print) -> dict:
         processes.append({"process": p.name, "pid": p.pid, "cpu_percent": p.cpu_percent(),
                           "peak_rss_mb": p.peak_rss / 2**20,
                           "rss_first_mb": (sum(rss[:tenth]) / tenth) / 2**20 if rss else None,
-                          "rss_last_mb": (sum(rss[-tenth:]) / tenth) / 2**20 if rss else None})
+                          "rss_last_mb": (sum(rss[-tenth:]) / tenth) / 2**20 if rss else None,
+                          # every sample (1 s, or 10 s in a soak): the flatness is in the shape, not two means
+                          "rss_mb_series": [round(r / 2**20, 1) for r in rss]})
     return {
         "system": f"cryptofeed {CRYPTOFEED_VERSION}",
         "run_id": run_id,
