@@ -129,6 +129,44 @@ class LagReporter:
 
 # --------------------------------------------------------------------------- kafka helpers
 
+class Watchdog:
+    """Ends the process when a guarded step takes longer than `limit_s`.
+
+    Some librdkafka calls can block without end after a network partition (e.g.
+    `send_offsets_to_transaction` on a stale group coordinator, librdkafka #5456/#5511): no
+    error, no progress, nothing for supervisord to see. Exiting non-zero hands the problem to
+    supervisord, which restarts the daemon; the restart fences the stuck transaction, which is
+    aborted, and the batch is read again — nothing lost, nothing doubled.
+    """
+
+    EXIT_CODE = 75
+
+    def __init__(self, limit_s: float, what: str, exit=None):
+        import os
+
+        self.limit_s = limit_s
+        self.what = what
+        self._exit = exit or os._exit
+        self._timer: threading.Timer | None = None
+
+    def _fire(self) -> None:
+        logging.getLogger("streaming.watchdog").critical(
+            "%s stuck for more than %.0f s; exiting so that supervisord restarts this process",
+            self.what, self.limit_s)
+        logging.shutdown()
+        self._exit(self.EXIT_CODE)
+
+    def __enter__(self):
+        self._timer = threading.Timer(self.limit_s, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 def next_offsets(messages: Iterable) -> list[TopicPartition]:
     """The offsets to commit after `messages`: last offset + 1 per (topic, partition)."""
     high: dict[tuple[str, int], int] = {}

@@ -29,7 +29,7 @@ from common.symbols import BinanceSymbolMap
 from common.topics import EXCHANGES, dlq_topic, exchange_of_topic, raw_topic, transformed_topic
 from streaming.consumer_loop import (LagReporter, Metrics, StopFlag, backoff_delays, base_parser,
                                      log_consumer_errors, next_offsets, received_ns_of, safe_reason, setup_logging,
-                                     split_errors, start_metrics_server)
+                                     split_errors, start_metrics_server, Watchdog)
 
 log = logging.getLogger("streaming.transformer")
 
@@ -243,8 +243,16 @@ class Transformer:
         self.lag = LagReporter(metrics)
         self.batches = 0
 
+    # a transaction that has not finished by then is lost anyway (transaction.timeout.ms = 60 s):
+    # past it, the watchdog hands the process to supervisord
+    STUCK_AFTER_S = 90.0
+
     def process(self, messages: list) -> None:
         """One transaction: produce everything derived from `messages` plus their offsets."""
+        with Watchdog(self.STUCK_AFTER_S, "a Kafka transaction"):
+            self._process(messages)
+
+    def _process(self, messages: list) -> None:
         started = time.monotonic()
         ticks_before, dlq_before = self.router.ticks_out, self.router.dlq_out
         self.producer.begin_transaction()
@@ -254,7 +262,7 @@ class Transformer:
                 self.router.route(m)
                 per_topic[m.topic()] = per_topic.get(m.topic(), 0) + 1
             self.producer.send_offsets_to_transaction(next_offsets(messages),
-                                                      self.consumer.consumer_group_metadata())
+                                                      self.consumer.consumer_group_metadata(), 30)
             self._commit()
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
@@ -274,7 +282,7 @@ class Transformer:
     def _commit(self) -> None:
         for delay in backoff_delays(0.2, 5.0):
             try:
-                self.producer.commit_transaction()
+                self.producer.commit_transaction(30)
                 return
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None

@@ -32,10 +32,10 @@ class TxnProducer(FakeProducer):
         self.log.append("begin")
         self.pending = []
 
-    def send_offsets_to_transaction(self, offsets, _meta):
+    def send_offsets_to_transaction(self, offsets, _meta, timeout=None):
         self.log.append(("offsets", [(o.topic, o.partition, o.offset) for o in offsets]))
 
-    def commit_transaction(self):
+    def commit_transaction(self, timeout=None):
         if self.fail_commits:
             self.fail_commits -= 1
             raise KafkaException(KafkaError(KafkaError._FENCED if self.fatal else KafkaError._TIMED_OUT,
