@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -59,13 +60,31 @@ def private_symbols() -> list[str]:
 
 
 class Proc:
-    """A subprocess of the chain, its output in a log file."""
+    """A subprocess of the chain, its output in a log file, restarted when it exits as
+    supervisord's autorestart does for the real daemons (a watchdog exit is a restart request)."""
 
     def __init__(self, name: str, argv: list[str], env: dict, log_dir: Path):
         self.name = name
+        self.argv, self.env = argv, env
         self.log_path = log_dir / f"{name}.log"
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._spawn()
+        self._monitor = threading.Thread(target=self._supervise, name=f"supervise-{name}", daemon=True)
+        self._monitor.start()
+
+    def _spawn(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            if self.proc.poll() is not None and not self._stopping.is_set():
+                self.restarts += 1
+                time.sleep(1.0)
+                if not self._stopping.is_set():
+                    self._spawn()
+            time.sleep(0.2)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -78,6 +97,7 @@ class Proc:
         return "\n".join(lines)[-n:]
 
     def stop(self) -> None:
+        self._stopping.set()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -272,6 +292,8 @@ def test_kafka_partition_20s(net_chain, pg, s3, stack):
         raw_during = sum(v - raw_before.get(k, 0) for k, v in chain.end_offsets(chain.raw_topics).items())
         toxi.enable("kafka")
         fig.add(partition_s=PARTITION_S, raw_produced_during_partition=raw_during)
+    print(f"net_kafka_partition_20s: restarts by the supervisor stand-in: "
+          f"{ {name: p.restarts for name, p in chain.procs.items() if p.restarts} }")
     # the partition really cut the consumers off: records kept arriving, none was committed
     assert raw_during > 0
     assert end == cut, (cut, end)
