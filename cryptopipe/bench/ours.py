@@ -194,6 +194,9 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
             for k, probe in probes.items():
                 series[f"lag_{k}"].append(probe.lag())
             for p in procs:
+                if p.popen is not None and p.popen.poll() is not None and p is not sim:
+                    log(f"ours: {p.name} exited with {p.popen.returncode}; restarting it (as supervisord would)")
+                    p.restart()
                 p.sample(now)
             infra.sample()
 
@@ -210,9 +213,12 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
         for p in procs:
             p.mark_end()
         infra.mark_end()
-        dead = [p for p in procs if not p.alive()]
-        if dead:
-            raise RuntimeError("; ".join(f"{p.name} exited {p.popen.returncode}: {p.log_tail(1500)}" for p in dead))
+        for p in procs:
+            if not p.alive() and p is not sim:
+                log(f"ours: {p.name} exited with {p.popen.returncode} at the end of the window; restarting it to drain")
+                p.restart()
+        if not sim.alive():
+            raise RuntimeError(f"the simulator exited {sim.popen.returncode}: {sim.log_tail(1500)}")
 
         # stop the feed, let the pipeline drain, so every tick received in the window is committed
         for p in procs:
@@ -274,7 +280,7 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
         rss = [r for _, r in p.rss_samples]
         tenth = max(1, len(rss) // 10)
         processes.append({"process": p.name, "pid": p.pid, "cpu_percent": p.cpu_percent(),
-                          "peak_rss_mb": p.peak_rss / 2**20,
+                          "peak_rss_mb": p.peak_rss / 2**20, "restarts": p.restarts,
                           "rss_first_mb": (sum(rss[:tenth]) / tenth) / 2**20 if rss else None,
                           "rss_last_mb": (sum(rss[-tenth:]) / tenth) / 2**20 if rss else None,
                           # every sample (1 s, or 10 s in a soak): the flatness is in the shape, not two means

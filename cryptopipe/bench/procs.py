@@ -47,6 +47,9 @@ class Proc:
     wall_end: float | None = None
     peak_rss: int = 0
     rss_samples: list[tuple[float, int]] = field(default_factory=list)
+    restarts: list[dict] = field(default_factory=list)
+    _cpu_before: float = 0.0     # CPU seconds of earlier incarnations (after restarts)
+    _cpu_last: float = 0.0       # last CPU reading of the current incarnation
 
     def start(self) -> "Proc":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,11 +69,23 @@ class Proc:
     def cpu_seconds(self) -> float | None:
         try:
             t = self.ps.cpu_times()
-            return t.user + t.system
+            self._cpu_last = t.user + t.system
         except (psutil.Error, AttributeError):
-            return None
+            if self.popen is None:
+                return None
+        return self._cpu_before + self._cpu_last
+
+    def restart(self) -> None:
+        """Start the same command again after it exited (what supervisord does in production);
+        the exit is recorded with the tail of its log."""
+        self.restarts.append({"at": time.time(), "returncode": self.popen.returncode if self.popen else None,
+                              "log_tail": self.log_tail(1500)})
+        self._cpu_before += self._cpu_last
+        self._cpu_last = 0.0
+        self.start()
 
     def sample(self, now: float) -> None:
+        self.cpu_seconds()  # keeps the last reading, so CPU survives a restart
         try:
             rss = self.ps.memory_info().rss
         except (psutil.Error, AttributeError):

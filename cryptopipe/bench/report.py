@@ -87,7 +87,8 @@ def render(doc: dict, console: Console | None = None) -> None:
         for p in r.get("processes", []):
             us = cpu_us_per_tick(p.get("cpu_percent"), rate)
             total_us += us or 0.0
-            procs.add_row(p["process"], _f(p.get("cpu_percent"), "{:.0f}"), _f(us, "{:.0f}"),
+            name = p["process"] + (f" (restarted {len(p['restarts'])}x)" if p.get("restarts") else "")
+            procs.add_row(name, _f(p.get("cpu_percent"), "{:.0f}"), _f(us, "{:.0f}"),
                           _f(p.get("peak_rss_mb"), "{:.0f}"),
                           f"{_f(p.get('rss_first_mb'), '{:.0f}')} / {_f(p.get('rss_last_mb'), '{:.0f}')}")
         procs.add_row("all of the above", "", _f(total_us or None, "{:.0f}"), "", "")
