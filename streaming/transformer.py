@@ -15,6 +15,7 @@ anything bad -> `<ex>_dlq` (value = the original bytes, headers = reason and coo
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import socket
@@ -214,7 +215,15 @@ class Router:
                    ("source_offset", str(message.offset()).encode()), ("exchange", exchange.encode()),
                    ("received_ns", str(received_ns).encode())]
         headers += extra or []
-        self._produce(topic, message.value(), message.key(), headers)
+        value = message.value() or b""
+        if len(value) > DLQ_MAX_VALUE_BYTES:
+            # a DLQ record must never be the next poison pill (a frame near Kafka's record limit
+            # plus headers would be refused and stop the transformer): keep a prefix, the size and
+            # the digest; the whole frame stays in the raw topic and the S3 archive (same offset)
+            headers += [("truncated", b"true"), ("original_bytes", str(len(value)).encode()),
+                        ("original_sha256", hashlib.sha256(value).hexdigest().encode())]
+            value = value[:DLQ_MAX_VALUE_BYTES]
+        self._produce(topic, value, message.key(), headers)
         self.metrics.dead_lettered(topic)
         self.dlq_out += 1
 
@@ -225,6 +234,9 @@ class Router:
                 return
             except BufferError:  # the producer queue is bounded: wait for deliveries
                 self.producer.poll(0.05)
+
+
+DLQ_MAX_VALUE_BYTES = 256 * 1024
 
 
 # --------------------------------------------------------------------------- the loop

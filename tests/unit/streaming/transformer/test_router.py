@@ -131,6 +131,22 @@ def test_every_bad_input_class_goes_to_the_dlq_with_reason_and_source(frame, rea
     assert len(router.producer.by_topic("kucoin_transformed_data")) == 1
 
 
+def test_an_oversized_bad_frame_is_dead_lettered_truncated_with_its_size_and_digest():
+    import hashlib
+
+    from streaming.transformer import DLQ_MAX_VALUE_BYTES
+
+    frame = kucoin()[:-1] + b',"pad":"' + b"x" * (2 << 20) + b'"}'
+    router, _ = make_router()
+    router.route(msg("kucoin_raw_data", frame, offset=7))
+    (topic, value, key, headers), = router.producer.by_topic("kucoin_dlq")
+    h = dict(headers)
+    assert len(value) == DLQ_MAX_VALUE_BYTES and frame.startswith(value)
+    assert h["truncated"] == b"true" and h["original_bytes"] == str(len(frame)).encode()
+    assert h["original_sha256"] == hashlib.sha256(frame).hexdigest().encode()
+    assert b"oversized" in h["reason"]
+
+
 def binance_mini(symbol, price="1.5"):
     return json.dumps({"stream": "!miniTicker@arr", "data": [
         {"e": "24hrMiniTicker", "E": 1665778598150, "s": symbol, "c": price, "o": "1", "h": "2", "l": "1",
