@@ -34,6 +34,7 @@ error=)` (validated transitions), `fill_gap(gap)` (claim, backfill, mark filled/
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -42,6 +43,7 @@ from backfill.validation import BackfillRequest, ceil_minute, floor_minute, vali
 from common.topics import EXCHANGES
 
 UTC = timezone.utc
+log = logging.getLogger("backfill.gaps")
 MINUTE = timedelta(minutes=1)
 MERGE_TOLERANCE = timedelta(minutes=3)
 STATUSES = ("open", "backfilling", "filled", "failed")
@@ -242,6 +244,9 @@ def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(
     try:
         with conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            reopened = reopen_failed(now, conn=conn)
+            if reopened:
+                log.info("retrying failed gaps %s", reopened)
             for exchange in (exchanges or EXCHANGES):
                 lo_window = floor_minute(now - lookback)
                 first, coverage = _coverage(cur, exchange, lo_window, now, stale_after)
@@ -315,9 +320,17 @@ def get_gap(gap_id: int, conn=None) -> Gap:
     return Gap(*row)
 
 
+RETRY_FIRST = timedelta(minutes=5)
+RETRY_CAP = timedelta(hours=2)
+MAX_ATTEMPTS = 8
+
+
 def mark(gap_id: int, status: str, *, rows_filled: int | None = None, error: str | None = None,
-         conn=None) -> Gap:
-    """Move a gap to `status` (validated against TRANSITIONS); returns the updated gap."""
+         permanent: bool = False, conn=None) -> Gap:
+    """Move a gap to `status` (validated against TRANSITIONS); returns the updated gap.
+
+    A `failed` gap counts an attempt and is retried by `reopen_failed` after a backoff (5 min,
+    doubling, at most 2 h, MAX_ATTEMPTS in all) unless `permanent` (it can never succeed)."""
     if status not in STATUSES:
         raise ValueError(f"unknown gap status {status!r:.40}; choose one of {', '.join(STATUSES)}")
     conn, own = _connect(conn)
@@ -332,11 +345,30 @@ def mark(gap_id: int, status: str, *, rows_filled: int | None = None, error: str
             cur.execute(f"""UPDATE gaps SET status = %(st)s,
                                 filled_at = CASE WHEN %(st)s = 'filled' THEN now() ELSE filled_at END,
                                 rows_filled = coalesce(%(rows)s, rows_filled),
-                                error = CASE WHEN %(st)s = 'filled' THEN NULL ELSE coalesce(%(err)s, error) END
+                                error = CASE WHEN %(st)s = 'filled' THEN NULL ELSE coalesce(%(err)s, error) END,
+                                attempts = attempts + CASE WHEN %(st)s = 'failed' THEN 1 ELSE 0 END,
+                                permanent = CASE WHEN %(st)s = 'failed' THEN %(perm)s ELSE permanent END,
+                                retry_after = CASE WHEN %(st)s = 'failed' THEN now() + least(
+                                    %(first)s * power(2, attempts), %(cap)s) ELSE retry_after END
                             WHERE id = %(id)s RETURNING {_COLUMNS}""",
                         {"st": status, "rows": rows_filled, "err": error[:2000] if error else None,
-                         "id": int(gap_id)})
+                         "id": int(gap_id), "perm": bool(permanent), "first": RETRY_FIRST, "cap": RETRY_CAP})
             return Gap(*cur.fetchone())
+    finally:
+        if own:
+            conn.close()
+
+
+def reopen_failed(now: datetime | None = None, conn=None) -> list[int]:
+    """failed -> open for the gaps whose retry time has come (not permanent, attempts left)."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    conn, own = _connect(conn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("""UPDATE gaps SET status = 'open' WHERE status = 'failed' AND NOT permanent
+                           AND attempts < %s AND coalesce(retry_after, now()) <= %s RETURNING id""",
+                        (MAX_ATTEMPTS, now))
+            return [r[0] for r in cur.fetchall()]
     finally:
         if own:
             conn.close()
@@ -435,7 +467,10 @@ def fill_gap(gap: "Gap | int", *, workers: int = 4, progress=None, now: datetime
     try:
         request = request_for_gap(gap, now=now, known_symbols=known_symbols)
         summary = run_backfill(request, progress, workers=workers)
-    except Exception as e:  # validation, markets, database: the gap records why
+    except ValueError as e:  # validation: this request can never succeed
+        mark(gap.id, "failed", error=f"{type(e).__name__}: {str(e)[:500]}", permanent=True)
+        raise
+    except Exception as e:  # markets, database, S3: the gap records why and is retried later
         mark(gap.id, "failed", error=f"{type(e).__name__}: {str(e)[:500]}")
         raise
     if summary.ok and summary.chunks_partial == 0:

@@ -68,7 +68,7 @@ def _fail_gaps(gap_ids: Iterable[int], error: str) -> None:
 
     for gap_id in gap_ids:
         try:
-            mark(gap_id, "failed", error=error)
+            mark(gap_id, "failed", error=error, permanent=True)   # invalid parameters never become valid
         except (LookupError, ValueError) as e:       # unknown or already filled: nothing to undo
             log.warning("gap %s not marked failed: %s", gap_id, e)
 
@@ -241,7 +241,7 @@ def backfill_triggers(limit: int, run_id: str, now: datetime | None = None, know
             request = request_for_gap(gap, now=now, known_symbols=known_symbols)
         except ValueError as e:              # this gap can never become a valid request
             log.warning("gap %s cannot be backfilled: %s", gap.id, e)
-            mark(gap.id, "failed", error=str(e)[:500])
+            mark(gap.id, "failed", error=str(e)[:500], permanent=True)
             continue
         except Exception as e:               # the exchange is unreachable now: the gap stays open
             unreachable[gap.exchange] = f"{type(e).__name__}: {str(e)[:300]}"

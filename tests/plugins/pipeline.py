@@ -233,9 +233,11 @@ class PipelineHandle:
         ours = lambda g: g.symbol is None or g.symbol in listed[g.exchange]  # noqa: E731
         detected = gaps.detect_gaps(now=datetime.now(UTC), settle=timedelta(seconds=5),
                                     lookback=timedelta(hours=2))
-        for gap in gaps.open_gaps(limit=1000):
-            if ours(gap):
-                gaps.fill_gap(gap, workers=4)
+        # open gaps, and failed ones (a backfill fails when it cannot keep its REST responses,
+        # e.g. while S3 was down): retried as an operator or the next detection run would
+        retry = [g for g in gaps.list_gaps(limit=1000) if g.status in ("open", "failed") and ours(g)]
+        for gap in sorted(retry, key=lambda g: g.gap_start):
+            gaps.fill_gap(gap, workers=4)
         all_gaps = [g for g in gaps.list_gaps(limit=1000) if ours(g)]
         figures.add(gaps_detected=len([g for g in detected if ours(g)]),
                     gaps_filled=sum(1 for g in all_gaps if g.status == "filled"),
