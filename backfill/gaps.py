@@ -244,7 +244,7 @@ def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(
     try:
         with conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-            reopened = reopen_failed(now, conn=conn)
+            reopened = _reopen_failed(cur, now)
             if reopened:
                 log.info("retrying failed gaps %s", reopened)
             for exchange in (exchanges or EXCHANGES):
@@ -365,13 +365,17 @@ def reopen_failed(now: datetime | None = None, conn=None) -> list[int]:
     conn, own = _connect(conn)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("""UPDATE gaps SET status = 'open' WHERE status = 'failed' AND NOT permanent
-                           AND attempts < %s AND coalesce(retry_after, now()) <= %s RETURNING id""",
-                        (MAX_ATTEMPTS, now))
-            return [r[0] for r in cur.fetchall()]
+            return _reopen_failed(cur, now)
     finally:
         if own:
             conn.close()
+
+
+def _reopen_failed(cur, now: datetime) -> list[int]:
+    cur.execute("""UPDATE gaps SET status = 'open' WHERE status = 'failed' AND NOT permanent
+                   AND attempts < %s AND coalesce(retry_after, now()) <= %s RETURNING id""",
+                (MAX_ATTEMPTS, now))
+    return [r[0] for r in cur.fetchall()]
 
 
 def claim(gap_id: int, conn=None) -> bool:
