@@ -63,10 +63,13 @@ class Figures:
     def print(self):
         line = " ".join(f"{k}={v}" for k, v in self.values.items())
         print(f"\nFIGURES {self.scenario}: {line}")
-        out = os.environ.get("CRYPTOPIPE_FIGURES")
-        if out:
-            with open(out, "a") as f:
-                f.write(json.dumps({"scenario": self.scenario, **self.values}) + "\n")
+        # every run keeps its figures (scripts/reliability_table.py turns them into the README table)
+        from common.settings import stack_home
+
+        out = os.environ.get("CRYPTOPIPE_FIGURES") or str(stack_home() / "figures.jsonl")
+        with open(out, "a") as f:
+            f.write(json.dumps({"scenario": self.scenario, "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                                **self.values}, default=str) + "\n")
 
 
 class PipelineHandle:
