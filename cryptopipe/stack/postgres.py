@@ -54,6 +54,21 @@ class Postgres(Component):
         digest = hashlib.sha256(str(ctx.paths.home).encode()).hexdigest()[:12]
         return Path("/var/lib/cryptopipe") / digest
 
+    def forget_orphan(self, ctx: StackContext) -> None:
+        """A cluster outside the stack folder whose stack folder was deleted (not `make clean`)
+        belongs to secrets that are gone: start afresh rather than half-reuse it."""
+        import shutil
+
+        link = ctx.paths.pg_link
+        if link.is_symlink() or link.exists():
+            return
+        root = self.root(ctx)
+        if root != link and root.exists():
+            from cryptopipe.stack.progress import console
+
+            console.print(f"[yellow]! removing {root}: its stack folder {ctx.paths.home} was deleted[/yellow]")
+            shutil.rmtree(root)
+
     def data_dir(self, ctx): return self.root(ctx) / "data"
 
     def socket_dir(self, ctx): return self.root(ctx) / "sock"
@@ -65,6 +80,7 @@ class Postgres(Component):
                                  "(apt-get install postgresql-15) or set CRYPTOPIPE_PG_BIN")
 
     def prepare(self, ctx: StackContext) -> None:
+        self.forget_orphan(ctx)
         root = self.root(ctx)
         root.mkdir(parents=True, exist_ok=True)
         if root != ctx.paths.pg_link and not ctx.paths.pg_link.exists():
