@@ -107,11 +107,22 @@ class PipelineHandle:
 
         start_component(program)
 
-    def all_running(self) -> dict:
+    def all_running(self, except_=()) -> dict:
+        """The programs that should run and do not (`except_`: stopped on purpose by the scenario)."""
         states = {i["name"]: i["statename"] for i in self.rpc().getAllProcessInfo()}
         wanted = ("kafka", "postgres", "s3proxy", "sim", "extract-binance", "extract-kucoin", "transform", "load",
                   "archive")
-        return {p: states.get(p) for p in wanted if states.get(p) != "RUNNING"}
+        return {p: states.get(p) for p in wanted if p not in except_ and states.get(p) != "RUNNING"}
+
+    def wait_streaming(self, pg, timeout: float = 120) -> None:
+        """Both exchanges deliver again (a fresh tick stored): scenarios start from a live stream,
+        not from the backoff an earlier fault left behind."""
+        def fresh():
+            with pg.cursor() as cur:
+                cur.execute("""SELECT count(DISTINCT exchange) FROM ticks
+                                WHERE received_at > now() - interval '5 seconds'""")
+                return cur.fetchone()[0] == len(EXCHANGES) or None
+        wait_for(fresh, timeout, "both exchanges streaming")
 
     # --- Kafka progress
     @staticmethod
