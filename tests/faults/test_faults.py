@@ -160,8 +160,21 @@ def test_kafka_broker_stopped_and_restarted(live_pipeline, pg, s3, stack):
         fig.add(kafka_down_s=30)
 
 
-def test_postgres_restarted(live_pipeline, pg, s3, stack):
+class FreshConnections:
+    """Hands out cursors on a new connection each time: the fixture's connection dies with the
+    server this scenario restarts."""
+
+    def cursor(self):
+        from common.db import connect
+
+        conn = connect()
+        conn.autocommit = True
+        return conn.cursor()
+
+
+def test_postgres_restarted(live_pipeline, s3, stack):
     h = live_pipeline
+    pg = FreshConnections()
     with scenario(h, pg, s3, stack.s3_bucket, "postgres_down_15s") as fig:
         time.sleep(3)
         h.stop("postgres")
@@ -169,16 +182,9 @@ def test_postgres_restarted(live_pipeline, pg, s3, stack):
         h.start("postgres")
         time.sleep(15)
         fig.add(postgres_down_s=15)
-        pg.close()
-    # the test's own connection died with the server: reconnect for the checks
-    from common.db import connect
-
-    fresh = connect()
-    fresh.autocommit = True
-    with fresh.cursor() as cur:
-        cur.execute("SELECT count(*) FROM ticks WHERE event_time > now() - interval '1 minute'")
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM ticks WHERE received_at > now() - interval '1 minute'")
         assert cur.fetchone()[0] > 0, "no tick stored after Postgres came back"
-    fresh.close()
 
 
 def test_backfill_under_429_418_storm(live_pipeline, pg):
