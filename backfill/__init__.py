@@ -37,8 +37,9 @@ backfill.gaps
     claim(gap_id) -> bool                                  open|failed -> backfilling (atomic)
     mark(gap_id, status, *, rows_filled=None, error=None) -> Gap
     request_for_gap(gap, *, now=None, known_symbols=None) -> BackfillRequest
+        an exchange-wide gap asks for gap_symbols(listed): every listed symbol, within SYMBOLS
     fill_gap(gap | id, *, workers=4, progress=None) -> Summary | None   claim+backfill+mark
-    mark_covered(request, summary=None) -> list[int]       gaps inside a successful backfill -> filled
+    mark_covered(request, summary=None, listed=None) -> list[int]     gaps inside a successful backfill -> filled
     tracked_symbols(exchange, start, end) -> list[str]
     Gap(id, exchange, symbol|None, gap_start, gap_end, status, kind, detected_at, filled_at,
         rows_filled, error) with .to_dict()

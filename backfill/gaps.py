@@ -17,6 +17,10 @@ session; an exchange never streamed has no gaps). It finds:
     Tracked symbols = symbols with candles on that exchange within the window, restricted to the
     SYMBOLS setting when it is set (`tracked_symbols`).
 
+An exchange-wide gap is filled for every symbol the exchange lists (`gap_symbols`, within
+SYMBOLS when set), not only the tracked ones: a market that did not trade around an outage
+still gets its minutes (REST candles or confirmed-empty minutes).
+
 Edges: a gap spans whole minutes; a minute only partly seen by the stream belongs to the gap
 (uncovered intervals are widened to whole minutes; a silence is widened by one minute on each
 side), because its stream candle is incomplete and must be replaced by the REST one.
@@ -63,7 +67,7 @@ Interval = tuple[datetime, datetime]
 class Gap:
     id: int
     exchange: str
-    symbol: str | None          # None: every tracked symbol of the exchange
+    symbol: str | None          # None: exchange-wide (every listed symbol, see gap_symbols)
     gap_start: datetime
     gap_end: datetime           # exclusive
     status: str
@@ -391,39 +395,41 @@ def claim(gap_id: int, conn=None) -> bool:
             conn.close()
 
 
-def request_for_gap(gap: Gap, *, now: datetime | None = None, known_symbols=None,
-                    context: timedelta = timedelta(hours=1)) -> BackfillRequest:
-    """The backfill that fills `gap`: its symbol, or the exchange's tracked symbols around it."""
+def gap_symbols(listed: Iterable[str]) -> list[str]:
+    """The symbols an exchange-wide gap is about: every active spot market the exchange lists,
+    restricted to the SYMBOLS setting when it is set. Not only the symbols seen around the gap:
+    an illiquid market that did not trade in the hour before an outage still needs its minutes
+    (a REST candle, or a confirmed-empty minute)."""
+    from common.settings import get_settings
+
+    configured = set(get_settings().symbols)
+    return sorted(set(listed) & configured if configured else set(listed))
+
+
+def request_for_gap(gap: Gap, *, now: datetime | None = None, known_symbols=None) -> BackfillRequest:
+    """The backfill that fills `gap`: its symbol, or every symbol the exchange lists (gap_symbols)."""
     if gap.symbol is not None:
         symbols = [gap.symbol]
     else:
-        symbols = tracked_symbols(gap.exchange, gap.gap_start - context, gap.gap_end + context)
         if known_symbols is None:
             from backfill.rest import known_symbols as fetch_known
             known_symbols = fetch_known(gap.exchange)
-        known = set(known_symbols)
-        symbols = [s for s in symbols if s in known]
+        symbols = gap_symbols(known_symbols)
         if not symbols:
-            raise ValueError(f"gap {gap.id}: no tracked {gap.exchange} symbol around "
-                             f"{gap.gap_start:%Y-%m-%d %H:%M} to fill")
+            raise ValueError(f"gap {gap.id}: {gap.exchange} lists no symbol to fill "
+                             f"{gap.gap_start:%Y-%m-%d %H:%M} with (SYMBOLS setting and active markets)")
     return validate_request(gap.exchange, symbols, gap.gap_start, gap.gap_end, now=now,
                             known_symbols=known_symbols if known_symbols is not None else None,
                             max_window=max(gap.gap_end - gap.gap_start, timedelta(minutes=1)))
 
 
-def _listed(exchange: str, fallback: set[str]) -> set[str]:
-    try:
-        from backfill.rest import known_symbols
-        return set(known_symbols(exchange))
-    except Exception:  # markets unreachable: be strict, count every tracked symbol
-        return set(fallback)
-
-
-def mark_covered(request: BackfillRequest, summary=None, conn=None) -> list[int]:
+def mark_covered(request: BackfillRequest, summary=None, conn=None, listed=None) -> list[int]:
     """Mark filled the not-yet-filled gaps inside a backfill that finished without failure.
 
     A per-symbol gap is covered when its symbol was backfilled; an exchange-wide gap when every
-    symbol tracked around it (and still listed by the exchange) was. Returns the ids marked filled (none if `summary` failed).
+    symbol it is about (gap_symbols: listed by the exchange now, within SYMBOLS) was. Returns the
+    ids marked filled (none if `summary` failed). `listed`: the exchange's symbols (read from
+    its markets when not given; an unreachable exchange raises, and the gaps stay as they are).
     """
     if summary is not None and not summary.ok:
         return []
@@ -439,12 +445,10 @@ def mark_covered(request: BackfillRequest, summary=None, conn=None) -> list[int]
                 if gap.symbol is not None:
                     ok = gap.symbol in wanted
                 else:
-                    tracked = set(tracked_symbols(gap.exchange, gap.gap_start - timedelta(hours=1),
-                                                  gap.gap_end + timedelta(hours=1), conn=conn))
-                    if not tracked <= wanted:
-                        # symbols the exchange no longer lists cannot be backfilled: they do not count
-                        tracked &= _listed(gap.exchange, tracked)
-                    ok = tracked <= wanted
+                    if listed is None:
+                        from backfill.rest import known_symbols
+                        listed = known_symbols(request.exchange)
+                    ok = set(gap_symbols(listed)) <= wanted
                 if ok:
                     cur.execute("""SELECT coalesce(sum(1), 0) FROM candles_1m WHERE exchange = %s
                                    AND source = 'rest' AND open_time >= %s AND open_time < %s

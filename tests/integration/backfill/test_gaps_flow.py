@@ -52,11 +52,17 @@ def write_stream_side(pg, w, exchange, symbols, truth, *, outage, silent, edges)
 
 
 @pytest.mark.parametrize("exchange", ["binance", "kucoin"])
-def test_outage_is_detected_filled_edges_included_and_never_detected_again(exchange, sim_rest, window, pg):
+def test_outage_is_detected_filled_edges_included_and_never_detected_again(exchange, sim_rest, window, pg,
+                                                                           monkeypatch):
+    from common.settings import get_settings
+
     ctl = sim_rest.control
     w = window(40)
     T = w.start
     symbols = w.use(exchange, pick_symbols(ctl, exchange, 2, 1))
+    # an exchange-wide gap is filled for every listed symbol within SYMBOLS: this test's only
+    monkeypatch.setenv("SYMBOLS", ",".join(symbols))
+    get_settings.cache_clear()
     truth = {s: {c["open_ms"]: c for c in ctl.candles(exchange, s, ms(T), ms(w.end) - 1)} for s in symbols}
     outage = (T + 10 * M + 20 * S, T + 16 * M + 40 * S)         # the simulator refused connections
     silent = {T + 24 * M, T + 25 * M}                           # a session up, but not one tick
