@@ -5,15 +5,14 @@ import shutil
 import subprocess
 
 from cryptopipe.stack.component import Component, StackContext, port_open, program_block
-from cryptopipe.stack.paths import KAFKA_CONTROLLER_PORT, KAFKA_PORT, RESOURCES
+from cryptopipe.stack.paths import (KAFKA_CONTROLLER_PORT, KAFKA_PORT, KAFKA_TOXI_PORT,  # noqa: F401 (re-exported)
+                                    KAFKA_TOXI_PROXY_PORT, RESOURCES)
 from cryptopipe.stack.progress import StepFailed
 
 KAFKA_VERSION = "4.4.0"
 # A third listener for network-fault tests: the broker listens on KAFKA_TOXI_PORT and advertises
 # KAFKA_TOXI_PROXY_PORT, where a Toxiproxy proxy forwards to it (cryptopipe/stack/toxiproxy.py), so
 # clients bootstrapped through the proxy keep talking through it.
-KAFKA_TOXI_PORT = 19092
-KAFKA_TOXI_PROXY_PORT = 19192
 
 
 def require_tool(tool: str, hint: str) -> str:

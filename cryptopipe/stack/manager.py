@@ -52,6 +52,9 @@ def write_stack_env(ctx: StackContext) -> None:
     ctx.env = values
     write_env_file(ctx.paths.env_file, values)
     ctx.paths.source_file.write_text(ctx.source)
+    from cryptopipe.stack.paths import PORT_OFFSET
+
+    (ctx.paths.home / "port_offset").write_text(f"{PORT_OFFSET}\n")
     from common.settings import get_settings
 
     get_settings.cache_clear()

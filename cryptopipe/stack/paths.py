@@ -2,6 +2,7 @@
 downloads under the cache (outside the repository)."""
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,13 +11,35 @@ from common.settings import REPO_ROOT, cache_home, stack_home
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 
-# Ports of the local stack (all on 127.0.0.1).
-KAFKA_PORT = 9092
-KAFKA_CONTROLLER_PORT = 9093
-POSTGRES_PORT = 5432
-S3_PORT = 9000
-AIRFLOW_PORT = 8080
-SIM_PORT = 8765
+
+
+def _port_offset() -> int:
+    """CRYPTOPIPE_PORT_OFFSET moves every port of the stack (for a second stack on one machine,
+    or when 5432/8080/9092 are taken). Remembered in $CRYPTOPIPE_HOME/port_offset by `stack up`,
+    so later commands on the same stack need not repeat it."""
+    raw = os.environ.get("CRYPTOPIPE_PORT_OFFSET")
+    remembered = stack_home() / "port_offset"
+    if raw is None and remembered.is_file():
+        raw = remembered.read_text().strip()
+    try:
+        offset = int(raw or 0)
+    except ValueError:
+        raise SystemExit(f"CRYPTOPIPE_PORT_OFFSET must be a whole number, got {raw[:20]!r}") from None
+    if not 0 <= offset <= 40000:
+        raise SystemExit(f"CRYPTOPIPE_PORT_OFFSET must be between 0 and 40000, got {offset}")
+    return offset
+
+
+# Ports of the local stack (all on 127.0.0.1), moved together by CRYPTOPIPE_PORT_OFFSET.
+PORT_OFFSET = _port_offset()
+KAFKA_PORT = 9092 + PORT_OFFSET
+KAFKA_CONTROLLER_PORT = 9093 + PORT_OFFSET
+KAFKA_TOXI_PORT = 19092 + PORT_OFFSET          # Kafka's listener for network-fault tests
+KAFKA_TOXI_PROXY_PORT = 19192 + PORT_OFFSET    # ... and the Toxiproxy port it advertises
+POSTGRES_PORT = 5432 + PORT_OFFSET
+S3_PORT = 9000 + PORT_OFFSET
+AIRFLOW_PORT = 8080 + PORT_OFFSET
+SIM_PORT = 8765 + PORT_OFFSET
 
 
 @dataclass(frozen=True)

@@ -168,7 +168,10 @@ def test_status_json_is_stable_and_healthy(stack):
     for name in ("kafka", "postgres", "s3"):
         assert st["components"][name]["state"] == "RUNNING"
         assert st["components"][name]["healthy"] is True
-    assert st["components"]["kafka"]["address"] == "127.0.0.1:9092"
+    from cryptopipe.stack.paths import KAFKA_PORT, PORT_OFFSET
+
+    assert KAFKA_PORT == 9092 + PORT_OFFSET
+    assert st["components"]["kafka"]["address"] == f"127.0.0.1:{KAFKA_PORT}"
 
 
 def test_second_up_is_idempotent(stack, stack_ctx):
