@@ -121,6 +121,15 @@ def end_offsets(topic: str, partitions: int) -> dict[int, int]:
 _RUNNING: list["Daemon"] = []
 
 
+@pytest.fixture
+def topics(stack):
+    """Import into a test module: a private set of the pipeline's topics (their suffix), deleted after."""
+    suffix = new_suffix()
+    names = create_topics(suffix)
+    yield suffix
+    delete_topics(names)
+
+
 @pytest.fixture(autouse=True)
 def stop_leftover_daemons():
     """Import into a test module: whatever a failed test left running is killed at teardown."""

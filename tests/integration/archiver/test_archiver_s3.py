@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from common.settings import get_settings
-from tests.integration.sinks_util import (stop_leftover_daemons,  # noqa: F401
-                                          Daemon, committed, create_topics, delete_topics, end_offsets, new_suffix,
+from tests.integration.sinks_util import (stop_leftover_daemons, topics,  # noqa: F401
+                                          Daemon, committed, end_offsets, new_suffix,
                                           produce, raw_headers, wait_until)
 
 pytestmark = pytest.mark.integration
@@ -19,14 +19,6 @@ HOUR_NS = 3600 * 10**9
 BOUNDARY_NS = 1_795_600_800 * 10**9          # 2026-11-25T10:00:00Z: objects must split here
 PER_SIDE = 3000                               # records per partition before and after the boundary
 MAX_RECORDS = 100
-
-
-@pytest.fixture
-def topics(stack):
-    suffix = new_suffix()
-    names = create_topics(suffix)
-    yield suffix
-    delete_topics(names)
 
 
 def produce_partitions(topic, per_side=PER_SIDE, base_ns=BOUNDARY_NS):

@@ -6,8 +6,8 @@ from decimal import Decimal
 import pytest
 
 from common.models import PipelineEvent, Tick
-from tests.integration.sinks_util import (stop_leftover_daemons,  # noqa: F401
-                                          Daemon, committed, create_topics, delete_topics, end_offsets, new_suffix,
+from tests.integration.sinks_util import (stop_leftover_daemons, topics,  # noqa: F401
+                                          Daemon, committed, end_offsets, new_suffix,
                                           produce, wait_until)
 
 pytestmark = pytest.mark.integration
@@ -15,14 +15,6 @@ pytestmark = pytest.mark.integration
 N_SYMBOLS = 20
 PER_SYMBOL = 600
 BASE_MS = 1_764_000_000_000
-
-
-@pytest.fixture
-def topics(stack):
-    suffix = new_suffix()
-    names = create_topics(suffix)
-    yield suffix
-    delete_topics(names)
 
 
 def tick_records(symbols, duplicate_every=7):

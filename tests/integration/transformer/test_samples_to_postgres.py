@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import SAMPLES
-from tests.integration.sinks_util import (stop_leftover_daemons,  # noqa: F401
-                                          Daemon, committed, create_topics, delete_topics, end_offsets, new_suffix,
+from tests.integration.sinks_util import (stop_leftover_daemons, topics,  # noqa: F401
+                                          Daemon, committed, end_offsets, new_suffix,
                                           produce, raw_headers, read_topic, wait_until)
 
 pytestmark = pytest.mark.integration
@@ -58,14 +58,6 @@ EXPECTED = {
     ("kucoin", "BTC-USDT", 1660608000026, 1636276321894): dict(price="24093.9", last_size="0.00001255"),
     ("kucoin", "APE3S-USDT", 1660608019966, 1653547330151): dict(price="0.909", ask_size="404.3024"),
 }
-
-
-@pytest.fixture
-def topics(stack):
-    suffix = new_suffix()
-    names = create_topics(suffix)
-    yield suffix
-    delete_topics(names)
 
 
 def first_line_exchange_info():

@@ -5,22 +5,14 @@ import uuid
 
 import pytest
 
-from tests.integration.sinks_util import (stop_leftover_daemons,  # noqa: F401
-                                          Daemon, committed, create_topics, delete_topics, end_offsets, new_suffix,
+from tests.integration.sinks_util import (stop_leftover_daemons, topics,  # noqa: F401
+                                          Daemon, committed, end_offsets, new_suffix,
                                           produce, raw_headers, read_topic, wait_until)
 
 pytestmark = pytest.mark.integration
 
 N_FRAMES = 6000
 BASE_MS = 1_790_983_975_701
-
-
-@pytest.fixture
-def topics(stack):
-    suffix = new_suffix()
-    names = create_topics(suffix)
-    yield suffix
-    delete_topics(names)
 
 
 def kucoin_frame(symbol: str, seq: int) -> bytes:
