@@ -20,6 +20,8 @@ import urllib.request
 import aiohttp
 import psutil
 
+from sim.startup import read_start_env
+
 
 ENDS: list[str] = []   # why a client stopped early, if one did
 
@@ -84,14 +86,8 @@ def run(args) -> dict:
            "--truth-max", str(args.truth_max)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {}
     try:
-        while "SIM_PORT" not in env:
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError("simulator did not start")
-            k, _, v = line.strip().partition("=")
-            env[k] = v
+        env = read_start_env(proc)
         ps = psutil.Process(proc.pid)
         cpus = os.sched_getaffinity(0)
         if len(cpus) > 1:

@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             f.set_rest(429, seconds=args.rest_429)
         if args.slow_rest:
             f.set_slow_rest(args.slow_rest, 10 ** 9)
-        env = dict(sim.env(), SIM_PORT=str(sim.port))
-        sys.stdout.write("".join(f"{k}={v}\n" for k, v in env.items()))
+        from sim.startup import format_start_lines
+
+        sys.stdout.write(format_start_lines(dict(sim.env(), SIM_PORT=str(sim.port))))
         sys.stdout.flush()
 
     async def run() -> None:

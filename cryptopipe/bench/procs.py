@@ -14,8 +14,9 @@ from pathlib import Path
 
 import psutil
 
+from sim.startup import read_start_env
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SIM_KEYS = ("BINANCE_WS_URL", "BINANCE_REST_URL", "KUCOIN_REST_URL", "SIM_CONTROL_URL", "SIM_PORT")
 
 
 def free_port() -> int:
@@ -136,20 +137,7 @@ class SimProc(Proc):
                                       stderr=log, text=True, start_new_session=True)
         log.close()
         self.ps = psutil.Process(self.popen.pid)
-        self.urls: dict[str, str] = {}
-        timer = threading.Timer(timeout, self.popen.kill)
-        timer.start()
-        try:
-            while not all(k in self.urls for k in SIM_KEYS):
-                line = self.popen.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"simulator exited before printing its endpoints (rc={self.popen.poll()}):\n"
-                                       f"{self.log_tail()}")
-                key, sep, value = line.strip().partition("=")
-                if sep:
-                    self.urls[key] = value
-        finally:
-            timer.cancel()
+        self.urls = read_start_env(self.popen, timeout, self.log_tail)
         # nothing else comes on stdout; drain it anyway so the pipe can never fill
         threading.Thread(target=self.popen.stdout.read, daemon=True).start()
         return self

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import xmlrpc.client
 from pathlib import Path
 

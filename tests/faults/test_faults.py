@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from common.topics import DLQ_TOPICS, RAW_TOPICS
-from tests.plugins.pipeline import Figures, now_ms, wait_for
+from tests.plugins.pipeline import Figures, now_ms
 
 pytestmark = pytest.mark.faults
 
@@ -67,7 +67,7 @@ def test_websocket_dropped_every_30s(live_pipeline, s3_outage, pg, s3, stack):
 
 def test_silent_stall(live_pipeline, s3_outage, pg, s3, stack):
     h = live_pipeline
-    with scenario(h, pg, s3, stack.s3_bucket, "silent_stall_30s", archive=False, candles=False, stopped=("s3proxy",)) as fig:
+    with scenario(h, pg, s3, stack.s3_bucket, "silent_stall_30s", archive=False, candles=False, stopped=("s3proxy",)):
         time.sleep(3)
         h.sim.stall(30)          # sockets stay open, nothing is sent, no pongs
         time.sleep(30 + 15)

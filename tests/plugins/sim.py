@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from sim.control import SimControl
+from sim.startup import read_start_env
 
 ROOT = Path(__file__).resolve().parents[2]
-REQUIRED = ("BINANCE_WS_URL", "BINANCE_REST_URL", "KUCOIN_REST_URL", "SIM_CONTROL_URL")
 
 
 class SimProcess:
@@ -29,20 +29,7 @@ class SimProcess:
                                      stderr=subprocess.PIPE, text=True, env=dict(os.environ))
         self.stderr_lines: list[str] = []
         threading.Thread(target=self._drain_stderr, daemon=True).start()
-        self.env: dict[str, str] = {}
-        timer = threading.Timer(start_timeout, self.proc.kill)
-        timer.start()
-        try:
-            while not all(k in self.env for k in REQUIRED) or "SIM_PORT" not in self.env:
-                line = self.proc.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"simulator exited before printing its environment: "
-                                       f"rc={self.proc.poll()} stderr={''.join(self.stderr_lines)[-2000:]}")
-                name, sep, value = line.strip().partition("=")
-                if sep:
-                    self.env[name] = value
-        finally:
-            timer.cancel()
+        self.env = read_start_env(self.proc, start_timeout, lambda: "stderr: " + "".join(self.stderr_lines)[-2000:])
         self.port = int(self.env["SIM_PORT"])
         self.control = SimControl(self.env["SIM_CONTROL_URL"])
 

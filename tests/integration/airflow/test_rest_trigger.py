@@ -1,7 +1,6 @@
 """crypto_backfill triggered through Airflow's REST API on the stack's Airflow, the way the UI does
 it: bad types are refused with HTTP 400 and a readable detail; a well-typed but impossible request
 becomes a run whose `validate` task fails with a sentence that says why."""
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest

@@ -10,7 +10,7 @@ import pytest
 
 from common.settings import get_settings
 from tests.integration.sinks_util import (stop_leftover_daemons, topics,  # noqa: F401
-                                          Daemon, committed, end_offsets, new_suffix,
+                                          Daemon, committed, end_offsets,
                                           produce, raw_headers, wait_until)
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,6 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 from pathlib import Path
 
 import pytest

@@ -7,7 +7,7 @@ import pytest
 
 from common.models import PipelineEvent, Tick
 from tests.integration.sinks_util import (stop_leftover_daemons, topics,  # noqa: F401
-                                          Daemon, committed, end_offsets, new_suffix,
+                                          Daemon, committed, end_offsets,
                                           produce, wait_until)
 
 pytestmark = pytest.mark.integration

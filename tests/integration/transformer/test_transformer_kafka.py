@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from tests.integration.sinks_util import (stop_leftover_daemons, topics,  # noqa: F401
-                                          Daemon, committed, end_offsets, new_suffix,
+                                          Daemon, committed, end_offsets,
                                           produce, raw_headers, read_topic, wait_until)
 
 pytestmark = pytest.mark.integration
