@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     topic_partitions: int = 3
     raw_retention_ms: int = 7 * 24 * 3600 * 1000
 
+    # archiver: seconds an S3 object may stay open before it is uploaded (and its offsets committed)
+    archive_max_age_seconds: float = Field(60.0, gt=0, le=3600)
+
     # ticks table retention (days of daily partitions kept)
     ticks_retention_days: int = 30
 

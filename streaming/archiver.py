@@ -352,16 +352,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topic-suffix", default="", help="suffix of every topic name (tests)")
     p.add_argument("--max-records", type=int, default=Rotation.max_records, help="records per object")
     p.add_argument("--max-bytes", type=int, default=Rotation.max_bytes, help="uncompressed bytes per object")
-    p.add_argument("--max-age", type=float, default=Rotation.max_age_s,
-                   help="seconds an object may stay open before it is uploaded")
+    p.add_argument("--max-age", type=float, default=None,
+                   help="seconds an object may stay open before it is uploaded "
+                        "(default: ARCHIVE_MAX_AGE_SECONDS, 60)")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     stop = StopFlag().install()
     metrics = Metrics(COMPONENT)
     start_metrics_server(args.metrics_port)
     topics = [raw_topic(e) + args.topic_suffix for e in EXCHANGES]
+    max_age = args.max_age if args.max_age is not None else get_settings().archive_max_age_seconds
+    if not max_age > 0:
+        p.error(f"--max-age must be positive, got {max_age}")
     archiver = Archiver(make_consumer(args.group), make_s3_client(), get_settings().s3_bucket, metrics, stop,
-                        rotation=Rotation(args.max_records, args.max_bytes, args.max_age), topics=topics,
+                        rotation=Rotation(args.max_records, args.max_bytes, max_age), topics=topics,
                         batch_size=args.batch_size, poll_timeout=args.poll_timeout)
     return archiver.run()
 

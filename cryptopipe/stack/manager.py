@@ -166,11 +166,17 @@ def ensure_core(source: str | None = None):
 
 
 def up(source: str = "live", *, core_only: bool = False, with_airflow: bool = True,
-       with_pipeline: bool = True, sim_args: str | None = None) -> int:
+       with_pipeline: bool = True, sim_args: str | None = None, env: dict[str, str | None] | None = None) -> int:
+    """Bring the stack up. `env`: settings to write into stack.env for every program (None removes one)."""
     started = time.monotonic()
     ctx = make_context(source)
     if sim_args is not None:
         ctx.env["CRYPTOPIPE_SIM_ARGS"] = sim_args
+    for key, value in (env or {}).items():
+        if value is None:
+            ctx.env.pop(key, None)
+        else:
+            ctx.env[key] = value
     write_stack_env(ctx)
     if source == "live" and not core_only and with_pipeline:
         warn_if_exchanges_unreachable()

@@ -29,6 +29,9 @@ from decimal import Decimal
 import pytest
 
 E2E_SIM_ARGS = "--symbols 12 --rate 240 --truth-max 3000000 --seed 7"
+# S3 objects uploaded after 10 s instead of 60: every `settle(archive=True)` waits for the archiver's
+# upload and commit, and the suite settles a dozen times
+E2E_ENV = {"ARCHIVE_MAX_AGE_SECONDS": "10"}
 EXCHANGES = ("binance", "kucoin")
 # sends this close to the end of a covered span may have been in flight when the socket died;
 # the stream cannot promise them (gap detection owns that edge minute instead)
@@ -369,7 +372,7 @@ def live_pipeline(stack):
     conn.autocommit = True
     truncate_pipeline_tables(conn)
     conn.close()
-    manager.up("sim", with_airflow=False, sim_args=E2E_SIM_ARGS)
+    manager.up("sim", with_airflow=False, sim_args=E2E_SIM_ARGS, env=E2E_ENV)
     get_settings.cache_clear()
     handle = PipelineHandle(manager.make_context(), SimControl(sim_endpoints()["SIM_CONTROL_URL"]))
     wait_for(lambda: not handle.all_running() or None, 60, "every program RUNNING")
@@ -380,3 +383,6 @@ def live_pipeline(stack):
             supervisor.stop_program(ctx, program)
         except Exception:
             pass
+    for key in E2E_ENV:                 # the stack's own settings again for its next `up`
+        ctx.env.pop(key, None)
+    manager.write_stack_env(ctx)
