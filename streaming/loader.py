@@ -451,23 +451,26 @@ class Loader:
         return lines, days, merge_events(events), bad
 
     def dead_letter(self, bad: list[tuple]) -> None:
+        counts: dict[str, int] = {}
         for m, reason, exchange in bad:
             reason = safe_reason(reason)
             if exchange is None:
                 # no exchange to route it to: say so loudly (escaped), count it, move on
                 log.error("unroutable bad record %s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), reason)
-                self.metrics.dead_lettered("unroutable")
+                counts["unroutable"] = counts.get("unroutable", 0) + 1
                 continue
             topic = dlq_topic(exchange) + self.suffix
             headers = [("reason", reason.encode()), ("source_topic", m.topic().encode()),
                        ("source_partition", str(m.partition()).encode()),
                        ("source_offset", str(m.offset()).encode()), ("exchange", exchange.encode())]
             self.producer.produce(topic, value=m.value(), key=m.key(), headers=headers)
-            self.metrics.dead_lettered(topic)
+            counts[topic] = counts.get(topic, 0) + 1
         if bad:
             remaining = self.producer.flush(30)
             if remaining:
                 raise RuntimeError(f"{remaining} DLQ records not delivered; not committing offsets")
+        for topic, n in counts.items():      # once per topic and batch, after delivery
+            self.metrics.dead_lettered(topic, n)
 
     def process(self, messages: list) -> BatchResult:
         started = time.monotonic()
