@@ -14,16 +14,14 @@ import pstats
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 from confluent_kafka.admin import NewTopic
 
-from cryptopipe.bench.measure import (CommitClock, LagProbe, Sampler, lag_is_bounded, latency_percentiles, metric_sum,
-                                      scrape, slope)
+from cryptopipe.bench.measure import (CommitClock, LagProbe, lag_is_bounded, latency_percentiles, measure_window,
+                                      metric_sum, scrape, slope)
 from cryptopipe.bench.procs import InfraSampler, Proc, SimProc, free_port, python
-
-UTC = timezone.utc
 
 
 @dataclass
@@ -127,7 +125,6 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
 
     procs: list[Proc] = []
     clock: CommitClock | None = None
-    sampler: Sampler | None = None
     probes: dict[str, LagProbe] = {}
     try:
         sim = SimProc("sim", sim_argv(cfg), logs / "sim.log").start()
@@ -200,19 +197,9 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
                 p.sample(now)
             infra.sample()
 
-        clock = CommitClock(interval=cfg.commit_clock_interval).start()
-        t0_wall = datetime.now(UTC)
-        for p in procs:
-            p.mark_start()
-        infra.mark_start()
-        sampler = Sampler(sample, cfg.sample_interval).start()
-        log(f"ours: measuring {cfg.duration:.0f}s from {t0_wall:%H:%M:%S}Z")
-        time.sleep(cfg.duration)
-        sampler.stop()
-        t1_wall = datetime.now(UTC)
-        for p in procs:
-            p.mark_end()
-        infra.mark_end()
+        clock = CommitClock(interval=cfg.commit_clock_interval)
+        t0_wall, t1_wall = measure_window(clock, procs, infra, sample, cfg.duration, cfg.sample_interval, log,
+                                          "ours")
         for p in procs:
             if not p.alive() and p is not sim:
                 log(f"ours: {p.name} exited with {p.popen.returncode} at the end of the window; restarting it to drain")
@@ -246,8 +233,6 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
         finally:
             conn.close()
     finally:
-        if sampler is not None:
-            sampler.stop()
         if clock is not None and clock._thread is not None and clock._thread.is_alive():  # noqa: SLF001
             clock.stop()
         for p in reversed(procs):
