@@ -38,7 +38,7 @@ class RunConfig:
     batch_size: int = 5000
     poll_timeout: float = 0.5         # the daemons' --poll-timeout (their default 0.5)
     linger_ms: int = 5                # the extractors' --linger-ms (their default 5)
-    profile_dir: Path | None = None   # run transform and load under cProfile
+    profile_dir: Path | None = None   # run transform, load and the extractors under cProfile
     work_dir: Path = field(default_factory=lambda: Path("/tmp"))
     keep_topics: bool = False
     archive: bool = True
@@ -133,13 +133,15 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
         groups = {name: f"bench-{run_id}-{name}" for name in ("transform", "load", "archive")}
         ports: dict[str, int] = {}
 
+        def interpreter(name: str, profile: bool) -> list[str]:
+            if not profile or cfg.profile_dir is None:
+                return [python()]
+            cfg.profile_dir.mkdir(parents=True, exist_ok=True)
+            return [python(), "-m", "cProfile", "-o", str(cfg.profile_dir / f"{name}.prof")]
+
         def daemon(name: str, args: list[str], profile: bool = False) -> Proc:
             ports[name] = free_port()
-            head = [python()]
-            if profile and cfg.profile_dir is not None:
-                cfg.profile_dir.mkdir(parents=True, exist_ok=True)
-                head += ["-m", "cProfile", "-o", str(cfg.profile_dir / f"{name}.prof")]
-            argv = head + ["-m", "cryptopipe", *args, "--metrics-port", str(ports[name])]
+            argv = interpreter(name, profile) + ["-m", "cryptopipe", *args, "--metrics-port", str(ports[name])]
             return Proc(name, argv, logs / f"{name}.log", env=sim_env).start()
 
         common_args = ["--topic-suffix", suffix, "--batch-size", str(cfg.batch_size),
@@ -155,7 +157,7 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
 
         for ex in cfg.exchanges:
             ports[f"extract-{ex}"] = free_port()
-            argv = [python(), "-m", "cryptopipe.bench.extract_isolated", suffix, ex,
+            argv = [*interpreter(f"extract-{ex}", True), "-m", "cryptopipe.bench.extract_isolated", suffix, ex,
                     "--metrics-port", str(ports[f"extract-{ex}"]), "--spool-dir", str(logs / f"spool-{ex}"),
                     "--label", f"bench{run_id}", "--linger-ms", str(cfg.linger_ms), "--log-level", "WARNING"]
             procs.append(Proc(f"extract-{ex}", argv, logs / f"extract-{ex}.log", env=sim_env).start())
@@ -272,7 +274,7 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
                           "rss_mb_series": [round(r / 2**20, 1) for r in rss]})
     profiles = {}
     if cfg.profile_dir is not None:
-        for name in ("transform", "load"):
+        for name in ("transform", "load", *(f"extract-{ex}" for ex in cfg.exchanges)):
             profiles[name] = _profile_summary(cfg.profile_dir / f"{name}.prof")
     return {
         "system": "cryptopipe",
