@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from common import jsoncodec
+
 UTC = timezone.utc
 
 
@@ -63,14 +65,20 @@ class Tick:
             value = getattr(self, name)
             if value is not None:
                 out[name] = format(value, "f")  # plain notation: never "1.1E-7"
-        return json.dumps(out, separators=(",", ":")).encode()
+        return jsoncodec.dumps(out)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> "Tick":
-        obj = json.loads(data)
-        kwargs = {name: Decimal(obj[name]) for name in _DECIMAL_FIELDS if obj.get(name) is not None}
+        obj = jsoncodec.loads(data)
+        kwargs = {name: _exact_decimal(obj[name], name) for name in _DECIMAL_FIELDS if obj.get(name) is not None}
         return cls(exchange=obj["exchange"], symbol=obj["symbol"], event_time_ms=int(obj["event_time_ms"]),
                    received_ns=int(obj["received_ns"]), sequence=int(obj.get("sequence", 0)), **kwargs)
+
+
+def _exact_decimal(value: str, name: str) -> Decimal:
+    if type(value) is not str:   # a JSON number may have gone through float: never a price
+        raise ValueError(f"{name} is not a decimal string")
+    return Decimal(value)
 
 
 @dataclass(frozen=True, slots=True)

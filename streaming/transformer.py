@@ -31,6 +31,7 @@ from common.topics import EXCHANGES, dlq_topic, exchange_of_topic, raw_topic, tr
 from streaming.consumer_loop import (LagReporter, Metrics, StopFlag, backoff_delays, base_parser,
                                      log_consumer_errors, next_offsets, received_ns_of, safe_reason, setup_logging,
                                      split_errors, start_metrics_server, Watchdog)
+from streaming.exchanges.base import BadFrame, UnknownSymbol
 
 log = logging.getLogger("streaming.transformer")
 
@@ -145,6 +146,13 @@ class Router:
         self.dlq_topics = {e: dlq_topic(e) + topic_suffix for e in EXCHANGES}
         self.ticks_out = 0
         self.dlq_out = 0
+        self.dlq_pending: dict[str, int] = {}   # DLQ records per topic since the last report
+
+    def report_dead_letters(self) -> None:
+        """Count the batch's DLQ records in the metrics (once per topic, not once per record)."""
+        for topic, n in self.dlq_pending.items():
+            self.metrics.dead_lettered(topic, n)
+        self.dlq_pending.clear()
 
     def adapter(self, exchange: str):
         if exchange == "binance" and self.metadata is not None and self._metadata_version != self.metadata.version:
@@ -164,8 +172,6 @@ class Router:
         return get_adapter(exchange, symbol_map=symbol_map)
 
     def route(self, message) -> None:
-        from streaming.exchanges.base import BadFrame, UnknownSymbol
-
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         exchange = exchange_of_topic(topic)
         headers = dict(message.headers() or ())
@@ -197,8 +203,6 @@ class Router:
             self._dead_letter(message, exchange, received_ns, reason, [("rejected_elements", indexes.encode())])
 
     def _parse(self, exchange: str, raw: bytes, received_ns: int):
-        from streaming.exchanges.base import UnknownSymbol
-
         rejects: list = []
         adapter = self.adapter(exchange)
         ticks = adapter.parse_ticks(raw, received_ns, rejects)
@@ -224,7 +228,7 @@ class Router:
                         ("original_sha256", hashlib.sha256(value).hexdigest().encode())]
             value = value[:DLQ_MAX_VALUE_BYTES]
         self._produce(topic, value, message.key(), headers)
-        self.metrics.dead_lettered(topic)
+        self.dlq_pending[topic] = self.dlq_pending.get(topic, 0) + 1
         self.dlq_out += 1
 
     def _produce(self, topic: str, value, key, headers) -> None:
@@ -283,12 +287,14 @@ class Transformer:
                 self.producer.abort_transaction()
                 self._rewind(messages)
                 self.router.ticks_out, self.router.dlq_out = ticks_before, dlq_before
+                self.router.dlq_pending.clear()      # aborted: those DLQ records do not exist
                 return
             raise  # fatal (e.g. fenced by a newer instance with our transactional.id): exit, restart
         self.batches += 1
         for topic, n in per_topic.items():
             self.metrics.consumed(topic, n)
         self.metrics.wrote("ticks", self.router.ticks_out - ticks_before)
+        self.router.report_dead_letters()
         self.metrics.batch(len(messages), time.monotonic() - started)
 
     def _commit(self) -> None:

@@ -5,7 +5,7 @@ cryptofeed (from PyPI, in its own venv) side by side on the same machine and the
     cryptopipe bench --rate 10000 --duration 60 --peer cryptofeed --json out.json
     cryptopipe bench --rate max                       # step the rate up until the pipeline stops keeping up
     cryptopipe bench --soak                           # one hour, RSS sampled every 10 s
-    cryptopipe bench --profile DIR                    # transformer and loader under cProfile
+    cryptopipe bench --profile DIR                    # transformer, loader and extractors under cProfile
 
 Both systems are driven by the project's simulator (a private instance per run), write to the
 same Kafka and Postgres (their own topics and tables), and are measured the same way: rows
@@ -50,7 +50,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-only", action="store_true", help="run only the peer (with --peer)")
     p.add_argument("--soak", action="store_true",
                    help="one-hour run (unless --duration is given) sampling RSS every 10 s")
-    p.add_argument("--profile", metavar="DIR", help="run transformer and loader under cProfile, stats in DIR")
+    p.add_argument("--profile", metavar="DIR",
+                   help="run transformer, loader and extractors under cProfile, stats in DIR")
     p.add_argument("--json", metavar="PATH", help="write every figure and series as JSON")
     p.add_argument("--work-dir", default=None, help="logs of the child processes (default: a temp dir)")
     p.add_argument("--keep-topics", action="store_true", help="do not delete the run's Kafka topics")

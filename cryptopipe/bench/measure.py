@@ -18,7 +18,7 @@ import time
 import urllib.request
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -278,3 +278,36 @@ class Sampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+def measure_window(clock: CommitClock, procs: list, infra, sample, duration: float, sample_interval: float,
+                   log, label: str) -> tuple[datetime, datetime]:
+    """The measured window, the same for every system: start the commit clock, open the CPU/RSS
+    marks of `procs` and of the shared services (`infra`), run `sample(now)` every
+    `sample_interval` seconds for `duration` seconds, close the marks. Returns (start, end), UTC.
+
+    The clock keeps running after a normal return (commits of the window's rows come during the
+    drain; the caller stops it). If anything goes wrong in the window, the sampler and the clock
+    are stopped here before the error propagates.
+    """
+    clock.start()
+    sampler = None
+    try:
+        start = datetime.now(timezone.utc)
+        for p in procs:
+            p.mark_start()
+        infra.mark_start()
+        sampler = Sampler(sample, sample_interval).start()
+        log(f"{label}: measuring {duration:.0f}s from {start:%H:%M:%S}Z")
+        time.sleep(duration)
+        sampler.stop()
+        end = datetime.now(timezone.utc)
+        for p in procs:
+            p.mark_end()
+        infra.mark_end()
+    except BaseException:
+        if sampler is not None:
+            sampler.stop()
+        clock.stop()
+        raise
+    return start, end

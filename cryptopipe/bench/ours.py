@@ -14,16 +14,14 @@ import pstats
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 from confluent_kafka.admin import NewTopic
 
-from cryptopipe.bench.measure import (CommitClock, LagProbe, Sampler, lag_is_bounded, latency_percentiles, metric_sum,
-                                      scrape, slope)
+from cryptopipe.bench.measure import (CommitClock, LagProbe, lag_is_bounded, latency_percentiles, measure_window,
+                                      metric_sum, scrape, slope)
 from cryptopipe.bench.procs import InfraSampler, Proc, SimProc, free_port, python
-
-UTC = timezone.utc
 
 
 @dataclass
@@ -40,7 +38,7 @@ class RunConfig:
     batch_size: int = 5000
     poll_timeout: float = 0.5         # the daemons' --poll-timeout (their default 0.5)
     linger_ms: int = 5                # the extractors' --linger-ms (their default 5)
-    profile_dir: Path | None = None   # run transform and load under cProfile
+    profile_dir: Path | None = None   # run transform, load and the extractors under cProfile
     work_dir: Path = field(default_factory=lambda: Path("/tmp"))
     keep_topics: bool = False
     archive: bool = True
@@ -127,7 +125,6 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
 
     procs: list[Proc] = []
     clock: CommitClock | None = None
-    sampler: Sampler | None = None
     probes: dict[str, LagProbe] = {}
     try:
         sim = SimProc("sim", sim_argv(cfg), logs / "sim.log").start()
@@ -136,13 +133,15 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
         groups = {name: f"bench-{run_id}-{name}" for name in ("transform", "load", "archive")}
         ports: dict[str, int] = {}
 
+        def interpreter(name: str, profile: bool) -> list[str]:
+            if not profile or cfg.profile_dir is None:
+                return [python()]
+            cfg.profile_dir.mkdir(parents=True, exist_ok=True)
+            return [python(), "-m", "cProfile", "-o", str(cfg.profile_dir / f"{name}.prof")]
+
         def daemon(name: str, args: list[str], profile: bool = False) -> Proc:
             ports[name] = free_port()
-            head = [python()]
-            if profile and cfg.profile_dir is not None:
-                cfg.profile_dir.mkdir(parents=True, exist_ok=True)
-                head += ["-m", "cProfile", "-o", str(cfg.profile_dir / f"{name}.prof")]
-            argv = head + ["-m", "cryptopipe", *args, "--metrics-port", str(ports[name])]
+            argv = interpreter(name, profile) + ["-m", "cryptopipe", *args, "--metrics-port", str(ports[name])]
             return Proc(name, argv, logs / f"{name}.log", env=sim_env).start()
 
         common_args = ["--topic-suffix", suffix, "--batch-size", str(cfg.batch_size),
@@ -158,7 +157,7 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
 
         for ex in cfg.exchanges:
             ports[f"extract-{ex}"] = free_port()
-            argv = [python(), "-m", "cryptopipe.bench.extract_isolated", suffix, ex,
+            argv = [*interpreter(f"extract-{ex}", True), "-m", "cryptopipe.bench.extract_isolated", suffix, ex,
                     "--metrics-port", str(ports[f"extract-{ex}"]), "--spool-dir", str(logs / f"spool-{ex}"),
                     "--label", f"bench{run_id}", "--linger-ms", str(cfg.linger_ms), "--log-level", "WARNING"]
             procs.append(Proc(f"extract-{ex}", argv, logs / f"extract-{ex}.log", env=sim_env).start())
@@ -200,19 +199,9 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
                 p.sample(now)
             infra.sample()
 
-        clock = CommitClock(interval=cfg.commit_clock_interval).start()
-        t0_wall = datetime.now(UTC)
-        for p in procs:
-            p.mark_start()
-        infra.mark_start()
-        sampler = Sampler(sample, cfg.sample_interval).start()
-        log(f"ours: measuring {cfg.duration:.0f}s from {t0_wall:%H:%M:%S}Z")
-        time.sleep(cfg.duration)
-        sampler.stop()
-        t1_wall = datetime.now(UTC)
-        for p in procs:
-            p.mark_end()
-        infra.mark_end()
+        clock = CommitClock(interval=cfg.commit_clock_interval)
+        t0_wall, t1_wall = measure_window(clock, procs, infra, sample, cfg.duration, cfg.sample_interval, log,
+                                          "ours")
         for p in procs:
             if not p.alive() and p is not sim:
                 log(f"ours: {p.name} exited with {p.popen.returncode} at the end of the window; restarting it to drain")
@@ -246,8 +235,6 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
         finally:
             conn.close()
     finally:
-        if sampler is not None:
-            sampler.stop()
         if clock is not None and clock._thread is not None and clock._thread.is_alive():  # noqa: SLF001
             clock.stop()
         for p in reversed(procs):
@@ -287,7 +274,7 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
                           "rss_mb_series": [round(r / 2**20, 1) for r in rss]})
     profiles = {}
     if cfg.profile_dir is not None:
-        for name in ("transform", "load"):
+        for name in ("transform", "load", *(f"extract-{ex}" for ex in cfg.exchanges)):
             profiles[name] = _profile_summary(cfg.profile_dir / f"{name}.prof")
     return {
         "system": "cryptopipe",

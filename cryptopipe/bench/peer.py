@@ -20,14 +20,12 @@ import os
 import subprocess
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
-from cryptopipe.bench.measure import CommitClock, Sampler, latency_percentiles, lag_is_bounded, slope
+from cryptopipe.bench.measure import CommitClock, lag_is_bounded, latency_percentiles, measure_window, slope
 from cryptopipe.bench.ours import RunConfig, create_topics, delete_topics, sim_argv
 from cryptopipe.bench.procs import InfraSampler, Proc, SimProc
 
-UTC = timezone.utc
 CRYPTOFEED_VERSION = "2.4.1"
 PEER_PINS = (f"cryptofeed=={CRYPTOFEED_VERSION}", "aiokafka==0.14.0", "asyncpg==0.32.0")
 LAUNCHER = Path(__file__).resolve().parent / "cryptofeed_launcher.py"
@@ -107,7 +105,7 @@ def run_cryptofeed(cfg: RunConfig, settings, log=print) -> dict:
     create_topics(settings, {topic: settings.topic_partitions})
     log(f"peer: cryptofeed {CRYPTOFEED_VERSION}, table {table}, topic {topic}, logs in {logs}")
     procs: list[Proc] = []
-    sampler = clock = None
+    clock = None
     stats_path = logs / "stats.json"
     try:
         sim = SimProc("sim", sim_argv(cfg), logs / "sim.log").start()
@@ -165,19 +163,8 @@ def run_cryptofeed(cfg: RunConfig, settings, log=print) -> dict:
                 p.sample(now)
             infra.sample()
 
-        clock = CommitClock(interval=cfg.commit_clock_interval).start()
-        t0 = datetime.now(UTC)
-        for p in procs:
-            p.mark_start()
-        infra.mark_start()
-        sampler = Sampler(sample, cfg.sample_interval).start()
-        log(f"peer: measuring {cfg.duration:.0f}s from {t0:%H:%M:%S}Z")
-        time.sleep(cfg.duration)
-        sampler.stop()
-        t1 = datetime.now(UTC)
-        for p in procs:
-            p.mark_end()
-        infra.mark_end()
+        clock = CommitClock(interval=cfg.commit_clock_interval)
+        t0, t1 = measure_window(clock, procs, infra, sample, cfg.duration, cfg.sample_interval, log, "peer")
         if not cf.alive():
             raise PeerUnavailable(f"cryptofeed exited with {cf.popen.returncode} during the run:\n{cf.log_tail(3000)}")
         # cryptofeed has no drain: stop the feed, give its queues the drain budget, then read
@@ -200,8 +187,6 @@ def run_cryptofeed(cfg: RunConfig, settings, log=print) -> dict:
             cur.execute(f"SELECT exchange, count(*) FROM {table} WHERE {where} GROUP BY 1 ORDER BY 1", (t0, t1))
             per_exchange = dict(cur.fetchall())
     finally:
-        if sampler is not None:
-            sampler.stop()
         if clock is not None and clock._thread is not None and clock._thread.is_alive():  # noqa: SLF001
             clock.stop()
         for p in reversed(procs):

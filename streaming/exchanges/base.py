@@ -7,7 +7,9 @@ timestamp may be.
 Hostile-input rules (every adapter):
 - frames larger than `max_frame_bytes` -> `oversized`; JSON nested deeper than `MAX_DEPTH` ->
   `too_deep`; undecodable bytes or bad JSON -> `malformed_json`; `NaN`/`Infinity` literals -> `non_finite`.
-- JSON numbers are decoded as Decimal/int, never float.
+- JSON is decoded by `common.jsoncodec` (orjson; the standard library when orjson refuses a
+  text). A JSON number with a fraction may decode as float, but no field reader accepts one:
+  decimals must be strings, times and sequences ints, so a price never passes through float.
 - prices are the exchange's *strings* of plain decimal notation (`"67220"`, `"0.0000001141"`).
   Exponent notation (`"1e5"`), signs, `NaN`/`Infinity` strings, empty strings and strings longer
   than `MAX_NUMBER_CHARS` are rejected: no recorded frame of either exchange uses them, and
@@ -18,13 +20,13 @@ Hostile-input rules (every adapter):
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal
 from itertools import accumulate
 from typing import Any
 
+from common import jsoncodec
 from common.models import Tick
 
 MAX_DEPTH = 8                      # deepest legit ticker frame: wrapper -> array -> object (3)
@@ -92,7 +94,7 @@ class ExchangeAdapter:
     # ------------------------------------------------------------------ shared guards
 
     def decode(self, raw: bytes | str) -> Any:
-        """Size, depth and JSON checks; returns the decoded value (numbers as Decimal/int)."""
+        """Size, depth and JSON checks; returns the decoded value."""
         if isinstance(raw, str):
             raw = raw.encode("utf-8")
         if not isinstance(raw, (bytes, bytearray, memoryview)):
@@ -100,10 +102,11 @@ class ExchangeAdapter:
         raw = bytes(raw)
         if len(raw) > self.max_frame_bytes:
             raise BadFrame("oversized", f"{len(raw)} bytes > {self.max_frame_bytes}")
-        if json_depth(raw) > MAX_DEPTH:
+        # fewer opening brackets than the limit cannot nest deeper (one-ticker frames: 2)
+        if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and json_depth(raw) > MAX_DEPTH:
             raise BadFrame("too_deep", f"nesting > {MAX_DEPTH}")
         try:
-            return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+            return jsoncodec.loads(raw, parse_constant=_reject_constant)
         except BadFrame:
             raise
         except RecursionError:

@@ -77,3 +77,48 @@ def test_lag_trend_within_two_seconds_of_feed_is_bounded():
     assert not lag_is_bounded(3459.0, 30.0, 6000.0, 5000)    # +104k: falling behind
     assert lag_is_bounded(-50.0, 30.0, 1000.0)
     assert lag_is_bounded(None, 30.0, 1000.0)
+
+
+class _Recorder:
+    def __init__(self, calls, name):
+        self.calls, self.name = calls, name
+
+    def start(self):
+        self.calls.append(f"{self.name}.start")
+        return self
+
+    def stop(self):
+        self.calls.append(f"{self.name}.stop")
+
+    def mark_start(self):
+        self.calls.append(f"{self.name}.mark_start")
+
+    def mark_end(self):
+        self.calls.append(f"{self.name}.mark_end")
+
+
+def test_measure_window_opens_and_closes_the_marks_and_leaves_the_clock_running():
+    from cryptopipe.bench.measure import measure_window
+
+    calls, samples = [], []
+    clock = _Recorder(calls, "clock")
+    start, end = measure_window(clock, [_Recorder(calls, "p1"), _Recorder(calls, "p2")], _Recorder(calls, "infra"),
+                                samples.append, 0.05, 0.01, lambda _msg: None, "t")
+    assert calls == ["clock.start", "p1.mark_start", "p2.mark_start", "infra.mark_start",
+                     "p1.mark_end", "p2.mark_end", "infra.mark_end"]      # the caller stops the clock
+    assert samples and start < end and start.tzinfo is not None
+
+
+def test_measure_window_stops_the_clock_when_the_window_fails():
+    from cryptopipe.bench.measure import measure_window
+
+    calls = []
+
+    class Broken(_Recorder):
+        def mark_end(self):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        measure_window(_Recorder(calls, "clock"), [Broken(calls, "p")], _Recorder(calls, "infra"),
+                       lambda _now: None, 0.01, 0.01, lambda _msg: None, "t")
+    assert calls[-1] == "clock.stop"

@@ -76,6 +76,16 @@ def test_price_must_be_a_positive_finite_decimal(price, ok):
             tick_copy_line(value)
 
 
+@pytest.mark.parametrize("field, value", [("price", "1\n"), ("symbol", "BTC-USDT\n"), ("price", "1\t2"),
+                                          ("bid", "2\n"), ("ask", "1\t2")])
+def test_no_newline_or_tab_reaches_the_copy_text(field, value):
+    # `$` matches before a trailing newline: the checks must hold for the whole string
+    record = {"exchange": "binance", "symbol": "BTC-USDT", "event_time_ms": MS, "received_ns": NS, "price": "1"}
+    record[field] = value
+    with pytest.raises(BadRecord, match=field):
+        tick_copy_line(json.dumps(record).encode())
+
+
 def test_bool_is_not_an_integer():
     value = json.dumps({"exchange": "binance", "symbol": "BTC-USDT", "event_time_ms": MS, "received_ns": NS,
                         "price": "1", "sequence": True}).encode()
