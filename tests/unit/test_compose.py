@@ -27,11 +27,12 @@ def test_published_ports_bind_loopback_and_match_the_native_stack():
             host, hport, cport = port.split(":")
             assert host == "127.0.0.1", f"{name} publishes {port} beyond loopback"
             published[name] = int(hport)
-    assert published["kafka"] == paths.KAFKA_PORT
-    assert published["postgres"] == paths.POSTGRES_PORT
-    assert published["s3proxy"] == paths.S3_PORT
-    assert published["airflow-api-server"] == paths.AIRFLOW_PORT
-    assert published["sim"] == paths.SIM_PORT
+    # compose publishes the default ports (the native stack moves them by CRYPTOPIPE_PORT_OFFSET)
+    assert published["kafka"] == paths.KAFKA_PORT - paths.PORT_OFFSET
+    assert published["postgres"] == paths.POSTGRES_PORT - paths.PORT_OFFSET
+    assert published["s3proxy"] == paths.S3_PORT - paths.PORT_OFFSET
+    assert published["airflow-api-server"] == paths.AIRFLOW_PORT - paths.PORT_OFFSET
+    assert published["sim"] == paths.SIM_PORT - paths.PORT_OFFSET
 
 
 def test_pipeline_env_names_are_settings_fields():
