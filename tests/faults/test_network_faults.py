@@ -27,9 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import NewTopic
 
-from common.topics import DLQ_TOPICS, EXCHANGES, PIPELINE_EVENTS, RAW_TOPICS, TRANSFORMED_TOPICS
+from common.topics import EXCHANGES, PIPELINE_EVENTS, RAW_TOPICS, TRANSFORMED_TOPICS
+from tests.integration.sinks_util import create_topics, delete_topics
 from tests.plugins.pipeline import Figures, PipelineHandle, now_ms, wait_for
 from tests.plugins.sim import SimProcess
 
@@ -158,33 +158,15 @@ class NetChain(PipelineHandle):
         return sum(max(v, 0) for v in got.values())
 
 
-def create_topics(admin, suffix: str, partitions: int) -> list[str]:
-    names = {t + suffix: partitions for t in RAW_TOPICS + TRANSFORMED_TOPICS}
-    names.update({t + suffix: 1 for t in DLQ_TOPICS + (PIPELINE_EVENTS,)})
-    futures = admin.create_topics([NewTopic(n, num_partitions=p, replication_factor=1) for n, p in names.items()],
-                                  operation_timeout=30)
-    for f in futures.values():
-        f.result()
-    return list(names)
-
-
-def delete_topics(admin, names: list[str]) -> None:
-    for f in admin.delete_topics(names, operation_timeout=30).values():
-        try:
-            f.result()
-        except Exception:
-            pass
-
-
 @pytest.fixture(scope="module")
-def net_chain(stack, toxi_proxies, toxiproxy, kafka_admin, tmp_path_factory):
+def net_chain(stack, toxi_proxies, toxiproxy, tmp_path_factory):
     from common.db import connect
 
     log_dir = tmp_path_factory.mktemp("netfaults")
     run = uuid.uuid4().hex[:8]
     suffix, label = f"_nf{run}", f"netfault-{run}"
     groups = {"transform": f"nf-transform-{run}", "load": f"nf-load-{run}", "archive": f"nf-archive-{run}"}
-    topics = create_topics(kafka_admin, suffix, stack.topic_partitions)
+    topics = create_topics(suffix, stack.topic_partitions)
     sim = SimProcess(["--port", "0", "--symbols", str(SIM_SYMBOLS), "--rate", str(SIM_RATE), "--seed",
                       str(SIM_SEED), "--truth-max", "2000000"])
     procs: dict[str, Proc] = {}
@@ -226,7 +208,7 @@ def net_chain(stack, toxi_proxies, toxiproxy, kafka_admin, tmp_path_factory):
         for p in procs.values():
             p.stop()
         sim.stop()
-        delete_topics(kafka_admin, topics)
+        delete_topics(topics)
 
 
 @contextmanager

@@ -36,15 +36,16 @@ def create_topics(suffix: str, partitions: int = 3) -> list[str]:
     futures = admin.create_topics([NewTopic(n, num_partitions=p, replication_factor=1) for n, p in names.items()],
                                   operation_timeout=30)
     for f in futures.values():
-        f.result()
+        f.result(timeout=60)
     return list(names)
 
 
 def delete_topics(names: list[str]) -> None:
     try:
-        for f in make_admin().delete_topics(names, operation_timeout=30).values():
+        admin = make_admin()    # held until every future settled: a collected client never settles them
+        for f in admin.delete_topics(names, operation_timeout=30).values():
             try:
-                f.result()
+                f.result(timeout=60)
             except Exception:
                 pass
     except Exception:
