@@ -1,6 +1,9 @@
 """The one place Kafka clients are built (confluent-kafka)."""
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
+
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -76,3 +79,33 @@ def ensure_topics(admin: AdminClient | None = None, timeout: float = 30.0) -> li
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
     return [t.topic for t in new]
+
+
+def create_topics(partitions: dict[str, int], admin: AdminClient | None = None, timeout: float = 30.0) -> None:
+    """Create topics {name: partitions} (replication 1) and wait for each; raises on a failure."""
+    admin = admin or make_admin()     # held until every future settled: a collected client never settles them
+    futures = admin.create_topics([NewTopic(n, num_partitions=p, replication_factor=1) for n, p in partitions.items()],
+                                  operation_timeout=timeout)
+    for f in futures.values():
+        f.result(timeout=2 * timeout)
+
+
+def delete_topics(names: Iterable[str], admin: AdminClient | None = None, timeout: float = 30.0,
+                  wait_gone: float = 0.0) -> None:
+    """Best-effort deletion (clean-up paths): errors are swallowed. With `wait_gone`, waits up to
+    that many seconds until the broker's metadata no longer lists them."""
+    names = list(names)
+    try:
+        admin = admin or make_admin()
+        for f in admin.delete_topics(names, operation_timeout=timeout).values():
+            try:
+                f.result(timeout=2 * timeout)
+            except Exception:  # noqa: BLE001 - clean-up only
+                pass
+        deadline = time.monotonic() + wait_gone
+        while time.monotonic() < deadline:
+            if not set(names) & set(admin.list_topics(timeout=10).topics):
+                return
+            time.sleep(0.3)
+    except Exception:  # noqa: BLE001 - clean-up only
+        pass

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from confluent_kafka.admin import NewTopic
-
+from common.kafka import create_topics, delete_topics
 from cryptopipe.bench.measure import (CommitClock, LagProbe, lag_is_bounded, latency_percentiles, measure_window,
                                       metric_sum, scrape, slope)
 from cryptopipe.bench.procs import InfraSampler, Proc, SimProc, free_port, python
@@ -48,36 +47,6 @@ class RunConfig:
 def sim_argv(cfg: RunConfig) -> list[str]:
     return [python(), "-m", "sim", "--port", "0", "--rate", str(cfg.rate), "--symbols", str(cfg.symbols),
             "--seed", str(cfg.seed), "--truth-max", "0", "--log-level", "WARNING"]
-
-
-def create_topics(settings, names: dict[str, int]) -> None:
-    from common.kafka import make_admin
-
-    admin = make_admin()
-    futures = admin.create_topics([NewTopic(n, num_partitions=p, replication_factor=1) for n, p in names.items()],
-                                  operation_timeout=30)
-    for f in futures.values():
-        f.result()
-
-
-def delete_topics(names: list[str], wait: float = 15.0) -> None:
-    """Delete the run's topics and wait until the broker's metadata no longer lists them."""
-    from common.kafka import make_admin
-
-    try:
-        admin = make_admin()
-        for f in admin.delete_topics(names, operation_timeout=30).values():
-            try:
-                f.result()
-            except Exception:  # noqa: BLE001 - best effort clean-up
-                pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not set(names) & set(admin.list_topics(timeout=10).topics):
-                return
-            time.sleep(0.3)
-    except Exception:  # noqa: BLE001
-        pass
 
 
 def _wait(predicate, timeout: float, what: str, procs: list[Proc], interval: float = 0.3) -> None:
@@ -120,7 +89,7 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
     topics.update({f"{e}_transformed_data{suffix}": parts for e in ("binance", "kucoin")})
     topics.update({f"{e}_dlq{suffix}": 1 for e in ("binance", "kucoin")})
     topics[f"pipeline_events{suffix}"] = 1
-    create_topics(settings, topics)
+    create_topics(topics)
     log(f"ours: run {run_id}, topics *{suffix}, logs in {logs}")
 
     procs: list[Proc] = []
@@ -242,7 +211,7 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
         for probe in probes.values():
             probe.close()
         if not cfg.keep_topics:
-            delete_topics(list(topics))
+            delete_topics(topics, wait_gone=15.0)
 
     window = (t1_wall - t0_wall).total_seconds()
     t = series["t"]

@@ -23,7 +23,8 @@ import uuid
 from pathlib import Path
 
 from cryptopipe.bench.measure import CommitClock, lag_is_bounded, latency_percentiles, measure_window, slope
-from cryptopipe.bench.ours import RunConfig, create_topics, delete_topics, sim_argv
+from common.kafka import create_topics, delete_topics
+from cryptopipe.bench.ours import RunConfig, sim_argv
 from cryptopipe.bench.procs import InfraSampler, Proc, SimProc
 
 CRYPTOFEED_VERSION = "2.4.1"
@@ -102,7 +103,7 @@ def run_cryptofeed(cfg: RunConfig, settings, log=print) -> dict:
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(TABLE_DDL.format(name=table))  # bench-generated identifier, no user input
-    create_topics(settings, {topic: settings.topic_partitions})
+    create_topics({topic: settings.topic_partitions})
     log(f"peer: cryptofeed {CRYPTOFEED_VERSION}, table {table}, topic {topic}, logs in {logs}")
     procs: list[Proc] = []
     clock = None
@@ -192,7 +193,7 @@ def run_cryptofeed(cfg: RunConfig, settings, log=print) -> dict:
         for p in reversed(procs):
             p.stop()
         if not cfg.keep_topics:
-            delete_topics([topic])
+            delete_topics([topic], wait_gone=15.0)
             with conn.cursor() as cur:
                 cur.execute(f"DROP TABLE IF EXISTS {table}")
         conn.close()

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import NewTopic
 
-from common.kafka import make_admin, make_producer
+from common import kafka
+from common.kafka import make_producer
 from common.settings import get_settings
 from common.topics import DLQ_TOPICS, PIPELINE_EVENTS, RAW_TOPICS, TRANSFORMED_TOPICS
 
@@ -30,26 +30,15 @@ def new_suffix() -> str:
 
 
 def create_topics(suffix: str, partitions: int = 3) -> list[str]:
-    admin = make_admin()
+    """The pipeline's topics with `suffix`; returns their names."""
     names = {t + suffix: partitions for t in RAW_TOPICS + TRANSFORMED_TOPICS}
     names.update({t + suffix: 1 for t in DLQ_TOPICS + (PIPELINE_EVENTS,)})
-    futures = admin.create_topics([NewTopic(n, num_partitions=p, replication_factor=1) for n, p in names.items()],
-                                  operation_timeout=30)
-    for f in futures.values():
-        f.result(timeout=60)
+    kafka.create_topics(names)
     return list(names)
 
 
 def delete_topics(names: list[str]) -> None:
-    try:
-        admin = make_admin()    # held until every future settled: a collected client never settles them
-        for f in admin.delete_topics(names, operation_timeout=30).values():
-            try:
-                f.result(timeout=60)
-            except Exception:
-                pass
-    except Exception:
-        pass
+    kafka.delete_topics(names)
 
 
 def produce(topic: str, records: list[tuple], partition: int | None = None) -> None:
