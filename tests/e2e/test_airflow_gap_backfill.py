@@ -26,7 +26,8 @@ def test_outage_found_by_airflow_and_filled_by_rest_triggered_backfills(live_pip
         t0 = now_ms()
         time.sleep(5)
         h.sim.outage(150)            # both exchanges refuse websocket connections for 2.5 minutes
-        time.sleep(150 + 25)         # the outage, then the extractors reconnect and stream again
+        time.sleep(150)              # the outage
+        h.wait_streaming(pg)         # the extractors reconnect and stream again
         t1 = now_ms()
         h.settle()
         time.sleep(6)                # past the detection's settle time
