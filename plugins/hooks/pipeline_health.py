@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from datetime import datetime, timezone
 from typing import Iterable, Mapping
 
@@ -16,6 +18,8 @@ from airflow.sdk import BaseHook
 
 from plugins.connections import KAFKA_CONN_ID, POSTGRES_CONN_ID
 from plugins.supervision import GroupLag, Previous, Verdict
+
+log = logging.getLogger(__name__)
 
 UTC = timezone.utc
 
@@ -112,10 +116,35 @@ class PipelineHealthHook(BaseHook):
 
         if not tps:
             return {}
-        futures = self.get_admin().list_offsets({tp: spec for tp in tps},
-                                               isolation_level=IsolationLevel.READ_COMMITTED,
-                                               request_timeout=self.kafka_timeout_s)
-        return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+        def read():
+            futures = self.get_admin().list_offsets({tp: spec for tp in tps},
+                                                   isolation_level=IsolationLevel.READ_COMMITTED,
+                                                   request_timeout=self.kafka_timeout_s)
+            return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+        return self._retrying("list offsets", read)
+
+    def _retrying(self, what: str, call):
+        """`call()`, again while Kafka answers with a retriable error (a broker that just started:
+        COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR, ...), for up to kafka_timeout_s."""
+        from confluent_kafka import KafkaError, KafkaException
+
+        transient = {KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                     KafkaError.NOT_COORDINATOR, KafkaError.LEADER_NOT_AVAILABLE,
+                     KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.REQUEST_TIMED_OUT,
+                     KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
+        deadline = time.monotonic() + self.kafka_timeout_s
+        delay = 0.5
+        while True:
+            try:
+                return call()
+            except KafkaException as e:
+                err = e.args[0] if e.args else None
+                retriable = isinstance(err, KafkaError) and (err.retriable() or err.code() in transient)
+                if not retriable or time.monotonic() + delay > deadline:
+                    raise
+                log.info("%s: %s; retrying in %.1fs", what, err, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 4.0)
 
     def topic_end_offsets(self, topics: Iterable[str]) -> dict[str, int]:
         """topic -> sum over partitions of the last stable offset (absent topics are left out)."""
@@ -143,9 +172,11 @@ class PipelineHealthHook(BaseHook):
             mine = [tp for tp in tps if tp.topic in set(topics)]
             committed: dict[tuple[str, int], int] = {}
             if mine:
-                futures = admin.list_consumer_group_offsets(
-                    [ConsumerGroupTopicPartitions(group, mine)], request_timeout=self.kafka_timeout_s)
-                for tp in futures[group].result().topic_partitions:
+                def read(group=group, mine=mine):
+                    return admin.list_consumer_group_offsets(
+                        [ConsumerGroupTopicPartitions(group, mine)],
+                        request_timeout=self.kafka_timeout_s)[group].result().topic_partitions
+                for tp in self._retrying(f"offsets of group {group}", read):
                     if tp.offset >= 0:
                         committed[(tp.topic, tp.partition)] = tp.offset
             for topic in topics:
