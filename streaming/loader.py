@@ -97,7 +97,7 @@ def tick_copy_line(value: bytes | None, expected_exchange: str | None = None) ->
     if expected_exchange and exchange != expected_exchange:
         raise BadRecord(f"exchange {exchange} on the {expected_exchange} topic")
     symbol = obj.get("symbol")
-    if symbol not in _canonical_seen:
+    if type(symbol) is not str or symbol not in _canonical_seen:     # (a list or dict is unhashable)
         if type(symbol) is not str or not CANONICAL_RE.fullmatch(symbol):
             raise BadRecord("symbol is not canonical BASE-QUOTE")
         if len(_canonical_seen) < _CANONICAL_SEEN_MAX:
