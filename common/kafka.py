@@ -67,27 +67,29 @@ def ensure_topics(admin: AdminClient | None = None, timeout: float = 30.0) -> li
     settings = get_settings()
     admin = admin or make_admin()
     existing = set(admin.list_topics(timeout=timeout).topics)
-    wanted = topic_specs(settings.topic_partitions, settings.raw_retention_ms)
-    new = [NewTopic(name, num_partitions=spec["partitions"], replication_factor=1, config=spec["config"])
-           for name, spec in wanted.items() if name not in existing]
-    if not new:
-        return []
-    for name, future in admin.create_topics(new, operation_timeout=timeout).items():
-        try:
-            future.result()
-        except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
-    return [t.topic for t in new]
+    wanted = {name: spec for name, spec in topic_specs(settings.topic_partitions, settings.raw_retention_ms).items()
+              if name not in existing}
+    if wanted:
+        # a concurrent creator may win the race: TOPIC_ALREADY_EXISTS is fine here
+        create_topics({name: spec["partitions"] for name, spec in wanted.items()}, admin, timeout,
+                      configs={name: spec["config"] for name, spec in wanted.items()}, exist_ok=True)
+    return list(wanted)
 
 
-def create_topics(partitions: dict[str, int], admin: AdminClient | None = None, timeout: float = 30.0) -> None:
-    """Create topics {name: partitions} (replication 1) and wait for each; raises on a failure."""
+def create_topics(partitions: dict[str, int], admin: AdminClient | None = None, timeout: float = 30.0, *,
+                  configs: dict[str, dict] | None = None, exist_ok: bool = False) -> None:
+    """Create topics {name: partitions} (replication 1, `configs[name]` as topic config) and wait
+    for each; raises on a failure (a topic that already exists only without `exist_ok`)."""
     admin = admin or make_admin()     # held until every future settled: a collected client never settles them
-    futures = admin.create_topics([NewTopic(n, num_partitions=p, replication_factor=1) for n, p in partitions.items()],
-                                  operation_timeout=timeout)
+    configs = configs or {}
+    futures = admin.create_topics([NewTopic(n, num_partitions=p, replication_factor=1, config=configs.get(n, {}))
+                                   for n, p in partitions.items()], operation_timeout=timeout)
     for f in futures.values():
-        f.result(timeout=2 * timeout)
+        try:
+            f.result(timeout=2 * timeout)
+        except Exception as exc:
+            if not (exist_ok and "TOPIC_ALREADY_EXISTS" in str(exc)):
+                raise
 
 
 def delete_topics(names: Iterable[str], admin: AdminClient | None = None, timeout: float = 30.0,

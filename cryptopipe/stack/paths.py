@@ -12,7 +12,6 @@ from common.settings import REPO_ROOT, cache_home, stack_home
 RESOURCES = Path(__file__).resolve().parent / "resources"
 
 
-
 def _port_offset() -> int:
     """CRYPTOPIPE_PORT_OFFSET moves every port of the stack (for a second stack on one machine,
     or when 5432/8080/9092 are taken). Remembered in $CRYPTOPIPE_HOME/port_offset by `stack up`,
