@@ -434,21 +434,25 @@ def mark_covered(request: BackfillRequest, summary=None, conn=None, listed=None)
     if summary is not None and not summary.ok:
         return []
     wanted = set(request.symbols)
+    inside = ("FROM gaps WHERE exchange = %s AND status <> 'filled' AND gap_start >= %s AND gap_end <= %s",
+              (request.exchange, request.start, request.end))
     conn, own = _connect(conn)
     done = []
     try:
+        if listed is None:
+            # the exchange's markets are read before the gaps are locked, and only when needed
+            with conn, conn.cursor() as cur:
+                cur.execute(f"SELECT EXISTS (SELECT 1 {inside[0]} AND symbol IS NULL)", inside[1])
+                if cur.fetchone()[0]:
+                    from backfill.rest import known_symbols
+                    listed = known_symbols(request.exchange)
         with conn, conn.cursor() as cur:
-            cur.execute(f"SELECT {_COLUMNS} FROM gaps WHERE exchange = %s AND status <> 'filled' "
-                        f"AND gap_start >= %s AND gap_end <= %s FOR UPDATE",
-                        (request.exchange, request.start, request.end))
+            cur.execute(f"SELECT {_COLUMNS} {inside[0]} FOR UPDATE", inside[1])
             for gap in [Gap(*row) for row in cur.fetchall()]:
                 if gap.symbol is not None:
                     ok = gap.symbol in wanted
                 else:
-                    if listed is None:
-                        from backfill.rest import known_symbols
-                        listed = known_symbols(request.exchange)
-                    ok = set(gap_symbols(listed)) <= wanted
+                    ok = listed is not None and set(gap_symbols(listed)) <= wanted
                 if ok:
                     cur.execute("""SELECT coalesce(sum(1), 0) FROM candles_1m WHERE exchange = %s
                                    AND source = 'rest' AND open_time >= %s AND open_time < %s
