@@ -70,6 +70,9 @@ Notes for callers
   exchange's answers (used-weight headers, 429 Retry-After, 418), which every worker honours.
 - A REST candle always replaces a stream candle for the same minute (and the loader never
   overwrites a 'rest' row), so backfilling a minute the stream saw is safe and makes it exact.
-- Coverage (a) is per exchange: an extractor shard (SYMBOLS subset) that is down while another
-  shard of the same exchange is up shows only as (c) missing candles of its symbols.
+- Coverage (a) is per exchange, and per shard when an extractor spreads its symbols over several
+  connections: a shard down while the others stream leaves per-symbol `uncovered` gaps for its
+  symbols (stream_sessions.symbols, `gaps.scoped_uncovered`). Silence (b) stays per exchange; a
+  shard that is connected but silent is caught by the extractor's stall detector (it reconnects,
+  which ends the session) and by (c).
 """

@@ -9,6 +9,12 @@ session; an exchange never streamed has no gaps). It finds:
 (a) `uncovered`: time no websocket session covered. A session covers
     [coalesce(subscribed_at, connected_at), coalesce(disconnected_at, last_seen_at)); an open
     session whose last heartbeat (last_seen_at) is younger than `stale_after` covers up to now.
+    When an extractor shards its symbols over several connections, each session records its
+    shard's symbols (`stream_sessions.symbols`), and a symbol is covered only by the sessions of
+    its shard (or by an unsharded session): a shard that is down while the others stream leaves
+    per-symbol `uncovered` gaps for its symbols (`scoped_uncovered`). A symbol's horizon is the
+    whole window when it is in SYMBOLS (it should always be streamed), else the span of its
+    shard's sessions (a symbol dropped from the configuration is not a gap).
 (b) `silence`: whole minutes inside covered time with no tick of the exchange at all (a session
     that claims to be up but delivers nothing).
 (c) `missing_candles`: for each tracked symbol, minutes with no `candles_1m` row in
@@ -119,6 +125,18 @@ def subtract_intervals(base: Iterable[Interval], minus: Iterable[Interval]) -> l
     return out
 
 
+def merge_findings(findings: Iterable[tuple[Interval, set[str]]]) -> list[tuple[Interval, set[str]]]:
+    """Overlapping or touching findings become one, with the union of their kinds."""
+    out: list[tuple[list[datetime], set[str]]] = []
+    for (s, e), kinds in sorted(findings, key=lambda f: f[0]):
+        if out and s <= out[-1][0][1]:
+            out[-1][0][1] = max(out[-1][0][1], e)
+            out[-1][1].update(kinds)
+        else:
+            out.append(([s, e], set(kinds)))
+    return [((s, e), kinds) for (s, e), kinds in out]
+
+
 def widen_to_minutes(intervals: Iterable[Interval]) -> list[Interval]:
     return merge_intervals((floor_minute(s), ceil_minute(e)) for s, e in intervals)
 
@@ -154,24 +172,61 @@ def tracked_symbols(exchange: str, start: datetime, end: datetime, conn=None) ->
     return sorted(found & configured if configured else found)
 
 
+def scoped_uncovered(sessions: list[tuple[datetime, datetime, list[str] | None]], lo: datetime, hi: datetime,
+                     configured: Iterable[str] = ()) -> dict[str, list[Interval]]:
+    """Per-symbol uncovered time in [lo, hi) left by sharded sessions (pure).
+
+    sessions: (start, end, symbols) coverage of each session; symbols None = unsharded (covers
+    every symbol). Only when some session in the window is sharded: each symbol of a shard, and
+    each `configured` symbol, is covered by the unsharded sessions and the sessions whose
+    symbols hold it. Horizon: [lo, hi) for a configured symbol, else from the first start to the
+    last end of its sessions. Returned intervals are widened to whole minutes."""
+    scoped = [(s, e, syms) for s, e, syms in sessions if syms is not None]
+    if not scoped:
+        return {}
+    whole = [(s, e) for s, e, syms in sessions if syms is None]
+    own: dict[str, list[Interval]] = {}
+    for s, e, syms in scoped:
+        for sym in syms:
+            own.setdefault(sym, []).append((s, e))
+    configured = set(configured)
+    out: dict[str, list[Interval]] = {}
+    for sym in sorted(set(own) | configured):
+        mine = own.get(sym, [])
+        if sym in configured:
+            start, end = lo, hi
+        else:
+            start, end = max(lo, min(s for s, _ in mine)), min(hi, max(e for _, e in mine))
+        if end <= start:
+            continue
+        gaps = clip(widen_to_minutes(subtract_intervals([(start, end)], whole + mine)), lo, hi)
+        if gaps:
+            out[sym] = gaps
+    return out
+
+
 def _coverage(cur, exchange: str, lo: datetime, now: datetime, stale_after: timedelta):
-    """(first session start ever or None, coverage intervals overlapping [lo, now))."""
+    """(first session start ever or None, coverage intervals overlapping [lo, now),
+    the same per session with its symbols: [(start, end, symbols | None)])."""
     cur.execute("SELECT min(coalesce(subscribed_at, connected_at)) FROM stream_sessions WHERE exchange = %s",
                 (exchange,))
     first = cur.fetchone()[0]
     if first is None:
-        return None, []
+        return None, [], []
     cur.execute("""
         SELECT coalesce(subscribed_at, connected_at),
                CASE WHEN disconnected_at IS NOT NULL THEN disconnected_at
                     WHEN last_seen_at >= %(fresh)s THEN %(now)s
-                    ELSE last_seen_at END
+                    ELSE last_seen_at END,
+               symbols
         FROM stream_sessions
         WHERE exchange = %(ex)s AND coalesce(subscribed_at, connected_at) < %(now)s
           AND (disconnected_at IS NULL OR disconnected_at > %(lo)s)
           AND (disconnected_at IS NOT NULL OR last_seen_at > %(lo)s OR last_seen_at >= %(fresh)s)""",
                 {"ex": exchange, "lo": lo, "now": now, "fresh": now - stale_after})
-    return first, merge_intervals((s, e) for s, e in cur.fetchall())
+    sessions = [(s, e, syms) for s, e, syms in cur.fetchall() if e > s]
+    # a session of a shard that carries no ticker (syms == []) covers no symbol
+    return first, merge_intervals((s, e) for s, e, syms in sessions if syms != []), sessions
 
 
 def _silent_minutes(cur, exchange: str, covered_minutes: list[Interval]) -> list[datetime]:
@@ -241,6 +296,7 @@ def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(
                 settle: timedelta = timedelta(seconds=60), stale_after: timedelta = timedelta(seconds=30),
                 exchanges: Iterable[str] | None = None, conn=None) -> list[Gap]:
     """Find and record gaps (see the module docstring); returns the gaps created or extended."""
+    from common.settings import get_settings
     now = (now or datetime.now(UTC)).astimezone(UTC)
     hi = floor_minute(now - settle)
     conn, own = _connect(conn)
@@ -253,8 +309,9 @@ def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(
                 log.info("retrying failed gaps %s", reopened)
             for exchange in (exchanges or EXCHANGES):
                 lo_window = floor_minute(now - lookback)
-                first, coverage = _coverage(cur, exchange, lo_window, now, stale_after)
+                first, coverage, sessions = _coverage(cur, exchange, lo_window, now, stale_after)
                 wide: list[tuple[Interval, set[str]]] = []
+                per_symbol: dict[str, list[tuple[Interval, set[str]]]] = {}
                 if first is not None and first < hi:
                     lo = max(lo_window, first)
                     uncovered = clip(widen_to_minutes(subtract_intervals([(lo, hi)], coverage)), lo_window, hi)
@@ -263,6 +320,10 @@ def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(
                     silences = clip(merge_intervals((s - MINUTE, e + MINUTE)
                                                     for s, e in minutes_to_intervals(silent)), lo_window, hi)
                     spans = merge_intervals(uncovered + silences)
+                    configured = get_settings().symbols
+                    for symbol, gaps in scoped_uncovered(sessions, lo, hi, configured).items():
+                        for span in subtract_intervals(gaps, spans):
+                            per_symbol.setdefault(symbol, []).append((span, {"uncovered"}))
                     for s, e in spans:
                         kinds = set()
                         if any(us < e and ue > s for us, ue in uncovered):
@@ -278,8 +339,9 @@ def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(
                 lo_symbols = ceil_minute(max(lo_window, first)) if first is not None else lo_window
                 for symbol, minutes in _missing_candle_minutes(cur, exchange, symbols, lo_symbols, hi).items():
                     spans = subtract_intervals(minutes_to_intervals(minutes, MERGE_TOLERANCE), wide_spans)
-                    changed += _record(cur, exchange, symbol, [(span, {"missing_candles"}) for span in spans],
-                                       existing)
+                    per_symbol.setdefault(symbol, []).extend((span, {"missing_candles"}) for span in spans)
+                for symbol in sorted(per_symbol):
+                    changed += _record(cur, exchange, symbol, merge_findings(per_symbol[symbol]), existing)
     finally:
         if own:
             conn.close()

@@ -24,6 +24,21 @@ COLUMNS = [
 ]
 
 
+# keys the columns above show (and bookkeeping); every other figure goes to the last column
+_SHOWN = {"scenario", "at", "archived_records", "archive_missing", "archive_duplicates", "gaps_filled",
+          "minutes_missing", "minutes_filled_checked"} | {
+    f"{ex}_{k}" for ex in ("binance", "kucoin")
+    for k in ("sent", "owed", "stored", "missing", "duplicates", "outside_coverage")}
+
+
+def _others(f) -> str:
+    rest = [f"{k}={v}" for k, v in f.items() if k not in _SHOWN]
+    return ", ".join(rest) if rest else "–"
+
+
+COLUMNS.append(("scenario's own figures", _others))
+
+
 def _sum(f, *keys):
     vals = [f[k] for k in keys if k in f]
     return sum(vals) if vals else "–"

@@ -29,7 +29,7 @@ from common.settings import get_settings
 from common.symbols import CANONICAL_RE
 from common.topics import EXCHANGES, PIPELINE_EVENTS, dlq_topic, exchange_of_topic, transformed_topic
 from streaming.consumer_loop import (LagReporter, Metrics, advance_past_markers, StopFlag, backoff_delays, base_parser, commit_sync,
-                                     header_dict, log_consumer_errors, next_offsets, safe_reason,
+                                     log_consumer_errors, next_offsets, safe_reason,
                                      setup_logging, split_errors, start_metrics_server)
 
 log = logging.getLogger("streaming.loader")
@@ -47,6 +47,7 @@ _OPTIONAL = ("bid", "bid_size", "ask", "ask_size", "last_size", "open_24h", "hig
 STAGE_COLUMNS = ("exchange", "symbol", "event_time_ms", "sequence", "price") + _OPTIONAL + ("received_ns",)
 MAX_CONN_ID = 200
 MAX_SESSION_REASON = 500
+MAX_SCOPE_SYMBOLS = 10_000      # a connection's symbols (shard scope) in its `connected` event
 
 
 class BadRecord(ValueError):
@@ -144,12 +145,15 @@ class Session:
     subscribed_ns: int | None = None
     disconnected_ns: int | None = None
     reason: str | None = None
+    symbols: list[str] | None = None     # the shard's symbols (None: all the extractor streams)
 
     def add(self, ev: PipelineEvent) -> None:
         self.first_seen_ns = min(self.first_seen_ns, ev.at_ns)
         self.last_seen_ns = max(self.last_seen_ns, ev.at_ns)
         if ev.kind == "connected":
             self.connected_ns = ev.at_ns if self.connected_ns is None else min(self.connected_ns, ev.at_ns)
+            if self.symbols is None and ev.detail.get("symbols") is not None:
+                self.symbols = list(ev.detail["symbols"])
         elif ev.kind == "subscribed":
             self.subscribed_ns = ev.at_ns if self.subscribed_ns is None else min(self.subscribed_ns, ev.at_ns)
         elif ev.kind == "disconnected":
@@ -175,6 +179,12 @@ def parse_event(value: bytes | None) -> PipelineEvent:
         raise BadRecord("at_ns out of range")
     if not isinstance(ev.reason, str):
         raise BadRecord("reason is not a string")
+    if not isinstance(ev.detail, dict):
+        raise BadRecord("detail is not an object")
+    scope = ev.detail.get("symbols")
+    if scope is not None and (not isinstance(scope, list) or len(scope) > MAX_SCOPE_SYMBOLS
+                              or not all(isinstance(s, str) and CANONICAL_RE.fullmatch(s) for s in scope)):
+        raise BadRecord("detail.symbols is not a list of canonical symbols")
     return ev
 
 
@@ -288,9 +298,10 @@ SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM cnd), (SELECT count(*) 
 
 UPSERT_SESSIONS = """
 INSERT INTO stream_sessions AS s (conn_id, exchange, connected_at, subscribed_at, last_seen_at,
-                                  disconnected_at, reason)
+                                  disconnected_at, reason, symbols)
 VALUES %s
 ON CONFLICT (conn_id) DO UPDATE SET
+    symbols = coalesce(s.symbols, EXCLUDED.symbols),
     connected_at = LEAST(s.connected_at, EXCLUDED.connected_at),
     subscribed_at = LEAST(s.subscribed_at, EXCLUDED.subscribed_at),
     last_seen_at = GREATEST(s.last_seen_at, EXCLUDED.last_seen_at),
@@ -303,7 +314,7 @@ ON CONFLICT (conn_id) DO UPDATE SET
 _SESSION_TEMPLATE = ("(%s, %s, timestamptz 'epoch' + %s * interval '1 microsecond', "
                      "timestamptz 'epoch' + %s * interval '1 microsecond', "
                      "timestamptz 'epoch' + %s * interval '1 microsecond', "
-                     "timestamptz 'epoch' + %s * interval '1 microsecond', %s)")
+                     "timestamptz 'epoch' + %s * interval '1 microsecond', %s, %s::text[])")
 
 
 def _us(ns: int | None) -> int | None:
@@ -367,7 +378,8 @@ class TickWriter:
                     result.ticks_inserted, result.candles_touched, result.latest_updated = cur.fetchone()
                 if sessions:
                     rows = [(cid, s.exchange, _us(s.connected_ns if s.connected_ns is not None else s.first_seen_ns),
-                             _us(s.subscribed_ns), _us(s.last_seen_ns), _us(s.disconnected_ns), s.reason)
+                             _us(s.subscribed_ns), _us(s.last_seen_ns), _us(s.disconnected_ns), s.reason,
+                             s.symbols)
                             for cid, s in sorted(sessions.items())]
                     psycopg2.extras.execute_values(cur, UPSERT_SESSIONS, rows, template=_SESSION_TEMPLATE,
                                                    page_size=1000)

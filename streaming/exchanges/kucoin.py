@@ -135,6 +135,15 @@ class KuCoin(ExchangeAdapter):
         n = cls.MAX_TOPICS_PER_SUBSCRIBE
         return [f"/market/ticker:{','.join(unique[i:i + n])}" for i in range(0, len(unique), n)]
 
+    @classmethod
+    def ticker_topic_symbols(cls, topic: str) -> list[str] | None:
+        """The symbols whose ticker a subscribe topic carries: `/market/ticker:A,B` -> [A, B];
+        None for `/market/ticker:all` (the whole market); [] for any other topic."""
+        if topic in cls.DEFAULT_TOPICS:
+            return None
+        head, _, tail = topic.partition(":")
+        return [t for t in tail.split(",") if t] if head == "/market/ticker" else []
+
     @staticmethod
     def topic_count(topic: str) -> int:
         """How many topics a subscribe string counts for (`/market/ticker:A,B` is 2)."""

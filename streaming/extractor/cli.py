@@ -14,7 +14,7 @@ from common.settings import get_settings, stack_home
 
 from .events import Events
 from .metrics import Metrics
-from .runner import Extractor, plan_binance, plan_kucoin
+from .runner import Extractor, plan_binance, plan_kucoin, shard_scopes
 from .sink import KafkaSink
 from .spool import Spool
 from .transport import Options
@@ -78,6 +78,7 @@ def build(args: argparse.Namespace):
                       binance_ws_url=settings.binance_ws_url, kucoin_rest_url=settings.kucoin_rest_url,
                       topic_suffix=args.topic_suffix)
     extractor = Extractor(exchange, shards, sink, events, metrics, options, heartbeat_s=args.heartbeat_seconds,
+                          scopes=shard_scopes(exchange, symbols, shards),
                           backoff={"base_s": args.backoff_base, "cap_s": args.backoff_cap}, label=args.label)
     return extractor, sink
 

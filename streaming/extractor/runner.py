@@ -66,6 +66,27 @@ def plan_kucoin(symbols: list[str], extra_topics: list[str], per_connection: int
     return shards
 
 
+def shard_scopes(exchange: str, symbols: list[str], shards: list[list[str]]) -> list[list[str] | None]:
+    """The canonical symbols whose tickers each shard's connection carries. Recorded with its
+    sessions (the `connected` event), so gap detection can tell which symbols a shard that is
+    down left uncovered while the other shards stream. None = the whole of what this extractor
+    streams: the only shard (the exchange's coverage is that shard's) or an all-market stream."""
+    if len(shards) <= 1:
+        return [None] * len(shards)
+    if exchange == "binance":
+        by_stream = {Binance.stream_name(s, "mini_ticker"): s for s in symbols}
+
+        def carried(item: str) -> list[str] | None:
+            return None if item in Binance.DEFAULT_STREAMS else [by_stream[item]] if item in by_stream else []
+    else:
+        carried = KuCoin.ticker_topic_symbols
+    scopes: list[list[str] | None] = []
+    for shard in shards:
+        parts = [carried(item) for item in shard]
+        scopes.append(None if any(p is None for p in parts) else sorted({s for p in parts for s in p}))
+    return scopes
+
+
 class Slot:
     """Keeps one shard covered by exactly one (during rotation: two) live connections."""
 
@@ -165,7 +186,7 @@ async def _first(*aws) -> None:
 class Extractor:
     def __init__(self, exchange: str, shards: list[list[str]], sink, events, metrics, options: Options, *,
                  heartbeat_s: float = 5.0, backoff: dict | None = None, seed: int | None = None,
-                 label: str = ""):
+                 label: str = "", scopes: list[list[str] | None] | None = None):
         if label and not all(ch.isalnum() or ch == "-" for ch in label):
             raise ValueError(f"label must be letters, digits and dashes: {label!r:.40}")
         self.label = label
@@ -173,6 +194,9 @@ class Extractor:
             raise ValueError(f"unknown exchange {exchange!r:.40}")
         self.exchange = exchange
         self.shards = shards
+        self.scopes = scopes if scopes is not None else [None] * len(shards)
+        if len(self.scopes) != len(shards):
+            raise ValueError(f"{len(self.scopes)} scopes for {len(shards)} shards")
         self.sink = sink
         self.events = events
         self.metrics = metrics
@@ -186,10 +210,12 @@ class Extractor:
 
     def new_connection(self, spec: list[str], index: int) -> Connection:
         label = f"{self.label}-{index}" if self.label else str(index)
+        scope = self.scopes[index]
         if self.exchange == "binance":
-            return BinanceConnection(spec, self.sink, self.events, self.metrics, self.options, self.stop, label)
+            return BinanceConnection(spec, self.sink, self.events, self.metrics, self.options, self.stop, label,
+                                     scope=scope)
         return KuCoinConnection(spec, self.sink, self.events, self.metrics, self.options, self.stop, label,
-                                http=self.http)
+                                http=self.http, scope=scope)
 
     def live_connections(self) -> list[Connection]:
         return [c for slot in self.slots for c in slot.live()]

@@ -79,8 +79,10 @@ class Connection:
     exchange = ""
 
     def __init__(self, spec: list[str], sink, events, metrics, options: Options, stop: asyncio.Event,
-                 label: str = ""):
+                 label: str = "", scope: list[str] | None = None):
         self.spec = spec
+        # the symbols this connection covers (runner.shard_scopes); None = all this extractor streams
+        self.scope = scope
         self.sink = sink
         self.events = events
         self.metrics = metrics
@@ -99,6 +101,9 @@ class Connection:
         self._task: asyncio.Task | None = None
         self._close_reason: str | None = None
         self._headers_base = [("conn_id", self.conn_id.encode()), ("exchange", self.exchange.encode())]
+
+    def _scope_detail(self) -> dict:
+        return {} if self.scope is None else {"symbols": list(self.scope)}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -229,7 +234,8 @@ class BinanceConnection(Connection):
         url = Binance.combined_url(self.options.binance_ws_url, self.spec)
         await self._connect(url)
         self.connected.set()
-        self.events.emit("connected", self.conn_id, streams=len(self.spec), url=url.split("?")[0])
+        self.events.emit("connected", self.conn_id, streams=len(self.spec), url=url.split("?")[0],
+                         **self._scope_detail())
         self._subscribe_by_message = url.endswith("/stream") and bool(self.spec)
 
     async def _session(self) -> None:
@@ -312,7 +318,7 @@ class KuCoinConnection(Connection):
         if ctl.id != connect_id:
             log.warning("%s: welcome id %r is not our connectId", self.conn_id, ctl.id)
         self.connected.set()
-        self.events.emit("connected", self.conn_id, topics=len(self.spec),
+        self.events.emit("connected", self.conn_id, topics=len(self.spec), **self._scope_detail(),
                          ping_interval_s=self.bullet.ping_interval_s, ping_timeout_s=self.bullet.ping_timeout_s)
 
     async def _session(self) -> None:

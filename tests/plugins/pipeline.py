@@ -263,9 +263,10 @@ class PipelineHandle:
         assert not failed, f"gaps not filled: {failed[:3]}"
         return all_gaps
 
-    def check_candles(self, pg, since_ms: int, until_ms: int, figures: Figures) -> None:
+    def check_candles(self, pg, since_ms: int, until_ms: int, figures: Figures, *, truth_everywhere=False) -> None:
         """After fill_gaps: no minute of [since, until) is missing for any trading symbol, and
-        every minute inside a filled gap holds the simulator's true candle."""
+        every minute inside a filled gap (every minute, with truth_everywhere) holds the
+        simulator's true candle."""
         from backfill import gaps as gaps_mod
 
         lo = datetime.fromtimestamp(since_ms / 1000, UTC).replace(second=0, microsecond=0)
@@ -296,7 +297,7 @@ class PipelineHandle:
                     if row is None:
                         missing += 1
                         examples.append(("missing", exchange, symbol, minute.isoformat()))
-                    elif in_gap:
+                    elif in_gap or truth_everywhere:
                         checked_rest += 1
                         if not _same_candle(row, truth.get(minute)):
                             wrong += 1

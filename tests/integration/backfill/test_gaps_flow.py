@@ -160,3 +160,53 @@ def test_ongoing_outage_extends_its_open_gap_and_lifecycle_is_enforced(stack, wi
     # a backfilling/filled gap is not extended: later outage time becomes a new gap
     newer = mine(detect_gaps(T + 25 * M + 10 * S, lookback=timedelta(minutes=27), exchanges=[exchange]))
     assert [(g.gap_start, g.gap_end, g.status) for g in newer] == [(T + 19 * M, T + 24 * M, "open")]
+
+
+def test_a_shard_down_while_the_others_stream_is_a_gap_for_its_symbols_only(stack, window, pg, monkeypatch):
+    """Two connections of one extractor (sharded symbols): shard 2 is down 10:20-16:40 while
+    shard 1 streams. The exchange was covered, so no exchange-wide gap; shard 2's symbol gets a
+    gap with both edge minutes, shard 1's none; detecting again adds nothing."""
+    exchange = "kucoin"
+    w = window(30)
+    T = w.start
+    a, b = w.use(exchange, ["ZZSA-USDT", "ZZSB-USDT"])
+    from common.settings import get_settings
+    monkeypatch.setenv("SYMBOLS", f"{a},{b}")       # what the sharded extractor streams
+    get_settings.cache_clear()
+    try:
+        _shard_down(exchange, w, T, a, b, pg)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
+def _shard_down(exchange, w, T, a, b, pg):
+    ids = [f"bftest-{uuid.uuid4().hex[:12]}" for _ in range(3)]
+    w.conn_ids += ids
+    down, up = T + 10 * M + 20 * S, T + 16 * M + 40 * S
+    with pg.cursor() as cur:
+        cur.executemany("INSERT INTO stream_sessions (conn_id, exchange, connected_at, subscribed_at, last_seen_at, "
+                        "disconnected_at, reason, symbols) VALUES (%s, %s, %s, %s, %s, %s, 'x', %s)",
+                        [(ids[0], exchange, T - 2 * M, T - 2 * M, T + 31 * M, T + 31 * M, [a]),
+                         (ids[1], exchange, T - 2 * M, T - 2 * M, down, down, [b]),
+                         (ids[2], exchange, up - 5 * S, up, T + 31 * M, T + 31 * M, [b])])
+        for day in sorted({(T + i * M).date() for i in range(-2, 31)}):
+            cur.execute("SELECT ensure_ticks_partition(%s)", (day,))
+        seen = {a: [T + i * M + 30 * S for i in range(-2, 31)],
+                b: [T + i * M + 30 * S for i in range(-2, 31) if not 10 <= i <= 16] + [T + 10 * M + 5 * S,
+                                                                                     T + 16 * M + 50 * S]}
+        for symbol, times in seen.items():
+            cur.executemany("INSERT INTO ticks (exchange, symbol, event_time, price, received_at) "
+                            "VALUES (%s, %s, %s, 1, %s)", [(exchange, symbol, t, t) for t in times])
+            cur.executemany("INSERT INTO candles_1m (exchange, symbol, open_time, open, high, low, close, source) "
+                            "VALUES (%s, %s, %s, 1, 1, 1, 1, 'stream') ON CONFLICT DO NOTHING",
+                            [(exchange, symbol, t.replace(second=0)) for t in times])
+
+    def mine(found):
+        return sorted(((g.symbol, g.gap_start, g.gap_end, g.kind) for g in found
+                       if g.symbol in (None, a, b) and T - 2 * M <= g.gap_start < w.end), key=str)
+
+    now = T + 31 * M
+    found = mine(detect_gaps(now, lookback=timedelta(minutes=33), exchanges=[exchange]))
+    assert found == [(b, T + 10 * M, T + 17 * M, "missing_candles,uncovered")]
+    assert mine(detect_gaps(now, lookback=timedelta(minutes=33), exchanges=[exchange])) == []

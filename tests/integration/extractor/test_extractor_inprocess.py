@@ -10,7 +10,7 @@ import pytest
 from streaming.exchanges import Binance
 from streaming.extractor.events import Events
 from streaming.extractor.metrics import Metrics
-from streaming.extractor.runner import Extractor, plan_binance, plan_kucoin
+from streaming.extractor.runner import Extractor, plan_binance, plan_kucoin, shard_scopes
 from streaming.extractor.transport import Options
 
 pytestmark = pytest.mark.integration
@@ -33,17 +33,23 @@ class CollectingSink:
         pass
 
 
-async def _run(exchange, shards, sim, seconds):
+async def _run(exchange, shards, sim, seconds, scopes=None):
     sink = CollectingSink()
     metrics = Metrics(exchange)
     options = Options(stall_s=10, binance_ws_url=sim.url("BINANCE_WS_URL"), kucoin_rest_url=sim.url("KUCOIN_REST_URL"))
     x = Extractor(exchange, shards, sink, Events(exchange, sink, metrics), metrics, options, heartbeat_s=1,
-                  label="inproc")
+                  label="inproc", scopes=scopes)
     task = asyncio.create_task(x.run())
     await asyncio.sleep(seconds)
     x.stop.set()
     await asyncio.wait_for(task, 10)
     return sink.records
+
+
+def _connected_scopes(records):
+    """Each connection's `connected` event's symbols (what stream_sessions.symbols will hold)."""
+    evs = [json.loads(r.value) for r in records if r.topic == "pipeline_events"]
+    return sorted(sorted(e["detail"]["symbols"]) for e in evs if e["kind"] == "connected")
 
 
 def _by_conn(records, topic):
@@ -60,9 +66,10 @@ def test_binance_shards_and_subscribe_messages(sim_factory, monkeypatch):
     monkeypatch.setattr(Binance, "MAX_URL_CHARS", 10)      # force SUBSCRIBE instead of URL streams
     shards = plan_binance(symbols, [], 4)
     assert [len(s) for s in shards] == [4, 4, 1]
-    records = asyncio.run(_run("binance", shards, sim, 5))
+    records = asyncio.run(_run("binance", shards, sim, 5, shard_scopes("binance", symbols, shards)))
     conns = _by_conn(records, "binance_raw_data")
     assert len(conns) == 3
+    assert _connected_scopes(records) == sorted(sorted(symbols[i:i + 4]) for i in (0, 4, 8))
     subscribed = sorted(sorted(c["subscriptions"]) for c in sim.control.connections("binance"))
     assert subscribed == sorted(sorted(s) for s in shards)
     for frames in conns.values():
@@ -76,8 +83,9 @@ def test_kucoin_symbol_topics_chunked(sim_factory):
     sim = sim_factory(symbols=12, rate=60)
     symbols = [s["symbol"] for s in sim.control.symbols("kucoin") if s["status"] == "TRADING"][:6]
     shards = plan_kucoin(symbols, ["/market/match:" + symbols[0]], 4)
-    records = asyncio.run(_run("kucoin", shards, sim, 4))
+    records = asyncio.run(_run("kucoin", shards, sim, 4, shard_scopes("kucoin", symbols, shards)))
     conns = _by_conn(records, "kucoin_raw_data")
+    assert _connected_scopes(records) == sorted([sorted(symbols[:4]), sorted(symbols[4:])])
     assert [sum(len(t.split(":")[1].split(",")) for t in s) for s in shards] == [4, 3]
     assert len(conns) == len(shards)
     acks = sum(1 for frames in conns.values() for f in frames if b'"type":"ack"' in f)

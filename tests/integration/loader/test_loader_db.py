@@ -115,6 +115,19 @@ def test_sessions_are_idempotent_and_order_independent(pg, writer):
     assert reason == "server closed"
 
 
+def test_a_sharded_connection_stores_its_symbols(pg, writer):
+    cid = "conn-" + uuid.uuid4().hex
+    ns = MIN0 * 10**6
+    writer.write([], set(), merge_events([PipelineEvent("kucoin", cid, "heartbeat", ns + 5_000)]))
+    writer.write([], set(), merge_events([PipelineEvent("kucoin", cid, "connected", ns,
+                                                        detail={"symbols": ["AAA-USDT", "BBB-USDT"]})]))
+    writer.write([], set(), merge_events([PipelineEvent("kucoin", cid, "disconnected", ns + 9_000, reason="x")]))
+    assert rows(pg, "SELECT symbols FROM stream_sessions WHERE conn_id = %s", cid) == [(["AAA-USDT", "BBB-USDT"],)]
+    other = "conn-" + uuid.uuid4().hex
+    writer.write([], set(), merge_events([PipelineEvent("kucoin", other, "connected", ns)]))
+    assert rows(pg, "SELECT symbols FROM stream_sessions WHERE conn_id = %s", other) == [(None,)]
+
+
 def test_ticks_are_stored_in_daily_partitions_with_retention(pg, writer):
     s = sym()
     day_ms = 86_400_000

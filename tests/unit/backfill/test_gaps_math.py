@@ -1,6 +1,7 @@
 from datetime import datetime, timedelta, timezone
 
-from backfill.gaps import (clip, merge_intervals, minutes_to_intervals, subtract_intervals, widen_to_minutes)
+from backfill.gaps import (clip, merge_intervals, minutes_to_intervals, scoped_uncovered, subtract_intervals,
+                           widen_to_minutes)
 
 UTC = timezone.utc
 
@@ -33,3 +34,43 @@ def test_minutes_to_intervals_and_clip():
     assert minutes_to_intervals(ms) == [(t(1, 0), t(1, 3)), (t(1, 5), t(1, 6))]
     assert clip([(t(1, 0), t(1, 10))], t(1, 2), t(1, 4)) == [(t(1, 2), t(1, 4))]
     assert clip([(t(1, 0), t(1, 1))], t(1, 2), t(1, 4)) == []
+
+
+# -- sharded sessions: a shard down while the others stream ---------------------------------
+
+A, B = ["AAA-USDT", "BBB-USDT"], ["CCC-USDT"]
+
+
+def test_a_down_shard_leaves_its_symbols_uncovered_edges_included():
+    sessions = [(t(10, 0), t(11, 0), A),                          # shard 1 up all along
+                (t(10, 0), t(10, 20, 30), B), (t(10, 31, 10), t(11, 0), B)]   # shard 2 down 10:20:30-10:31:10
+    got = scoped_uncovered(sessions, t(10, 0), t(11, 0))
+    assert got == {"CCC-USDT": [(t(10, 20), t(10, 32))]}
+
+
+def test_unsharded_sessions_cover_every_symbol_and_no_shard_means_nothing_to_say():
+    assert scoped_uncovered([(t(10, 0), t(11, 0), None)], t(10, 0), t(11, 0), ["AAA-USDT"]) == {}
+    sessions = [(t(10, 0), t(10, 30), None), (t(10, 30), t(11, 0), A)]   # restarted with shards at 10:30
+    assert scoped_uncovered(sessions, t(10, 0), t(11, 0), ["AAA-USDT", "CCC-USDT"]) == \
+        {"CCC-USDT": [(t(10, 30), t(11, 0))]}     # configured, but no shard carries it since 10:30
+
+
+def test_horizon_configured_symbols_to_the_end_others_only_while_streamed():
+    sessions = [(t(10, 0), t(11, 0), A), (t(10, 0), t(10, 40), B)]    # shard 2 never came back
+    assert scoped_uncovered(sessions, t(10, 0), t(11, 0), ["CCC-USDT"]) == {"CCC-USDT": [(t(10, 40), t(11, 0))]}
+    # not configured (dropped from SYMBOLS, or a CLI list): no gap after its last session
+    assert scoped_uncovered(sessions, t(10, 0), t(11, 0)) == {}
+    # a shard carrying no ticker stream covers nothing and claims nothing
+    assert scoped_uncovered([(t(10, 0), t(11, 0), []), (t(10, 0), t(11, 0), None)], t(10, 0), t(11, 0)) == {}
+
+
+def test_rotation_overlap_is_covered():
+    sessions = [(t(10, 0), t(10, 30, 5), B), (t(10, 30), t(11, 0), B), (t(10, 0), t(11, 0), A)]
+    assert scoped_uncovered(sessions, t(10, 0), t(11, 0), A + B) == {}
+
+
+def test_findings_merge_with_their_kinds():
+    from backfill.gaps import merge_findings
+    got = merge_findings([((t(10, 11), t(10, 16)), {"missing_candles"}), ((t(10, 10), t(10, 17)), {"uncovered"}),
+                          ((t(10, 17), t(10, 18)), {"missing_candles"}), ((t(10, 30), t(10, 31)), {"uncovered"})])
+    assert got == [((t(10, 10), t(10, 18)), {"missing_candles", "uncovered"}), ((t(10, 30), t(10, 31)), {"uncovered"})]

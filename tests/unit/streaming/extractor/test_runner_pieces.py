@@ -9,7 +9,7 @@ import pytest
 
 from streaming.exchanges import KuCoin
 from streaming.extractor.cli import parse_args
-from streaming.extractor.runner import Backoff, Extractor, plan_binance, plan_kucoin
+from streaming.extractor.runner import Backoff, Extractor, plan_binance, plan_kucoin, shard_scopes
 from streaming.extractor.transport import Options, RateLimiter
 
 
@@ -31,6 +31,25 @@ def test_plan_kucoin_respects_300_topics_per_connection():
     assert counts == [300, 300, 150]
     assert all(KuCoin.topic_count(t) <= 100 for shard in shards for t in shard)
     assert sorted(s for shard in shards for t in shard for s in t.split(":")[1].split(",")) == sorted(symbols)
+
+
+def test_shard_scopes_name_each_connections_symbols():
+    symbols = [f"C{i}-USDT" for i in range(2100)]
+    shards = plan_binance(symbols, [], 1024)
+    scopes = shard_scopes("binance", symbols, shards)
+    assert [len(s) for s in scopes] == [1024, 1024, 52]
+    assert sorted(s for scope in scopes for s in scope) == sorted(symbols)
+    assert scopes[2] == sorted(symbols[2048:])
+    k_symbols = [f"K{i}-USDT" for i in range(750)]
+    k_scopes = shard_scopes("kucoin", k_symbols, plan_kucoin(k_symbols, [], 300))
+    assert [len(s) for s in k_scopes] == [300, 300, 150] and set(k_scopes[1]) == set(k_symbols[300:600])
+    # one connection, or an all-market stream: the shard covers all the extractor streams (None)
+    assert shard_scopes("binance", ["BTC-USDT"], plan_binance(["BTC-USDT"], [], 1024)) == [None]
+    assert shard_scopes("kucoin", [], [["/market/ticker:all"], ["/market/match:BTC-USDT"]]) == [None, []]
+    assert shard_scopes("binance", [], [["!miniTicker@arr"], ["btcusdt@trade"]]) == [None, []]
+    assert KuCoin.ticker_topic_symbols("/market/ticker:A-B,C-D") == ["A-B", "C-D"]
+    with pytest.raises(ValueError, match="2 scopes for 1 shards"):
+        Extractor("binance", [[]], None, None, None, Options(), scopes=[None, None])
 
 
 def test_backoff_is_jittered_capped_and_reset_after_a_healthy_period():

@@ -110,6 +110,15 @@ def test_events_merge_per_connection_with_first_disconnect_reason():
     assert s["c2"].connected_ns is None and s["c2"].first_seen_ns == NS + 5
 
 
+def test_a_sharded_connection_keeps_its_symbols():
+    evs = [parse_event(PipelineEvent("binance", "c1", "connected", NS, detail={"symbols": ["AAA-USDT", "BB-USDT"]})
+                       .to_json()),
+           PipelineEvent("binance", "c1", "heartbeat", NS + 5),
+           PipelineEvent("binance", "c2", "connected", NS + 1, detail={"streams": 1})]
+    s = merge_events(evs)
+    assert s["c1"].symbols == ["AAA-USDT", "BB-USDT"] and s["c2"].symbols is None
+
+
 def test_spool_events_are_not_sessions():
     evs = [PipelineEvent("binance", "binance-spool", "spool_full", NS),
            PipelineEvent("binance", "binance-spool", "spool_drained", NS + 5),
@@ -123,6 +132,12 @@ def test_spool_events_are_not_sessions():
     (b'{"exchange":"binance","conn_id":"c","kind":"exploded","at_ns":1764000000000000000}', "unknown event kind"),
     (b'{"exchange":"binance","conn_id":"","kind":"connected","at_ns":1764000000000000000}', "bad conn_id"),
     (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":5}', "out of range"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":1764000000000000000,"detail":[1]}',
+     "detail is not an object"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":1764000000000000000,'
+     b'"detail":{"symbols":"BTC-USDT"}}', "detail.symbols"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":1764000000000000000,'
+     b'"detail":{"symbols":["BTC-USDT","x\');DROP TABLE ticks;--"]}}', "detail.symbols"),
 ])
 def test_bad_events_are_rejected(value, reason):
     with pytest.raises(BadRecord, match=reason):
