@@ -29,9 +29,10 @@ backfill.engine
     Summary.ok is True when no chunk failed.
 
 backfill.gaps
-    detect_gaps(now=None, *, lookback=6h, settle=60s, stale_after=30s, exchanges=None) -> list[Gap]
+    detect_gaps(now=None, *, lookback=6h, settle=60s, stale_after=30s, exchanges=None, listed=None) -> list[Gap]
         Records into `gaps` (kinds uncovered | silence | missing_candles); returns gaps created
         or extended by this run; never duplicates. See the module docstring for the rules.
+    listed_markets(exchanges=None) -> dict[str, set[str]]   markets per exchange (network; unreachable ones left out)
     open_gaps(exchange=None, limit=100) -> list[Gap]      oldest first
     list_gaps(status=None, exchange=None, limit=100) -> list[Gap]   newest first
     claim(gap_id) -> bool                                  open|failed -> backfilling (atomic)

@@ -124,8 +124,9 @@ def gaps_main(argv: list[str] | None = None) -> int:
         return 2
     code = 0
     if args.detect:
-        found = gaps.detect_gaps(lookback=timedelta(hours=args.lookback_hours),
-                                 exchanges=[args.exchange] if args.exchange else None)
+        exchanges = [args.exchange] if args.exchange else None
+        found = gaps.detect_gaps(lookback=timedelta(hours=args.lookback_hours), exchanges=exchanges,
+                                 listed=gaps.listed_markets(exchanges))
         if not args.json:
             print(f"detection: {len(found)} gap(s) new or extended")
     if args.fill:

@@ -20,8 +20,9 @@ session; an exchange never streamed has no gaps). It finds:
 (c) `missing_candles`: for each tracked symbol, minutes with no `candles_1m` row in
     [horizon_start, horizon_end) (horizon_start = now - lookback if the exchange never streamed).
     Islands closer than MERGE_TOLERANCE are merged.
-    Tracked symbols = symbols with candles on that exchange within the window, restricted to the
-    SYMBOLS setting when it is set (`tracked_symbols`).
+    Tracked symbols = symbols with candles on that exchange within the window (`tracked_symbols`)
+    and, when the caller passes `listed` (the DAG and the CLI do), every market the exchange
+    lists; restricted to the SYMBOLS setting when it is set.
 
 An exchange-wide gap is filled for every symbol the exchange lists (`gap_symbols`, within
 SYMBOLS when set), not only the tracked ones: a market that did not trade around an outage
@@ -294,8 +295,14 @@ def _record(cur, exchange: str, symbol: str | None, findings: list[tuple[Interva
 
 def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(hours=6),
                 settle: timedelta = timedelta(seconds=60), stale_after: timedelta = timedelta(seconds=30),
-                exchanges: Iterable[str] | None = None, conn=None) -> list[Gap]:
-    """Find and record gaps (see the module docstring); returns the gaps created or extended."""
+                exchanges: Iterable[str] | None = None, listed: dict[str, Iterable[str]] | None = None,
+                conn=None) -> list[Gap]:
+    """Find and record gaps (see the module docstring); returns the gaps created or extended.
+
+    listed: the markets each exchange lists (`listed_markets()`, read before: detection itself
+    does no network work). Its symbols (within SYMBOLS) are tracked too, so a market that has not
+    traded since the stream began still gets its minutes checked (and confirmed empty by the
+    backfill) instead of staying untracked."""
     from common.settings import get_settings
     now = (now or datetime.now(UTC)).astimezone(UTC)
     hi = floor_minute(now - settle)
@@ -335,6 +342,8 @@ def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(
                 changed += _record(cur, exchange, None, wide, existing)
 
                 symbols = tracked_symbols(exchange, lo_window, hi, conn=conn)
+                if listed and listed.get(exchange):
+                    symbols = sorted(set(symbols) | set(gap_symbols(listed[exchange])))
                 wide_spans = [(s, e) for (s, e), _ in wide]
                 lo_symbols = ceil_minute(max(lo_window, first)) if first is not None else lo_window
                 for symbol, minutes in _missing_candle_minutes(cur, exchange, symbols, lo_symbols, hi).items():
@@ -455,6 +464,22 @@ def claim(gap_id: int, conn=None) -> bool:
     finally:
         if own:
             conn.close()
+
+
+def listed_markets(exchanges: Iterable[str] | None = None) -> dict[str, set[str]]:
+    """Every active spot market of each exchange (backfill.rest.known_symbols, cached); an
+    exchange that cannot be reached now is left out with a warning (detection then tracks its
+    symbols by their candles alone)."""
+    from backfill.rest import known_symbols
+
+    out: dict[str, set[str]] = {}
+    for exchange in exchanges or EXCHANGES:
+        try:
+            out[exchange] = known_symbols(exchange)
+        except Exception as e:  # noqa: BLE001 - reported; detection goes on without it
+            log.warning("%s markets unavailable (%s: %s); tracking its symbols by their candles only",
+                        exchange, type(e).__name__, str(e)[:200])
+    return out
 
 
 def gap_symbols(listed: Iterable[str]) -> list[str]:

@@ -201,9 +201,10 @@ def detect(lookback_hours: float, settle_s: float, now: datetime | None = None) 
     DETECT_XCOM_GAPS gaps created or extended}."""
     from datetime import timedelta
 
-    from backfill.gaps import detect_gaps
+    from backfill.gaps import detect_gaps, listed_markets
 
-    found = detect_gaps(now, lookback=timedelta(hours=float(lookback_hours)), settle=timedelta(seconds=float(settle_s)))
+    found = detect_gaps(now, lookback=timedelta(hours=float(lookback_hours)), settle=timedelta(seconds=float(settle_s)),
+                        listed=listed_markets())
     for gap in found[:DETECT_XCOM_GAPS]:
         log.info("gap %s %s %s %s .. %s (%s)", gap.id, gap.exchange, gap.symbol or "*", gap.gap_start,
                  gap.gap_end, gap.kind)

@@ -36,7 +36,7 @@ def scenario(h, pg, s3, bucket, name, *, archive=True, candles=True, stopped=())
     if archive:
         h.check_archive(s3, bucket, raw_start, raw_end, fig)
     if candles:
-        h.fill_gaps(fig)
+        h.fill_gaps(fig, t0, t1)
         h.check_candles(pg, t0, t1, fig)
     fig.print()
     assert h.all_running(except_=stopped) == {}, "a process was left dead"
@@ -130,8 +130,9 @@ def test_s3_down_five_minutes_loses_nothing(live_pipeline, s3_outage, pg, s3, st
     # backfills keep the REST responses they used in S3, so the gaps the websocket faults of this
     # group left (drops, stall, token expiry) are filled now that S3 is back: every minute of the
     # whole group's window must then hold the true candle
-    h.fill_gaps(fig)
-    h.check_candles(pg, s3_outage["t0"], now_ms(), fig)
+    until = now_ms()
+    h.fill_gaps(fig, s3_outage["t0"], until)
+    h.check_candles(pg, s3_outage["t0"], until, fig)
     fig.print()
     assert h.all_running() == {}
 

@@ -79,6 +79,7 @@ class PipelineHandle:
     def __init__(self, ctx, sim):
         self.ctx = ctx
         self.sim = sim
+        self.detected_until: datetime | None = None     # set by fill_gaps, used by check_candles
 
     # --- processes
     def rpc(self):
@@ -241,15 +242,27 @@ class PipelineHandle:
     def trading_symbols(self, exchange: str) -> set[str]:
         return {x["symbol"] for x in self.sim.symbols(exchange) if x.get("status") == "TRADING"}
 
-    def fill_gaps(self, figures: Figures) -> list:
+    DETECT_SETTLE = timedelta(seconds=5)
+
+    def fill_gaps(self, figures: Figures, since_ms: int | None = None, until_ms: int | None = None) -> list:
         """Run gap detection and backfill every open gap of this market, as crypto_gap_detection
-        would. (Gaps of symbols this simulator does not list belong to other tests' data.)"""
+        would. (Gaps of symbols this simulator does not list belong to other tests' data.)
+
+        With the scenario's [since, until): detection waits until it can see every whole minute
+        before `until`, and at least the scenario's first minute, so check_candles has closed,
+        detected minutes to check (it checks only what detection could see)."""
         from backfill import gaps
 
+        if since_ms is not None and until_ms is not None:
+            need = max(_floor_minute(until_ms), _floor_minute(since_ms) + timedelta(minutes=1))
+            wait = (need + self.DETECT_SETTLE - datetime.now(UTC)).total_seconds()
+            if wait > 0:
+                time.sleep(wait + 0.2)
         listed = {ex: self.trading_symbols(ex) for ex in EXCHANGES}
         ours = lambda g: g.symbol is None or g.symbol in listed[g.exchange]  # noqa: E731
-        detected = gaps.detect_gaps(now=datetime.now(UTC), settle=timedelta(seconds=5),
-                                    lookback=timedelta(hours=2))
+        now = datetime.now(UTC)
+        detected = gaps.detect_gaps(now=now, settle=self.DETECT_SETTLE, lookback=timedelta(hours=2), listed=listed)
+        self.detected_until = (now - self.DETECT_SETTLE).replace(second=0, microsecond=0)
         # open gaps, and failed ones (a backfill fails when it cannot keep its REST responses,
         # e.g. while S3 was down): retried as an operator or the next detection run would
         retry = [g for g in gaps.list_gaps(limit=1000) if g.status in ("open", "failed") and ours(g)]
@@ -269,11 +282,17 @@ class PipelineHandle:
         simulator's true candle."""
         from backfill import gaps as gaps_mod
 
-        lo = datetime.fromtimestamp(since_ms / 1000, UTC).replace(second=0, microsecond=0)
-        settled = datetime.now(UTC) - timedelta(seconds=10)
-        hi = min(datetime.fromtimestamp(until_ms / 1000, UTC), settled).replace(second=0, microsecond=0)
-        if hi <= lo:
-            hi = lo + timedelta(minutes=1)
+        lo = _floor_minute(since_ms)
+        detected_until, self.detected_until = self.detected_until, None
+        if detected_until is not None:
+            # after fill_gaps: every minute the scenario touched that detection could see
+            hi = min(_floor_minute(until_ms - 1) + timedelta(minutes=1), detected_until)
+            assert hi > lo, f"nothing to check: detection saw up to {detected_until}, window starts {lo}"
+        else:
+            settled = datetime.now(UTC) - timedelta(seconds=10)
+            hi = min(datetime.fromtimestamp(until_ms / 1000, UTC), settled).replace(second=0, microsecond=0)
+            if hi <= lo:
+                hi = lo + timedelta(minutes=1)
         filled = [g for g in gaps_mod.list_gaps(status="filled", limit=1000)
                   if g.gap_end > lo and g.gap_start < hi]
         missing = wrong = checked_rest = 0
@@ -340,6 +359,10 @@ class PipelineHandle:
         figures.add(archived_records=total, archive_missing=missing, archive_duplicates=dups)
         assert missing == 0, f"{missing} raw records are not in S3"
         assert dups == 0, f"{dups} raw records are in S3 more than once"
+
+
+def _floor_minute(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC).replace(second=0, microsecond=0)
 
 
 def _same_candle(row, true) -> bool:
