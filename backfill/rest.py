@@ -90,6 +90,7 @@ class FetchResult:
 
 # -- markets --------------------------------------------------------------------------------
 
+MARKETS_MAX_RATE_LIMIT_WAIT_S = 300.0
 _MARKETS: dict[str, tuple[float, dict]] = {}
 _MARKETS_LOCK = threading.Lock()
 
@@ -99,15 +100,29 @@ def _markets(exchange: str, client=None, budget: ExchangeBudget | None = None) -
         cached = _MARKETS.get(exchange)
         if cached and time.monotonic() - cached[0] < MARKETS_TTL_S:
             return cached[1]
+        import ccxt
+
         client = client or make_ccxt(exchange, enableRateLimit=False)
-        (budget or budget_for(exchange)).acquire(WEIGHTS[exchange]["markets"])
-        try:
-            markets = client.load_markets(reload=True)
-        except Exception as e:  # ccxt errors: tell the operator which exchange and why
-            raise FetchError(f"cannot load {exchange} markets from {client.urls.get('api')!s:.120}: "
-                             f"{type(e).__name__}: {str(e)[:300]}", retryable=True) from e
+        budget = budget or budget_for(exchange)
+        waited = 0.0
+        while True:
+            budget.acquire(WEIGHTS[exchange]["markets"])
+            try:
+                markets = client.load_markets(reload=True)
+                break
+            except (ccxt.DDoSProtection, ccxt.RateLimitExceeded) as e:
+                # 429/418 (a storm, a ban): wait as the server says, like every candles request
+                status = 418 if "418" in str(e)[:200] else 429
+                waited += budget.observe(status, client.last_response_headers, str(e)[:500])
+                if waited <= MARKETS_MAX_RATE_LIMIT_WAIT_S:
+                    continue
+                raise FetchError(f"{exchange} kept rate-limiting the markets request for {waited:.0f} s: "
+                                 f"{type(e).__name__}: {str(e)[:300]}", retryable=True) from e
+            except Exception as e:  # ccxt errors: tell the operator which exchange and why
+                raise FetchError(f"cannot load {exchange} markets from {client.urls.get('api')!s:.120}: "
+                                 f"{type(e).__name__}: {str(e)[:300]}", retryable=True) from e
         if exchange == "binance":
-            _learn_weight_limit(client.last_http_response, budget or budget_for(exchange))
+            _learn_weight_limit(client.last_http_response, budget)
         _MARKETS[exchange] = (time.monotonic(), markets)
         return markets
 

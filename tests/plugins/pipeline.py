@@ -127,6 +127,17 @@ class PipelineHandle:
                                 WHERE received_at > now() - interval '5 seconds'""")
                 return cur.fetchone()[0] == len(EXCHANGES) or None
         wait_for(fresh, timeout, "both exchanges streaming")
+        # the stored history begins with the first whole minute after an exchange's first session
+        # (detection has nothing before it): a scenario starts inside that history
+        with pg.cursor() as cur:
+            cur.execute("SELECT max(first) FROM (SELECT min(coalesce(subscribed_at, connected_at)) AS first "
+                        "FROM stream_sessions GROUP BY exchange) f")
+            first = cur.fetchone()[0]
+        if first is not None:
+            begins = first.replace(second=0, microsecond=0) + timedelta(minutes=1)
+            wait = (begins - datetime.now(UTC)).total_seconds()
+            if wait > 0:
+                time.sleep(wait + 0.2)
 
     # --- Kafka progress
     @staticmethod

@@ -185,3 +185,48 @@ def test_bad_symbol_is_permanent():
     with pytest.raises(FetchError, match="refused") as e:
         f.fetch_minutes("BTC-USDT", T0, T0 + timedelta(minutes=2), now=NOW)
     assert not e.value.retryable
+
+
+class MarketsClient:
+    """load_markets answers a scripted sequence: an exception to raise, or markets to return."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.calls = 0
+        self.last_response_headers = {"Retry-After": "7"}
+        self.last_http_response = "{}"
+        self.urls = {"api": "http://sim/binance"}
+
+    def load_markets(self, reload=False):
+        self.calls += 1
+        item = self.script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+def test_markets_load_waits_out_a_429_storm_and_a_418(monkeypatch):
+    from backfill import rest
+    monkeypatch.setattr(rest, "_MARKETS", {})
+    clock = FakeClock()
+    b = ExchangeBudget("binance", sleep=clock.sleep, clock=clock.monotonic, wall=clock.wall)
+    markets = {"BTC/USDT": {"id": "BTCUSDT", "spot": True, "active": True}}
+    client = MarketsClient([ccxt.RateLimitExceeded("binance 429 {}"), ccxt.DDoSProtection("binance 418 {}"),
+                            markets])
+    assert rest._markets("binance", client=client, budget=b) == markets
+    assert client.calls == 3 and b.stats.rate_limited == 1 and b.stats.banned == 1
+    assert clock.monotonic() - FakeClock().monotonic() >= 7 + 8      # Retry-After honoured both times
+
+
+def test_markets_load_gives_up_on_endless_rate_limiting_and_fails_fast_otherwise(monkeypatch):
+    from backfill import rest
+    monkeypatch.setattr(rest, "_MARKETS", {})
+    clock = FakeClock()
+    b = ExchangeBudget("binance", sleep=clock.sleep, clock=clock.monotonic, wall=clock.wall)
+    client = MarketsClient([ccxt.RateLimitExceeded("binance 429 {}")] * 100)
+    with pytest.raises(FetchError, match="kept rate-limiting the markets request"):
+        rest._markets("binance", client=client, budget=b)
+    down = MarketsClient([ccxt.NetworkError("connection refused")])
+    with pytest.raises(FetchError, match="cannot load binance markets"):
+        rest._markets("binance", client=down, budget=b)
+    assert down.calls == 1
