@@ -262,10 +262,15 @@ class Transformer:
     # a transaction that has not finished by then is lost anyway (transaction.timeout.ms = 60 s):
     # past it, the watchdog hands the process to supervisord
     STUCK_AFTER_S = 90.0
+    # send_offsets_to_transaction ignores its 30 s timeout while the group coordinator is
+    # unreachable (librdkafka #5456, open): past 40 s it never returns, so hand over sooner
+    SEND_OFFSETS_STUCK_AFTER_S = 40.0
+    SEND_OFFSETS_TIMEOUT_S = 30
+    watchdog_exit = None          # tests replace the exit
 
     def process(self, messages: list) -> None:
         """One transaction: produce everything derived from `messages` plus their offsets."""
-        with Watchdog(self.STUCK_AFTER_S, "a Kafka transaction"):
+        with Watchdog(self.STUCK_AFTER_S, "a Kafka transaction", exit=self.watchdog_exit):
             self._process(messages)
 
     def _process(self, messages: list) -> None:
@@ -277,8 +282,11 @@ class Transformer:
             for m in messages:
                 self.router.route(m)
                 per_topic[m.topic()] = per_topic.get(m.topic(), 0) + 1
-            self.producer.send_offsets_to_transaction(next_offsets(messages),
-                                                      self.consumer.consumer_group_metadata(), 30)
+            with Watchdog(self.SEND_OFFSETS_STUCK_AFTER_S, "send_offsets_to_transaction (librdkafka #5456)",
+                          exit=self.watchdog_exit):
+                self.producer.send_offsets_to_transaction(next_offsets(messages),
+                                                          self.consumer.consumer_group_metadata(),
+                                                          self.SEND_OFFSETS_TIMEOUT_S)
             self._commit()
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None

@@ -96,3 +96,33 @@ def test_fatal_error_stops_the_transformer():
     t, _ = make(TxnProducer(fail_commits=1, fatal=True))
     with pytest.raises(KafkaException):
         t.process(batch())
+
+
+def test_a_send_offsets_call_that_ignores_its_timeout_hands_the_process_to_supervisord(caplog):
+    """librdkafka #5456: send_offsets_to_transaction can block past its timeout while the group
+    coordinator is unreachable; the transformer exits (supervisord restarts it, the restart
+    fences and aborts the transaction) after SEND_OFFSETS_STUCK_AFTER_S, well before the
+    whole-transaction watchdog."""
+    import threading
+
+    from streaming.consumer_loop import Watchdog
+
+    released, exits = threading.Event(), []
+
+    class HangingProducer(TxnProducer):
+        def send_offsets_to_transaction(self, offsets, _meta, timeout=None):
+            self.log.append(("offsets-timeout", timeout))
+            released.wait(5)                 # "never" returns, until the watchdog has fired
+
+    producer = HangingProducer()
+    t, _ = make(producer)
+    t.SEND_OFFSETS_STUCK_AFTER_S, t.STUCK_AFTER_S = 0.2, 3.0
+    t.watchdog_exit = lambda code: (exits.append(code), released.set())
+    with caplog.at_level("CRITICAL", logger="streaming.watchdog"):
+        t.process(batch())
+    assert exits == [Watchdog.EXIT_CODE]
+    # the short guard fired (the whole-transaction one would name "a Kafka transaction")
+    assert [r.getMessage() for r in caplog.records if r.name == "streaming.watchdog"] == [
+        "send_offsets_to_transaction (librdkafka #5456) stuck for more than 0 s; exiting so that "
+        "supervisord restarts this process"]
+    assert ("offsets-timeout", Transformer.SEND_OFFSETS_TIMEOUT_S) in producer.log
