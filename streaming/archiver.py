@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import os
 import json
 import logging
 import time
@@ -355,8 +356,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-age", type=float, default=None,
                    help="seconds an object may stay open before it is uploaded "
                         "(default: ARCHIVE_MAX_AGE_SECONDS, 60)")
+    p.add_argument("--nice", type=int, default=10, choices=range(0, 20), metavar="0..19",
+                   help="lower this process's CPU priority by N (default 10): the archive is off the "
+                        "latency path, and its bursts (gzip and upload at each rotation) must not delay "
+                        "ticks on their way to Postgres when the cores are busy")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
+    if args.nice:
+        os.nice(args.nice)
     stop = StopFlag().install()
     metrics = Metrics(COMPONENT)
     start_metrics_server(args.metrics_port)
