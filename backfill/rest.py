@@ -95,6 +95,17 @@ _MARKETS: dict[str, tuple[float, dict]] = {}
 _MARKETS_LOCK = threading.Lock()
 
 
+def _rate_limit_status(exc, http_status: int) -> int | None:
+    """The status to report to the budget when a ccxt call failed: 418 or 429 as answered, 429
+    for ccxt's rate-limit errors without one (ccxt 4.5 raises RateLimitExceeded (429) and
+    DDoSProtection (418) as siblings); None when `exc` is no rate limit."""
+    import ccxt
+
+    if http_status in (418, 429):
+        return http_status
+    return 429 if isinstance(exc, (ccxt.DDoSProtection, ccxt.RateLimitExceeded)) else None
+
+
 def _markets(exchange: str, client=None, budget: ExchangeBudget | None = None) -> dict:
     with _MARKETS_LOCK:
         cached = _MARKETS.get(exchange)
@@ -112,7 +123,8 @@ def _markets(exchange: str, client=None, budget: ExchangeBudget | None = None) -
                 break
             except (ccxt.DDoSProtection, ccxt.RateLimitExceeded) as e:
                 # 429/418 (a storm, a ban): wait as the server says, like every candles request
-                status = 418 if "418" in str(e)[:200] else 429
+                # (ccxt keeps no status here: the message names a 418)
+                status = _rate_limit_status(e, 418 if "418" in str(e)[:200] else 0)
                 waited += budget.observe(status, client.last_response_headers, str(e)[:500])
                 if waited <= MARKETS_MAX_RATE_LIMIT_WAIT_S:
                     continue
@@ -238,10 +250,10 @@ class RestFetcher:
             except ccxt.BaseError as e:
                 last = self._captured[-1] if self._captured else None
                 status = last.status if last else 0
-                # ccxt 4.5 raises RateLimitExceeded (429) and DDoSProtection (418) as siblings
-                if status in (418, 429) or isinstance(e, (ccxt.DDoSProtection, ccxt.RateLimitExceeded)):
-                    pause = self.budget.observe(status if status in (418, 429) else 429,
-                                                last.headers if last else None, last.body if last else str(e))
+                limited = _rate_limit_status(e, status)
+                if limited is not None:
+                    pause = self.budget.observe(limited, last.headers if last else None,
+                                                last.body if last else str(e))
                     waited += pause
                     result.rate_limit_waits += 1
                     if waited > self.max_wait_s:

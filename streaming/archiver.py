@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import base64
 import gzip
-import os
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone

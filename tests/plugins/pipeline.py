@@ -28,6 +28,8 @@ from decimal import Decimal
 
 import pytest
 
+from backfill.validation import ceil_minute, floor_minute
+
 E2E_SIM_ARGS = "--symbols 12 --rate 240 --truth-max 3000000 --seed 7"
 # S3 objects uploaded after 10 s instead of 60: every `settle(archive=True)` waits for the archiver's
 # upload and commit, and the suite settles a dozen times
@@ -134,7 +136,7 @@ class PipelineHandle:
                         "FROM stream_sessions GROUP BY exchange) f")
             first = cur.fetchone()[0]
         if first is not None:
-            begins = first.replace(second=0, microsecond=0) + timedelta(minutes=1)
+            begins = floor_minute(first) + timedelta(minutes=1)
             wait = (begins - datetime.now(UTC)).total_seconds()
             if wait > 0:
                 time.sleep(wait + 0.2)
@@ -265,7 +267,7 @@ class PipelineHandle:
         from backfill import gaps
 
         if since_ms is not None and until_ms is not None:
-            need = max(_floor_minute(until_ms), _floor_minute(since_ms) + timedelta(minutes=1))
+            need = max(floor_minute(_at(until_ms)), floor_minute(_at(since_ms)) + timedelta(minutes=1))
             wait = (need + self.DETECT_SETTLE - datetime.now(UTC)).total_seconds()
             if wait > 0:
                 time.sleep(wait + 0.2)
@@ -273,7 +275,7 @@ class PipelineHandle:
         ours = lambda g: g.symbol is None or g.symbol in listed[g.exchange]  # noqa: E731
         now = datetime.now(UTC)
         detected = gaps.detect_gaps(now=now, settle=self.DETECT_SETTLE, lookback=timedelta(hours=2), listed=listed)
-        self.detected_until = (now - self.DETECT_SETTLE).replace(second=0, microsecond=0)
+        self.detected_until = floor_minute(now - self.DETECT_SETTLE)
         # open gaps, and failed ones (a backfill fails when it cannot keep its REST responses,
         # e.g. while S3 was down): retried as an operator or the next detection run would
         retry = [g for g in gaps.list_gaps(limit=1000) if g.status in ("open", "failed") and ours(g)]
@@ -293,11 +295,11 @@ class PipelineHandle:
         simulator's true candle."""
         from backfill import gaps as gaps_mod
 
-        lo = _floor_minute(since_ms)
+        lo = floor_minute(_at(since_ms))
         detected_until, self.detected_until = self.detected_until, None
         if detected_until is not None:
             # after fill_gaps: every minute the scenario touched that detection could see
-            hi = min(_floor_minute(until_ms - 1) + timedelta(minutes=1), detected_until)
+            hi = min(ceil_minute(_at(until_ms)), detected_until)
             assert hi > lo, f"nothing to check: detection saw up to {detected_until}, window starts {lo}"
         else:
             settled = datetime.now(UTC) - timedelta(seconds=10)
@@ -372,8 +374,8 @@ class PipelineHandle:
         assert dups == 0, f"{dups} raw records are in S3 more than once"
 
 
-def _floor_minute(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC).replace(second=0, microsecond=0)
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def _same_candle(row, true) -> bool:
