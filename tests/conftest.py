@@ -1,5 +1,4 @@
 """Shared fixtures. The stack fixtures start the real local services (see tests/plugins/)."""
-import os
 import sys
 from pathlib import Path
 
@@ -7,7 +6,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SAMPLES = Path(os.environ.get("CRYPTOPIPE_SAMPLES", ROOT.parent / "shared" / "exchange-samples"))
+# the recorded exchange payloads live in the repository (origin, date and license: SOURCES.md there)
+SAMPLES = ROOT / "tests" / "fixtures" / "exchange-samples"
 
 pytest_plugins = ["tests.plugins.stack", "tests.plugins.sim", "tests.plugins.pipeline", "tests.plugins.toxiproxy"]
 

@@ -1,6 +1,6 @@
 """Binance spot market streams: protocol pieces (URLs, SUBSCRIBE, frame classes) and pure parsing.
 
-Frames handled (see ../shared/exchange-samples/, SOURCES.md):
+Frames handled (see tests/fixtures/exchange-samples/, SOURCES.md):
 - `24hrMiniTicker` (`<sym>@miniTicker`, and `!miniTicker@arr`: a bare JSON array in the raw form,
   `{"stream","data":[...]}` in the combined form) -> price `c`, 24h open/high/low/volume.
 - `24hrTicker` (`<sym>@ticker`, retired `!ticker@arr`) -> also bid/ask, last size `Q`, sequence `L`.

@@ -1,7 +1,7 @@
 """KuCoin spot public feed: protocol pieces (bullet-public, URL, subscribe/ping, frame classes)
 and pure parsing.
 
-Frames handled (see ../shared/exchange-samples/, SOURCES.md):
+Frames handled (see tests/fixtures/exchange-samples/, SOURCES.md):
 - `/market/ticker:all` -> symbol in `subject`; `/market/ticker:SYM` (subject `trade.ticker`) ->
   symbol after the colon of the topic. Price `price`, bid/ask `bestBid`/`bestAsk` (+ sizes), last
   size `size`, sequence `sequence` (a digit string), time `time` in ms (the docs' example spells

@@ -1,5 +1,5 @@
 """Micro-benchmarks of the CPU stages between Kafka topics, on recorded frames from
-../shared/exchange-samples/ (so a regression points at its stage):
+tests/fixtures/exchange-samples/ (so a regression points at its stage):
 
 - adapter parse: Binance `!miniTicker@arr` frame (the recorded 2022-10-14 array) and a KuCoin
   `/market/ticker:all` frame (recorded 2026-10-03) -> Ticks;

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from websockets.sync.client import connect as _connect
 
-SAMPLES = Path(__file__).resolve().parents[3].parent / "shared" / "exchange-samples"
+from tests.conftest import SAMPLES
 
 
 def connect(url, **kw):

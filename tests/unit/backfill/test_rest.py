@@ -9,10 +9,10 @@ import pytest
 
 from backfill.ratelimit import ExchangeBudget
 from backfill.rest import FetchError, RestFetcher, parse_candle_rows
+from tests.conftest import SAMPLES
 from tests.unit.backfill.fakes import FakeClock
 
 UTC = timezone.utc
-SAMPLES = Path(__file__).resolve().parents[4] / "shared" / "exchange-samples"
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=3)
 

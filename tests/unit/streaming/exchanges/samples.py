@@ -1,4 +1,4 @@
-"""Recorded frames from ../shared/exchange-samples/, as bytes exactly as sent."""
+"""Recorded frames from tests/fixtures/exchange-samples/, as bytes exactly as sent."""
 from __future__ import annotations
 
 import json
