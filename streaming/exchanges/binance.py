@@ -150,6 +150,16 @@ class Binance(ExchangeAdapter):
             return []
         return [self._element(obj, received_ns)]
 
+    def lost_symbols(self, raw: bytes, rejects: list[Reject]) -> set[str]:
+        out = set()
+        for r in rejects:
+            name = r.element.get("s") if isinstance(r.element, dict) else None
+            canonical = self._symbols.get(name) if isinstance(name, str) else None
+            if canonical is None:
+                return set()          # one element we cannot name: the loss is exchange-wide
+            out.add(canonical)
+        return out
+
     def _parse_array(self, items: list, received_ns: int, rejects: list[Reject] | None) -> list[Tick]:
         ticks = []
         for index, item in enumerate(items):

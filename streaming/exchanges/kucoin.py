@@ -208,6 +208,17 @@ class KuCoin(ExchangeAdapter):
             return [self._match(data, symbol, received_ns)]
         raise BadFrame(f"unsupported_topic:{prefix[:40]}")
 
+    def lost_symbols(self, raw: bytes, rejects: list[Reject]) -> set[str]:
+        # one tick per frame: its symbol is in `subject` (ticker:all) or after the topic's colon
+        try:
+            obj = self.decode(raw)
+            topic = obj.get("topic") if isinstance(obj, dict) else None
+            prefix, _, suffix = topic.partition(":") if isinstance(topic, str) else ("", "", "")
+            name = obj.get("subject") if suffix == "all" else suffix
+            return {self._symbol(name)} if prefix in ("/market/ticker", "/market/match") else set()
+        except (BadFrame, AttributeError):
+            return set()
+
     def _symbol(self, raw: Any) -> str:
         if not isinstance(raw, str) or not raw or len(raw) > _MAX_RAW_SYMBOL:
             raise BadFrame("bad_symbol", f"{raw!r:.60}")

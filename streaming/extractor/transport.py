@@ -20,6 +20,7 @@ import aiohttp
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from common.codec.raw import raw_headers
 from common.topics import raw_topic
 from streaming.exchanges import Binance, KuCoin
 
@@ -100,7 +101,6 @@ class Connection:
         self.ws = None
         self._task: asyncio.Task | None = None
         self._close_reason: str | None = None
-        self._headers_base = [("conn_id", self.conn_id.encode()), ("exchange", self.exchange.encode())]
 
     def _scope_detail(self) -> dict:
         return {} if self.scope is None else {"symbols": list(self.scope)}
@@ -191,7 +191,7 @@ class Connection:
             if isinstance(raw, str):       # defensive: binary frames arrive as bytes already
                 raw = raw.encode()
             record = Record(self.topic, self.conn_id.encode(), raw,
-                            [("received_ns", str(received_ns).encode()), *self._headers_base])
+                            raw_headers(received_ns, self.conn_id, self.exchange), received_ns)
             if not self.sink.offer(record):
                 # spool full: the frame in hand takes the events' reserve (it was received, it is
                 # never dropped); then this connection stops reading and ends, so the uncovered
@@ -308,7 +308,7 @@ class KuCoinConnection(Connection):
         raw = await asyncio.wait_for(self.ws.recv(decode=False), self.options.welcome_timeout_s)
         received_ns = time.time_ns()
         await self.sink.put(Record(self.topic, self.conn_id.encode(), raw,
-                                   [("received_ns", str(received_ns).encode()), *self._headers_base]), self.stop)
+                                   raw_headers(received_ns, self.conn_id, self.exchange), received_ns), self.stop)
         self.frames += 1
         ctl = KuCoin.classify(raw)
         if ctl.kind == "error":
