@@ -36,6 +36,9 @@ class Binance(ExchangeAdapter):
 
     # exchange limits (web-socket-streams.md)
     MAX_STREAMS_PER_CONNECTION = 1024
+    # `!miniTicker@arr` pushes each changed symbol once a second, carrying its last trade: a tick's
+    # exchange time may precede its push by up to a second
+    PUSH_INTERVAL_MS = 1000
     MAX_MESSAGES_PER_SECOND = 5       # incoming control messages per connection
     CONNECTION_LIFETIME_S = 24 * 3600
     MAX_URL_CHARS = 8000              # beyond this, subscribe with SUBSCRIBE messages instead

@@ -62,6 +62,8 @@ class KuCoin(ExchangeAdapter):
     MAX_TOPICS_PER_CONNECTION = 300
     MAX_UPLINK_PER_10S = 100
     TOKEN_LIFETIME_S = 24 * 3600
+    # `/market/ticker:all` pushes a symbol's latest trade at most every 100 ms
+    PUSH_INTERVAL_MS = 100
 
     DEFAULT_TOPICS = ("/market/ticker:all",)
 

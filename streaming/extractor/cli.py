@@ -40,6 +40,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stall-seconds", type=float, default=15.0, help="no data frame for this long = stalled")
     p.add_argument("--rotate-after", type=float, default=23 * 3600.0,
                    help="seconds before a connection is replaced (the exchanges cut them at 24 h)")
+    p.add_argument("--rotation-overlap", type=float, default=5.0,
+                   help="seconds the old connection keeps reading after its replacement delivers")
     p.add_argument("--heartbeat-seconds", type=float, default=5.0)
     p.add_argument("--spool-dir", default=None, help="default $CRYPTOPIPE_HOME/spool/<exchange>")
     p.add_argument("--spool-max-bytes", type=int, default=1 << 30)
@@ -75,6 +77,7 @@ def build(args: argparse.Namespace):
     events = Events(exchange, sink, metrics, topic_suffix=args.topic_suffix)
     events_box.append(events)
     options = Options(stall_s=args.stall_seconds, rotate_after_s=args.rotate_after,
+                      rotation_overlap_s=args.rotation_overlap,
                       binance_ws_url=settings.binance_ws_url, kucoin_rest_url=settings.kucoin_rest_url,
                       topic_suffix=args.topic_suffix)
     extractor = Extractor(exchange, shards, sink, events, metrics, options, heartbeat_s=args.heartbeat_seconds,
