@@ -63,6 +63,8 @@ UTC = timezone.utc
 log = logging.getLogger("backfill.gaps")
 MINUTE = timedelta(minutes=1)
 MERGE_TOLERANCE = timedelta(minutes=3)
+# an open session whose last heartbeat (every 5 s) is older than this is taken as dead
+STALE_AFTER = timedelta(seconds=30)
 STATUSES = ("open", "backfilling", "filled", "failed")
 TRANSITIONS = {
     "open": {"backfilling", "filled", "failed"},
@@ -330,7 +332,7 @@ def _record(cur, exchange: str, symbol: str | None, findings: list[tuple[Interva
 
 
 def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(hours=6),
-                settle: timedelta = timedelta(seconds=60), stale_after: timedelta = timedelta(seconds=30),
+                settle: timedelta = timedelta(seconds=60), stale_after: timedelta = STALE_AFTER,
                 exchanges: Iterable[str] | None = None, listed: dict[str, Iterable[str]] | None = None,
                 conn=None) -> list[Gap]:
     """Find and record gaps (see the module docstring); returns the gaps created or extended.

@@ -391,6 +391,13 @@ class Split:
     bad: list[tuple] = field(default_factory=list)              # (message, reason, exchange or None)
 
 
+def _headers_or_none(message):
+    try:
+        return message.headers()
+    except Exception:  # noqa: BLE001 - e.g. a header name that is not UTF-8: read as no headers
+        return None
+
+
 def dead_letter_row(message, d: DeadLetter) -> tuple:
     """A `dlq_records` row (INSERT_DEAD_LETTERS order). The receive time is the dead letter's
     own when it names one, else the time Kafka took the dead letter (shortly after receipt)."""
@@ -448,8 +455,8 @@ class Loader:
             try:
                 if kind == "events":
                     events.append(decode_event(m.value(), now_ns))
-                elif kind == "dlq":
-                    out.dead_letters.append(dead_letter_row(m, read_dead_letter(m.headers(), exchange)))
+                elif kind == "dlq":      # never dead-lettered again, whatever it holds: recorded as read
+                    out.dead_letters.append(dead_letter_row(m, read_dead_letter(_headers_or_none(m), exchange)))
                 else:
                     line = tick_copy_line(m.value(), exchange)
                     out.lines.append(line)
