@@ -38,7 +38,7 @@ from common.codec.raw import fallback_received_ns, read_raw_meta
 from common.kafka import make_consumer
 from common.models import ns_to_dt
 from common.s3 import make_s3_client, raw_archive_key
-from common.settings import get_settings
+from common.settings import get_settings, metrics_port
 from common.topics import EXCHANGES, exchange_of_topic, raw_topic
 from streaming.consumer_loop import (LagReporter, Metrics, StopFlag, backoff_delays, base_parser, commit_sync,
                                      log_consumer_errors, safe_reason, setup_logging, split_errors,
@@ -365,7 +365,8 @@ class Archiver:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser("cryptopipe archive", "raw topics -> S3 (gzip JSON lines)", DEFAULT_GROUP, DEFAULT_METRICS_PORT)
+    p = base_parser("cryptopipe archive", "raw topics -> S3 (gzip JSON lines)", DEFAULT_GROUP,
+                    metrics_port(DEFAULT_METRICS_PORT))
     p.add_argument("--topic-suffix", default="", help="suffix of every topic name (tests)")
     p.add_argument("--max-records", type=int, default=Rotation.max_records, help="records per object")
     p.add_argument("--max-bytes", type=int, default=Rotation.max_bytes, help="uncompressed bytes per object")

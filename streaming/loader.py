@@ -30,7 +30,7 @@ from common.codec.raw import fallback_received_ns
 from common.db import connect
 from common.kafka import make_consumer, make_producer
 from common.models import PipelineEvent
-from common.settings import get_settings
+from common.settings import get_settings, metrics_port
 from common.symbols import CANONICAL_RE
 from common.topics import EXCHANGES, PIPELINE_EVENTS, dlq_topic, exchange_of_topic, transformed_topic
 from streaming.consumer_loop import (LagReporter, Metrics, advance_past_markers, StopFlag, backoff_delays, base_parser, commit_sync,
@@ -610,7 +610,7 @@ class Loader:
 
 def main(argv: list[str] | None = None) -> int:
     p = base_parser("cryptopipe load", "normalized ticks and pipeline events -> Postgres",
-                    DEFAULT_GROUP, DEFAULT_METRICS_PORT)
+                    DEFAULT_GROUP, metrics_port(DEFAULT_METRICS_PORT))
     p.add_argument("--topic-suffix", default="", help="suffix of every topic name (tests)")
     p.add_argument("--retention-days", type=int, default=None,
                    help="drop ticks partitions older than this (default: settings; 0 disables)")

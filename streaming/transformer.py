@@ -28,6 +28,7 @@ from common.codec import BadRecord
 from common.codec.dlq import dead_letter
 from common.codec.raw import read_raw_meta
 from common.kafka import make_consumer, make_transactional_producer
+from common.settings import metrics_port
 from common.symbols import BinanceSymbolMap
 from common.topics import EXCHANGES, dlq_topic, exchange_of_topic, raw_topic, transformed_topic
 from streaming.consumer_loop import (LagReporter, Metrics, StopFlag, backoff_delays, base_parser,
@@ -368,7 +369,7 @@ def default_transactional_id(group: str, instance: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = base_parser("cryptopipe transform", "raw topics -> normalized ticks (+ DLQ)", DEFAULT_GROUP,
-                    DEFAULT_METRICS_PORT)
+                    metrics_port(DEFAULT_METRICS_PORT))
     p.add_argument("--topic-suffix", default="", help="suffix of every topic name (tests)")
     p.add_argument("--exchanges", default=",".join(EXCHANGES), help="comma-separated exchanges to transform")
     p.add_argument("--instance", default="0",

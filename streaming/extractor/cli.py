@@ -10,7 +10,7 @@ import signal
 import sys
 
 from common.kafka import make_producer
-from common.settings import get_settings, stack_home
+from common.settings import get_settings, metrics_port, stack_home
 
 from .events import Events
 from .metrics import Metrics
@@ -104,7 +104,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    port = DEFAULT_METRICS_PORT[args.exchange] if args.metrics_port is None else args.metrics_port
+    port = metrics_port(DEFAULT_METRICS_PORT[args.exchange]) if args.metrics_port is None else args.metrics_port
     if port:
         from prometheus_client import start_http_server
 
