@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from common import jsoncodec
 
 UTC = timezone.utc
 
@@ -23,9 +22,6 @@ def ns_to_dt(ns: int) -> datetime:
 def dt_to_ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
-
-_DECIMAL_FIELDS = ("price", "bid", "bid_size", "ask", "ask_size", "open_24h", "high_24h",
-                   "low_24h", "volume_24h", "quote_volume_24h", "last_size")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,29 +51,6 @@ class Tick:
     @property
     def received_at(self) -> datetime:
         return ns_to_dt(self.received_ns)
-
-    def to_json(self) -> bytes:
-        """Wire form on the transformed topics: decimals as strings, so nothing is rounded."""
-        out = {"exchange": self.exchange, "symbol": self.symbol, "event_time_ms": self.event_time_ms,
-               "received_ns": self.received_ns, "sequence": self.sequence}
-        for name in _DECIMAL_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = format(value, "f")  # plain notation: never "1.1E-7"
-        return jsoncodec.dumps(out)
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> "Tick":
-        obj = jsoncodec.loads(data)
-        kwargs = {name: _exact_decimal(obj[name], name) for name in _DECIMAL_FIELDS if obj.get(name) is not None}
-        return cls(exchange=obj["exchange"], symbol=obj["symbol"], event_time_ms=int(obj["event_time_ms"]),
-                   received_ns=int(obj["received_ns"]), sequence=int(obj.get("sequence", 0)), **kwargs)
-
-
-def _exact_decimal(value: str, name: str) -> Decimal:
-    if type(value) is not str:   # a JSON number may have gone through float: never a price
-        raise ValueError(f"{name} is not a decimal string")
-    return Decimal(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,9 @@ in the transaction fences zombies after a rebalance (KIP-447), so two instances 
 split the partitions without doubling a tick.
 
 Parsing is the exchange adapters' (`streaming.exchanges`); this module only routes:
-ticks -> `<ex>_transformed_data` (key = canonical symbol, headers = source coordinates),
-anything bad -> `<ex>_dlq` (value = the original bytes, headers = reason and coordinates).
+ticks -> `<ex>_transformed_data` (common.codec.ticks `ticks.v1`: one record per output partition
+per batch, every tick of a symbol in its symbol's partition, in order), anything bad ->
+`<ex>_dlq` (common.codec.dlq: the original bytes, the reason and coordinates in headers).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from common.codec import BadRecord
 from common.codec.dlq import dead_letter
 from common.codec.raw import read_raw_meta
+from common.codec.ticks import encode_batches, partition_for, tick_line
 from common.kafka import make_consumer, make_transactional_producer
 from common.settings import metrics_port
 from common.symbols import BinanceSymbolMap
@@ -138,8 +140,12 @@ class Router:
     """Turns one raw record into produce calls (ticks or one DLQ record). No transactions here."""
 
     def __init__(self, producer, metrics: Metrics, metadata: SymbolMetadata | None, topic_suffix: str = "",
-                 adapters: dict | None = None):
+                 adapters: dict | None = None, partitions=None):
         self.producer = producer
+        # partitions of an output topic (the symbol's partition: common.codec.ticks.partition_for)
+        self.partitions = partitions or self._topic_partitions
+        self._partition_counts: dict[str, int] = {}
+        self._lines: dict[tuple[str, int], list[str]] = {}      # (topic, partition) -> this batch's ticks
         self.metrics = metrics
         self.metadata = metadata
         self.suffix = topic_suffix
@@ -150,6 +156,26 @@ class Router:
         self.ticks_out = 0
         self.dlq_out = 0
         self.dlq_pending: dict[str, int] = {}   # DLQ records per topic since the last report
+
+    def _topic_partitions(self, topic: str) -> int:
+        n = self._partition_counts.get(topic)
+        if n is None:
+            meta = self.producer.list_topics(topic, timeout=30).topics.get(topic)
+            if meta is None or meta.error is not None or not meta.partitions:
+                raise KafkaException(f"output topic {topic} is not available: {getattr(meta, 'error', None)}")
+            n = self._partition_counts[topic] = len(meta.partitions)
+        return n
+
+    def flush(self) -> None:
+        """Produce the batch's ticks: one record per output partition (ticks.v1), in order."""
+        for (topic, partition), lines in self._lines.items():
+            for value, headers in encode_batches(lines):
+                self._produce(topic, value, None, headers, partition)
+        self._lines.clear()
+
+    def discard(self) -> None:
+        """Forget the batch's ticks not yet produced (the transaction was aborted)."""
+        self._lines.clear()
 
     def report_dead_letters(self) -> None:
         """Count the batch's DLQ records in the metrics (once per topic, not once per record)."""
@@ -185,8 +211,8 @@ class Router:
         try:
             received_ns = read_raw_meta(message.headers()).received_ns
             ticks, rejects = self._parse(exchange, raw, received_ns)
-            # encode everything before producing anything: a record is routed all or nothing
-            encoded = [(tick.symbol.encode(), tick.to_json()) for tick in ticks]
+            # encode everything before keeping anything: a record is routed all or nothing
+            encoded = [(tick.symbol, tick_line(tick)) for tick in ticks]
         except BadRecord as exc:
             self._dead_letter(message, exchange, received_ns, exc.reason)
             return
@@ -204,10 +230,9 @@ class Router:
             return
         if encoded:
             out = self.out_topics[exchange]
-            source = [("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
-                      ("source_offset", str(offset).encode())]
-            for key, value in encoded:
-                self._produce(out, value, key, source)
+            n = self.partitions(out)
+            for symbol, line in encoded:
+                self._lines.setdefault((out, partition_for(symbol, n)), []).append(line)
             self.ticks_out += len(encoded)
         if rejects:
             first = rejects[0]
@@ -247,10 +272,11 @@ class Router:
         self.dlq_pending[topic] = self.dlq_pending.get(topic, 0) + 1
         self.dlq_out += 1
 
-    def _produce(self, topic: str, value, key, headers) -> None:
+    def _produce(self, topic: str, value, key, headers, partition: int | None = None) -> None:
+        kwargs = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers)
+                self.producer.produce(topic, value=value, key=key, headers=headers, **kwargs)
                 return
             except BufferError:  # the producer queue is bounded: wait for deliveries
                 self.producer.poll(0.05)
@@ -296,6 +322,7 @@ class Transformer:
             for m in messages:
                 self.router.route(m)
                 per_topic[m.topic()] = per_topic.get(m.topic(), 0) + 1
+            self.router.flush()
             with Watchdog(self.SEND_OFFSETS_STUCK_AFTER_S, "send_offsets_to_transaction (librdkafka #5456)",
                           exit=self.watchdog_exit):
                 self.producer.send_offsets_to_transaction(next_offsets(messages),
@@ -307,6 +334,7 @@ class Transformer:
             if isinstance(err, KafkaError) and err.txn_requires_abort():
                 log.warning("transaction aborted (%s); re-reading the batch", err)
                 self.producer.abort_transaction()
+                self.router.discard()
                 self._rewind(messages)
                 self.router.ticks_out, self.router.dlq_out = ticks_before, dlq_before
                 self.router.dlq_pending.clear()      # aborted: those DLQ records do not exist

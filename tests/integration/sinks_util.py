@@ -51,6 +51,28 @@ def produce(topic: str, records: list[tuple], partition: int | None = None) -> N
     assert p.flush(60) == 0
 
 
+def ticks_records(ticks, partitions: int = 3, per_record: int = 100) -> list[tuple[int, bytes, list]]:
+    """[(partition, value, headers)]: ticks.v1 records as the transformer writes them (every tick
+    of a symbol in its partition, in order; at most `per_record` ticks a record)."""
+    from common.codec.ticks import encode_batches, partition_for, tick_line
+
+    by_partition: dict[int, list[str]] = {}
+    for t in ticks:
+        by_partition.setdefault(partition_for(t.symbol, partitions), []).append(tick_line(t))
+    out = []
+    for partition, lines in sorted(by_partition.items()):
+        for i in range(0, len(lines), per_record):
+            out += [(partition, v, h) for v, h in encode_batches(lines[i:i + per_record])]
+    return out
+
+
+def produce_ticks(topic: str, ticks, partitions: int = 3, per_record: int = 100) -> None:
+    p = make_producer()
+    for partition, value, headers in ticks_records(ticks, partitions, per_record):
+        p.produce(topic, value=value, headers=headers, partition=partition)
+    assert p.flush(60) == 0
+
+
 def read_topic(topic: str, timeout: float = 60.0) -> list:
     """Every committed record of `topic` (read_committed, up to the end at call time)."""
     c = Consumer({"bootstrap.servers": get_settings().kafka_bootstrap_servers, "group.id": "reader-" + uuid.uuid4().hex,
