@@ -91,18 +91,13 @@ class Loader:
                 p.offset = stored[(p.topic, p.partition)]
         if stored:
             log.info("resuming %d partition(s) at the offsets stored with their rows", len(stored))
-        if consumer.rebalance_protocol() == "COOPERATIVE":
-            consumer.incremental_assign(partitions)
-        else:
-            consumer.assign(partitions)
+        # our consumers use the cooperative protocol (common.kafka.make_consumer): assign what was
+        # added, at the offsets set above
+        consumer.incremental_assign(partitions)
 
     def on_revoke(self, consumer, partitions) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
-        if consumer.rebalance_protocol() == "COOPERATIVE":
-            consumer.incremental_unassign(partitions)
-        else:
-            consumer.unassign()
 
     # -- one batch
     def process(self, messages: list) -> BatchResult | None:

@@ -47,7 +47,7 @@ def drained(group, topic, partitions=3):
     return lambda: committed(group, topic, partitions) == ends
 
 
-def loader_args(suffix, group, batch=300):
+def loader_args(suffix, group, batch=40):
     return ["load", "--group", group, "--topic-suffix", suffix, "--metrics-port", "0",
             "--batch-size", str(batch), "--retention-days", "0", "--log-level", "WARNING"]
 
@@ -55,7 +55,7 @@ def loader_args(suffix, group, batch=300):
 def test_kill9_mid_batch_then_restart_loses_and_doubles_nothing(pg, topics, tmp_path):
     symbols = [f"K{uuid.uuid4().hex[:7].upper()}-USDT" for _ in range(N_SYMBOLS)]
     topic = "binance_transformed_data" + topics
-    produce_ticks(topic, symbol_ticks(symbols))
+    produce_ticks(topic, symbol_ticks(symbols), per_record=10)     # ~1,370 records: many batches
     group = "loader-test-" + uuid.uuid4().hex
     first = Daemon(loader_args(topics, group), tmp_path, "load-1").start()
     wait_until(lambda: db_count(pg, symbols)[0] >= 2000, 120, "the first batches", [first])
@@ -75,7 +75,7 @@ def test_two_instances_split_partitions_and_store_everything_once(pg, topics, tm
     topic = "binance_transformed_data" + topics
     group = "loader-test-" + uuid.uuid4().hex
     conn_id = "conn-" + uuid.uuid4().hex
-    produce_ticks(topic, symbol_ticks(symbols))
+    produce_ticks(topic, symbol_ticks(symbols), per_record=10)     # ~1,370 records: many batches
     produce("pipeline_events" + topics, [
         (b"binance", PipelineEvent("binance", conn_id, "connected", BASE_MS * 10**6).to_json(), None),
         (b"binance", PipelineEvent("binance", conn_id, "disconnected", BASE_MS * 10**6 + 9, reason="x").to_json(), None)])

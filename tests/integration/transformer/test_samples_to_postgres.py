@@ -8,6 +8,8 @@ from decimal import Decimal
 
 import pytest
 
+from common.codec.ticks import decode_ticks
+
 from tests.conftest import SAMPLES
 from tests.integration.sinks_util import (stop_leftover_daemons, topics,  # noqa: F401
                                           Daemon, committed, end_offsets,
@@ -80,13 +82,12 @@ def test_recorded_frames_become_the_expected_rows(pg, topics, tmp_path):
                and committed("t" + group, "kucoin_raw_data" + topics, 3) == end_offsets("kucoin_raw_data" + topics, 3),
                120, "the transformer", [transformer])
     out_by = {ex: read_topic(f"{ex}_transformed_data{topics}") for ex in ("binance", "kucoin")}
-    out = out_by["binance"] + out_by["kucoin"]
+    out = [t for ex, records in out_by.items() for m in records for t in decode_ticks(m.value(), m.headers(), ex)]
     with pg.cursor() as cur:     # a previous run stored these keys: make room so the rows are ours
-        for m in out:
-            t = json.loads(m.value())
+        for t in out:
             cur.execute("DELETE FROM ticks WHERE exchange = %s AND symbol = %s AND sequence = %s "
                         "AND event_time = timestamptz 'epoch' + %s * interval '1 millisecond'",
-                        (t["exchange"], t["symbol"], t["sequence"], t["event_time_ms"]))
+                        (t.exchange, t.symbol, t.sequence, t.event_time_ms))
     loader = Daemon(["load", "--group", "l" + group, "--topic-suffix", topics, "--retention-days", "0",
                      "--metrics-port", "0"], tmp_path, "l").start()
     # the loader's commits pass the transaction markers too: committed reaches the end offsets
