@@ -27,7 +27,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from common.codec import BadRecord
 from common.codec.dlq import dead_letter
-from common.codec.raw import read_raw_meta
+from common.codec.raw import frames_of, read_raw_meta
 from common.codec.ticks import encode_batches, partition_for, tick_line
 from common.kafka import make_consumer, make_transactional_producer
 from common.settings import metrics_port
@@ -201,32 +201,43 @@ class Router:
         return get_adapter(exchange, symbol_map=symbol_map)
 
     def route(self, message) -> None:
-        """Ticks of one raw record to the transformed topic, or the record to the DLQ with its
-        reason. Whatever goes wrong with one record (headers, frame, an adapter bug, encoding)
-        dead-letters that record and nothing else: no record can stop the transformer."""
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
-        exchange = exchange_of_topic(topic)
-        raw = message.value() or b""
-        received_ns = None
+        """Ticks of one raw record (one frame, or a batch of frames: common.codec.raw) into the
+        batch's ticks, or to the DLQ with its reason. Whatever goes wrong with one frame (headers,
+        bytes, an adapter bug, encoding) dead-letters that frame and nothing else: no record can
+        stop the transformer."""
+        exchange = exchange_of_topic(message.topic())
         try:
-            received_ns = read_raw_meta(message.headers()).received_ns
-            ticks, rejects = self._parse(exchange, raw, received_ns)
-            # encode everything before keeping anything: a record is routed all or nothing
-            encoded = [(tick.symbol, tick_line(tick)) for tick in ticks]
+            meta = read_raw_meta(message.headers())
+            frames = frames_of(message.value(), meta)
         except BadRecord as exc:
-            self._dead_letter(message, exchange, received_ns, exc.reason)
+            self._dead_letter(message, message.value(), exchange, None, exc.reason)
             return
+        except Exception as exc:  # noqa: BLE001 - unreadable headers (e.g. a name that is not UTF-8)
+            self._dead_letter(message, message.value(), exchange, None, f"unreadable_record: {type(exc).__name__}")
+            return
+        batched = meta.count > 1
+        for index, frame in enumerate(frames):
+            self._route_frame(message, exchange, frame, meta.received_ns, index if batched else None)
+
+    def _route_frame(self, message, exchange: str, raw: bytes, received_ns: int, index: int | None) -> None:
+        try:
+            ticks, rejects = self._parse(exchange, raw, received_ns)
+            # encode everything before keeping anything: a frame is routed all or nothing
+            encoded = [(tick.symbol, tick_line(tick)) for tick in ticks]
         except UnknownSymbol as exc:
             # not a market we know (yet): no tracked symbol's data was lost, so no gap either
-            self._dead_letter(message, exchange, received_ns, f"{exc.reason}: {exc.symbol!r:.60}", known=True)
+            self._dead_letter(message, raw, exchange, received_ns, f"{exc.reason}: {exc.symbol!r:.60}", index=index,
+                              known=True)
             return
         except BadFrame as exc:
-            self._dead_letter(message, exchange, received_ns, str(exc),
+            self._dead_letter(message, raw, exchange, received_ns, str(exc), index=index,
                               symbols=self._lost_symbols(exchange, raw, []))
             return
         except Exception as exc:  # an adapter bug must not stop the stream: the frame is kept in the DLQ
-            log.exception("adapter %s failed on %s[%d]@%d", exchange, topic, partition, offset)
-            self._dead_letter(message, exchange, received_ns, f"adapter_error: {type(exc).__name__}: {exc}")
+            log.exception("adapter %s failed on %s[%d]@%d", exchange, message.topic(), message.partition(),
+                          message.offset())
+            self._dead_letter(message, raw, exchange, received_ns, f"adapter_error: {type(exc).__name__}: {exc}",
+                              index=index)
             return
         if encoded:
             out = self.out_topics[exchange]
@@ -239,8 +250,8 @@ class Router:
             indexes = ",".join(str(r.index) for r in rejects[:MAX_REJECT_INDEXES])
             reason = f"{len(rejects)} bad element(s); first [{first.index}] {first.error}"
             unknown_only = all(isinstance(r.error, UnknownSymbol) for r in rejects)
-            self._dead_letter(message, exchange, received_ns, reason, [("rejected_elements", indexes.encode())],
-                              symbols=self._lost_symbols(exchange, raw, rejects), known=unknown_only)
+            self._dead_letter(message, raw, exchange, received_ns, reason, [("rejected_elements", indexes.encode())],
+                              index=index, symbols=self._lost_symbols(exchange, raw, rejects), known=unknown_only)
 
     def _parse(self, exchange: str, raw: bytes, received_ns: int):
         rejects: list = []
@@ -258,14 +269,18 @@ class Router:
         except Exception:  # noqa: BLE001 - best effort: unknown symbols make the loss exchange-wide
             return []
 
-    def _dead_letter(self, message, exchange: str, received_ns: int | None, reason: str,
-                     extra: list | None = None, symbols: list[str] | None = None, known: bool = False) -> None:
-        """`symbols`: whose data the record held (empty: unknown, i.e. exchange-wide); `known`:
-        the record held only data of markets we do not track (no gap to repair)."""
+    def _dead_letter(self, message, value: bytes | None, exchange: str, received_ns: int | None, reason: str,
+                     extra: list | None = None, *, index: int | None = None, symbols: list[str] | None = None,
+                     known: bool = False) -> None:
+        """`value`: the bad bytes (the frame; the whole record when its headers fail); `index`: the
+        frame's place in a batch; `symbols`: whose data it held (empty: unknown, i.e.
+        exchange-wide); `known`: it held only data of markets we do not track (no gap to repair)."""
         value, headers = dead_letter(
-            message.value(), reason=reason, stage="transform", exchange=exchange,
+            value, reason=reason, stage="transform", exchange=exchange,
             source_topic=message.topic(), source_partition=message.partition(), source_offset=message.offset(),
             received_ns=received_ns, symbols=symbols, untracked=known)
+        if index is not None:
+            headers.append(("frame_index", str(index).encode()))
         headers += extra or []
         topic = self.dlq_topics[exchange]
         self._produce(topic, value, message.key(), headers)

@@ -49,6 +49,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--backoff-base", type=float, default=0.5)
     p.add_argument("--backoff-cap", type=float, default=30.0)
     p.add_argument("--linger-ms", type=int, default=5, help="producer linger (the micro-batching bound)")
+    p.add_argument("--batch-linger-ms", type=float, default=20.0,
+                   help="kucoin: how long a frame may wait to share a raw record with the next ones "
+                        "(0 = one record per frame)")
     p.add_argument("--topic-suffix", default="",
                    help="write to <exchange>_raw_data<SUFFIX> and pipeline_events<SUFFIX> (private runs)")
     p.add_argument("--label", default="", help="tag in connection ids (letters, digits, dashes)")
@@ -77,7 +80,7 @@ def build(args: argparse.Namespace):
     events = Events(exchange, sink, metrics, topic_suffix=args.topic_suffix)
     events_box.append(events)
     options = Options(stall_s=args.stall_seconds, rotate_after_s=args.rotate_after,
-                      rotation_overlap_s=args.rotation_overlap,
+                      rotation_overlap_s=args.rotation_overlap, batch_linger_s=args.batch_linger_ms / 1000,
                       binance_ws_url=settings.binance_ws_url, kucoin_rest_url=settings.kucoin_rest_url,
                       topic_suffix=args.topic_suffix)
     extractor = Extractor(exchange, shards, sink, events, metrics, options, heartbeat_s=args.heartbeat_seconds,

@@ -24,6 +24,7 @@ from common.codec.raw import raw_headers
 from common.topics import raw_topic
 from streaming.exchanges import Binance, KuCoin
 
+from .batcher import Batcher
 from .spool import Record
 
 log = logging.getLogger("cryptopipe.extractor")
@@ -62,6 +63,8 @@ class Options:
     # a rotation keeps the old socket reading this long after the new one delivers: longer than the
     # coverage margin (push interval + LATENCY_ALLOWANCE_MS), so the two sessions' coverage overlaps
     rotation_overlap_s: float = 5.0
+    # how long a frame may wait in the Batcher (exchanges that send a frame per tick); 0 = no batching
+    batch_linger_s: float = 0.02
     extra: dict = field(default_factory=dict)
 
 
@@ -87,6 +90,7 @@ class RateLimiter:
 class Connection:
     exchange = ""
     push_interval_ms = 0
+    batch_frames = False           # one raw record per batch of frames (exchanges with a frame per tick)
 
     def __init__(self, spec: list[str], sink, events, metrics, options: Options, stop: asyncio.Event,
                  label: str = "", scope: list[str] | None = None):
@@ -108,6 +112,8 @@ class Connection:
         self.last_data_mono = 0.0
         self.last_data_ns = 0          # receive time of the newest data frame
         self.rotating_out = False      # its replacement delivers: it reads on until it closes
+        self.batcher = (Batcher(self.topic, self.conn_id, self.exchange, linger_s=options.batch_linger_s)
+                        if self.batch_frames and options.batch_linger_s > 0 else None)
         self._frame_ns = 0
         self.frames = 0
         self.ws = None
@@ -176,6 +182,8 @@ class Connection:
             if self.ws is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.ws.close(), 2.0)
+            with contextlib.suppress(Exception):
+                await self._flush_batch()
             if self.connected.is_set():
                 self.events.emit("disconnected", self.conn_id, reason, frames=self.frames,
                                  seconds=round(time.monotonic() - self.opened_mono, 3),
@@ -190,36 +198,51 @@ class Connection:
         return self.ws
 
     async def _read_loop(self) -> None:
-        """Every frame -> sink, in order; stall when no data frame for `stall_s`."""
-        ws, stall_s = self.ws, self.options.stall_s
+        """Every frame -> sink, in order (one record per frame, or per batch: `batch_frames`);
+        stall when no data frame for `stall_s`."""
+        ws, stall_s, batcher = self.ws, self.options.stall_s, self.batcher
         while True:
             remaining = self.last_data_mono + stall_s - time.monotonic()
             if remaining <= 0:
                 self.events.emit("stalled", self.conn_id, "no_data", seconds=stall_s)
                 raise ConnectionEnded("stall")
+            due = batcher.due_in() if batcher is not None else None
             try:
                 # asyncio.timeout, not wait_for: wait_for wraps every recv in a new Task (measured
                 # ~3x the cost per frame, and KuCoin sends one frame per tick)
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(remaining if due is None else min(remaining, due)):
                     raw = await ws.recv(decode=False)
             except TimeoutError:
+                if due is not None and batcher.due_in() == 0.0:
+                    await self._hand_over(batcher.take())
                 continue
             received_ns = time.time_ns()
             if isinstance(raw, str):       # defensive: binary frames arrive as bytes already
                 raw = raw.encode()
-            record = Record(self.topic, self.conn_id.encode(), raw,
-                            raw_headers(received_ns, self.conn_id, self.exchange), received_ns)
-            if not self.sink.offer(record):
-                # spool full: the frame in hand takes the events' reserve (it was received, it is
-                # never dropped); then this connection stops reading and ends, so the uncovered
-                # span is on record (`disconnected` reason spool_full) and gets backfilled
-                if not self.sink.offer(record, event=True) and not await self.sink.put(record, self.stop):
-                    raise ConnectionEnded("shutdown")
-                self.frames += 1
-                raise ConnectionEnded("spool_full")
+            if batcher is None:
+                await self._hand_over(Record(self.topic, self.conn_id.encode(), raw,
+                                             raw_headers(received_ns, self.conn_id, self.exchange), received_ns))
+            else:
+                for record in batcher.add(raw, received_ns):
+                    await self._hand_over(record)
             self.frames += 1
             self._frame_ns = received_ns
             self._on_frame(raw, received_ns)
+
+    async def _hand_over(self, record: Record) -> None:
+        if not self.sink.offer(record):
+            # spool full: the record in hand takes the events' reserve (it was received, it is
+            # never dropped); then this connection stops reading and ends, so the uncovered
+            # span is on record (`disconnected` reason spool_full) and gets backfilled
+            if not self.sink.offer(record, event=True) and not await self.sink.put(record, self.stop):
+                raise ConnectionEnded("shutdown")
+            raise ConnectionEnded("spool_full")
+
+    async def _flush_batch(self) -> None:
+        """Hand over what the batcher holds (the connection is ending): never dropped."""
+        record = self.batcher.take() if self.batcher is not None else None
+        if record is not None and not self.sink.offer(record) and not self.sink.offer(record, event=True):
+            await self.sink.put(record, self.stop)
 
     def coverage_detail(self, clean_end_ns: int | None = None) -> dict:
         """`covered_until_ns` for this connection's events: every tick the exchange sent on it
@@ -234,9 +257,13 @@ class Connection:
         (the session then covers nothing it can vouch for)."""
         if not self.last_data_ns:
             return {}
+        safe_through = self.sink.safe_through_ns()
+        held = self.batcher.pending_since_ns if self.batcher is not None else None
+        if held is not None:
+            safe_through = min(safe_through, held - 1)       # read, still in the Batcher's memory
         if clean_end_ns is not None:
-            return {"covered_until_ns": min(clean_end_ns, self.sink.safe_through_ns())}
-        safe = min(self.last_data_ns, self.sink.safe_through_ns())
+            return {"covered_until_ns": min(clean_end_ns, safe_through)}
+        safe = min(self.last_data_ns, safe_through)
         return {"covered_until_ns": safe - (self.push_interval_ms + LATENCY_ALLOWANCE_MS) * 1_000_000}
 
     # exchange specifics
@@ -317,6 +344,7 @@ class KuCoinConnection(Connection):
 
     exchange = "kucoin"
     push_interval_ms = KuCoin.PUSH_INTERVAL_MS
+    batch_frames = True            # one frame per tick
 
     def __init__(self, *args, http: aiohttp.ClientSession | None = None, **kwargs):
         super().__init__(*args, **kwargs)

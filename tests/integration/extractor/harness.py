@@ -21,6 +21,7 @@ from confluent_kafka import TopicPartition
 
 from common.kafka import make_consumer
 from common.codec.events import decode_event
+from common.codec.raw import frames_of, read_raw_meta
 from common.models import PipelineEvent
 from common.topics import PIPELINE_EVENTS, raw_topic
 from streaming.exchanges import BadFrame, get_adapter
@@ -156,22 +157,24 @@ def compare_with_truth(exchange: str, sim, records: list, tail_ms: int | None = 
     ours: dict[bytes, list[tuple]] = defaultdict(list)
     last_frame: dict[bytes, int] = {}
     check = Check()
-    for _, _, key, value, headers in sorted(records, key=lambda r: (r[2], r[0], r[1])):
+    for _, _, key, record_value, headers in sorted(records, key=lambda r: (r[2], r[0], r[1])):
         assert headers["exchange"] == exchange.encode() and headers["conn_id"] == key
         assert int(headers["received_ns"]) > 1_600_000_000 * 10 ** 9
-        rejects: list = []
-        try:
-            ticks = adapter.parse_ticks(value, int(headers["received_ns"]), rejects)
-        except BadFrame:
-            check.bad_frames += 1
-            continue
-        assert not rejects, rejects[:3]
-        if ticks:
-            last_frame[key] = len(ticks)
-        if exchange == "kucoin":
-            ours[key] += [tick_key(t.symbol, t.event_time_ms, t.price, t.sequence) for t in ticks]
-        else:
-            ours[key] += [tick_key(t.symbol, t.event_time_ms, t.price, 0) for t in ticks]
+        meta = read_raw_meta(list(headers.items()))
+        for value in frames_of(record_value, meta):          # a KuCoin record holds a batch of frames
+            rejects: list = []
+            try:
+                ticks = adapter.parse_ticks(value, meta.received_ns, rejects)
+            except BadFrame:
+                check.bad_frames += 1
+                continue
+            assert not rejects, rejects[:3]
+            if ticks:
+                last_frame[key] = len(ticks)
+            if exchange == "kucoin":
+                ours[key] += [tick_key(t.symbol, t.event_time_ms, t.price, t.sequence) for t in ticks]
+            else:
+                ours[key] += [tick_key(t.symbol, t.event_time_ms, t.price, 0) for t in ticks]
     truth: dict[str, list[tuple]] = defaultdict(list)
     sent_at: dict[str, list[int]] = defaultdict(list)
     for row in sim.control.truth(exchange, by="sent"):

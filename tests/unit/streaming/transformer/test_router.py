@@ -290,3 +290,32 @@ def test_an_unknown_binance_symbol_is_dead_lettered_as_untracked():
     router.route(msg("binance_raw_data", binance_mini("NEWCOINUSDT")))
     (_t, _v, _k, headers), = router.producer.by_topic("binance_dlq")
     assert dict(headers)["untracked"] == b"true"
+
+
+# --- KuCoin raw batches: frames byte for byte, one per line; a bad frame is dead-lettered alone
+
+def test_a_raw_batch_splits_into_its_frames_and_a_bad_frame_is_dead_lettered_alone():
+    from common.codec.raw import raw_batch
+
+    router, _ = make_router()
+    good = [kucoin(sequence=str(i), time=1790983975701 + i) for i in range(3)]
+    bad = kucoin(price="NaN")
+    value, headers = raw_batch([good[0], bad, good[1], good[2]], RECEIVED_NS, RECEIVED_NS + 9, "conn-1", "kucoin")
+    router.route(FakeMessage("kucoin_raw_data", 0, 12, value, b"conn-1", headers))
+    assert [t.sequence for t, _, _ in ticks_of(router, "kucoin_transformed_data")] == [0, 1, 2]
+    (_t, dlq_value, _k, dlq_headers), = router.producer.by_topic("kucoin_dlq")
+    h = dict(dlq_headers)
+    assert dlq_value == bad and h["frame_index"] == b"1" and h["source_offset"] == b"12"
+    assert h["received_ns"] == str(RECEIVED_NS).encode()
+
+
+def test_a_raw_batch_whose_count_does_not_hold_is_dead_lettered_whole():
+    from common.codec.raw import raw_batch
+
+    router, _ = make_router()
+    value, headers = raw_batch([kucoin(), kucoin()], RECEIVED_NS, RECEIVED_NS, "conn-1", "kucoin")
+    headers = [(k, b"3" if k == "count" else v) for k, v in headers]
+    router.route(FakeMessage("kucoin_raw_data", 0, 4, value, b"conn-1", headers))
+    (_t, dlq_value, _k, dlq_headers), = router.producer.by_topic("kucoin_dlq")
+    assert dlq_value == value and dict(dlq_headers)["reason"] == b"frame_count_mismatch:2!=3"
+    assert ticks_of(router, "kucoin_transformed_data") == []
