@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from common.codec.raw import frames_of, read_raw_meta
+
 from streaming.exchanges import Binance
 from streaming.extractor.events import Events
 from streaming.extractor.metrics import Metrics
@@ -56,10 +58,11 @@ def _connected_scopes(records):
 
 
 def _by_conn(records, topic):
+    """{conn: [frame, ...]}: the frames of each connection's raw records (batches split)."""
     out = {}
     for r in records:
         if r.topic == topic:
-            out.setdefault(r.key, []).append(r.value)
+            out.setdefault(r.key, []).extend(frames_of(r.value, read_raw_meta(r.headers)))
     return out
 
 
