@@ -12,7 +12,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 
 from sim.control import SimControlError
-from tests.integration.sim.helpers import connect, get, kucoin_connect, read_until
+from tests.integration.sim.helpers import connect, get, kucoin_connect, read_until, together
 
 OPTS = ["--symbols", "40", "--rate", "60", "--seed", "3"]
 
@@ -67,21 +67,18 @@ def kucoin_feed(s, topics):
 
 def drain(sockets, seconds):
     """Every parsed frame of each socket, read concurrently for `seconds`."""
-    got = [[] for _ in sockets]
+    until = time.monotonic() + seconds
 
-    def reader(ws, out, until=time.monotonic() + seconds):
+    def reader(ws):
+        out = []
         while time.monotonic() < until:
             try:
                 out.append(json.loads(ws.recv(timeout=max(0.01, until - time.monotonic()))))
             except TimeoutError:
                 break
+        return out
 
-    threads = [threading.Thread(target=reader, args=(ws, out)) for ws, out in zip(sockets, got)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return got
+    return together(*(lambda ws=ws: reader(ws) for ws in sockets))
 
 
 def by_seq(frames, symbol=None):

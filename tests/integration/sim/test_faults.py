@@ -8,7 +8,8 @@ import aiohttp
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.integration.sim.helpers import connect, get, kucoin_connect, post, read_until, sample_json, shape
+from tests.integration.sim.helpers import (connect, get, kucoin_connect, post, read_until, sample_json, shape,
+                                          together)
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +289,7 @@ def overlap_check(fsim, exchange, old_frames, new_frames, ticks_of, grace_s, per
     """The old socket kept sending for grace_s after its notice (data every period_s), the truth
     holds what each socket was sent (and the client got it), and from the new socket's first tick to
     the old one's last, both sockets carried the same ticks."""
-    kept_ms = (grace_s - period_s - 0.1) * 1000
+    kept_ms = (grace_s - 2 * period_s - 0.1) * 1000     # the last push may come just after the close
     conns = fsim.control.connections(exchange)
     old = max((c for c in conns if c["notice"]), key=lambda c: c["notice_ms"])
     new = max((c for c in conns if c["opened_ms"] > old["notice_ms"]), key=lambda c: c["opened_ms"])
@@ -310,56 +311,49 @@ def overlap_check(fsim, exchange, old_frames, new_frames, ticks_of, grace_s, per
     return old, new
 
 
+def rotation(old, call, is_notice, open_new, read_s):
+    """Run the control call in the background, read `old` up to its notice, open the next socket as
+    a rotating client does, then read both until the old one is closed."""
+    answer: list = []
+    caller = threading.Thread(target=lambda: answer.append(call()))
+    caller.start()
+    _, before = read_until(old, is_notice, 5)
+    new = open_new()
+    got_old, got_new = together(lambda: read_frames(old, read_s), lambda: read_frames(new, read_s))
+    caller.join()
+    new.close()
+    return answer[0], before, got_old, got_new
+
+
 def test_binance_server_shutdown_keeps_the_old_socket_sending_through_the_grace(fsim):
     old = connect(arr_url(fsim))
     first = json.loads(old.recv(timeout=5))
-    answer: list = []
-    caller = threading.Thread(target=lambda: answer.append(fsim.control.server_shutdown(grace_s=2.0)))
-    caller.start()
-    _, before = read_until(old, lambda m: isinstance(m, dict) and m.get("e") == "serverShutdown", 5)
-    new = connect(arr_url(fsim))                       # the client rotates as soon as it is told
-    got: dict = {}
-    readers = [threading.Thread(target=lambda n=n, ws=ws: got.__setitem__(n, read_frames(ws, 6)))
-               for n, ws in (("old", old), ("new", new))]
-    for r in readers:
-        r.start()
-    for r in readers:
-        r.join()
-    caller.join()
-    new.close()
-    assert answer[0]["closed"] >= 1
+    answer, before, got_old, got_new = rotation(
+        old, lambda: fsim.control.server_shutdown(grace_s=3.0),
+        lambda m: isinstance(m, dict) and m.get("e") == "serverShutdown", lambda: connect(arr_url(fsim)), 6)
+    assert answer["closed"] >= 1
     symbols = {x["exchange_symbol"]: x["symbol"] for x in fsim.control.symbols("binance")}
 
     def ticks_of(frames):
         return [(symbols[e["s"]], e["E"], e["c"]) for f in frames if isinstance(f, list) for e in f]
 
-    assert sum(isinstance(f, list) for _, f in got["old"]) >= 2       # a push each second of the 2 s
-    conn_old, _ = overlap_check(fsim, "binance", [first] + before + [f for _, f in got["old"]],
-                                [f for _, f in got["new"]], ticks_of, 2.0, 1.0)
+    assert sum(isinstance(f, list) for _, f in got_old) >= 2          # a push each second of the 3 s
+    conn_old, _ = overlap_check(fsim, "binance", [first] + before + [f for _, f in got_old],
+                                [f for _, f in got_new], ticks_of, 3.0, 1.0)
     assert conn_old["close_reason"] == "server_shutdown" and conn_old["notice"] == "serverShutdown"
 
 
 def test_kucoin_token_expiry_keeps_the_old_socket_sending_through_the_grace(fsim):
     old, _ = kucoin_ticker_all(fsim, "old")
-    caller = threading.Thread(target=lambda: fsim.control.expire_tokens(grace_s=1.5))
-    caller.start()
-    _, before = read_until(old, lambda m: m.get("type") == "error", 5)
-    new, _ = kucoin_ticker_all(fsim, "new")            # a fresh bullet, a new token
-    got: dict = {}
-    readers = [threading.Thread(target=lambda n=n, ws=ws: got.__setitem__(n, read_frames(ws, 5)))
-               for n, ws in (("old", old), ("new", new))]
-    for r in readers:
-        r.start()
-    for r in readers:
-        r.join()
-    caller.join()
-    new.close()
+    _, before, got_old, got_new = rotation(
+        old, lambda: fsim.control.expire_tokens(grace_s=1.5), lambda m: m.get("type") == "error",
+        lambda: kucoin_ticker_all(fsim, "new")[0], 5)           # a fresh bullet, a new token
 
     def ticks_of(frames):
         return [(f["subject"], f["data"]["time"], f["data"]["price"]) for f in frames if f.get("type") == "message"]
 
-    data_after = [at for at, f in got["old"] if f.get("type") == "message"]
+    data_after = [at for at, f in got_old if f.get("type") == "message"]
     assert data_after and data_after[-1] - data_after[0] >= 700
-    conn_old, _ = overlap_check(fsim, "kucoin", before + [f for _, f in got["old"]],
-                                [f for _, f in got["new"]], ticks_of, 1.5, 0.1)
+    conn_old, _ = overlap_check(fsim, "kucoin", before + [f for _, f in got_old],
+                                [f for _, f in got_new], ticks_of, 1.5, 0.1)
     assert conn_old["close_reason"] == "token_expired" and conn_old["notice"] == "token_expired"

@@ -12,11 +12,10 @@ carries the trade's size, so its ticker candle has a volume too.)
 Takes one to two minutes: it waits for the next whole minute and watches it to its end.
 """
 import json
-import threading
 import time
 from decimal import Decimal
 
-from tests.integration.sim.helpers import connect, get, kucoin_connect, read_until
+from tests.integration.sim.helpers import connect, get, kucoin_connect, read_until, together
 
 WINDOW_MS = {"binance": 1000, "kucoin": 100}     # the real exchanges' ticker push periods
 SETTLE_MS = 2500                                 # the last window's push, after the minute's end
@@ -65,13 +64,9 @@ def test_ticker_candles_differ_from_rest_candles_exactly_when_trades_fell_betwee
     start, end = minute * 60_000, (minute + 1) * 60_000
     frames = {"binance": [], "kucoin": []}
     pings = iter(range(10 ** 6))
-    readers = [threading.Thread(target=read_all, args=(b, end + SETTLE_MS, frames["binance"])),
-               threading.Thread(target=read_all, args=(k, end + SETTLE_MS, frames["kucoin"],
-                                                       lambda: json.dumps({"id": f"p{next(pings)}", "type": "ping"})))]
-    for r in readers:
-        r.start()
-    for r in readers:
-        r.join()
+    together(lambda: read_all(b, end + SETTLE_MS, frames["binance"]),
+             lambda: read_all(k, end + SETTLE_MS, frames["kucoin"],
+                              lambda: json.dumps({"id": f"p{next(pings)}", "type": "ping"})))
     b.close()
     k.close()
 
