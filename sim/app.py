@@ -237,10 +237,12 @@ class Sim:
             raise ValueError("bps must be a number") from None
         bps = int(exact) if exact.denominator == 1 else float(exact)
         seconds = body.get("seconds")
-        if seconds is not None and (isinstance(seconds, bool) or not float(seconds) > 0):
-            raise ValueError("seconds must be > 0 (or omitted: until cleared)")
+        if seconds is not None:
+            if isinstance(seconds, bool) or not 0 < float(seconds) <= 10 ** 8:
+                raise ValueError("seconds must be > 0 and at most 1e8 (or omitted: until cleared)")
+            seconds = float(seconds)
         start = now_ms()
-        end = start + int(float(seconds) * 1000) if seconds is not None else None
+        end = start + int(seconds * 1000) if seconds is not None else None
         running = [p for p in m.drifts.get(s.idx, []) if p[1] is None or p[1] > start]
         periods = m.set_drift(s, bps, start, end)
         for p in running:

@@ -2,7 +2,8 @@
 
 Every trade of (exchange, symbol, minute) comes from one `random.Random` seeded by
 (seed, exchange, symbol index, minute): the websocket engine and the REST candles read the same
-function, so the candle REST serves for a minute is exactly the aggregate of the ticks sent.
+function, so the candle REST serves for a minute is exactly the aggregate of the trades the trade
+feeds sent (the tickers send a sample of them: sim/engine.py).
 
 Prices and quantities are integers in units of 10**-decimals (exact); they become strings only
 when a frame or response is written. Trade times within one (symbol, minute) are distinct

@@ -233,6 +233,7 @@ def test_drift_for_seconds_and_clear_end_it(twins):
     {"exchange": "kucoin", "symbol": "BTC-USDT", "bps": -10_000},  # prices would reach zero
     {"exchange": "kucoin", "symbol": "BTC-USDT", "bps": "lots"},
     {"exchange": "kucoin", "symbol": "BTC-USDT", "bps": 10, "seconds": -1},
+    {"exchange": "kucoin", "symbol": "BTC-USDT", "bps": 10, "seconds": "inf"},
 ])
 def test_drift_refuses_bad_requests(twins, body):
     a, _ = twins
