@@ -2,9 +2,12 @@
 
 Control API (JSON; POST bodies are JSON objects, GET parameters are query strings):
   GET  /_sim/status                      config, counters, connections, active faults
-  GET  /_sim/connections?exchange=&since_ms=&until_ms=
+  GET  /_sim/connections?exchange=&since_ms=&until_ms=&client_conn_id=
                                          every websocket connection: conn_id, exchange, path,
-                                         opened_ms, closed_ms, close_reason, subscriptions
+                                         opened_ms, closed_ms, close_reason, subscriptions,
+                                         ticks_sent, ticks_flagged, data_frames_sent, frames_sent,
+                                         first_sent_ms, last_sent_ms, notice, notice_ms,
+                                         client_conn_id (X-Cryptopipe-Conn-Id), connect_id (KuCoin)
   GET  /_sim/truth?exchange=&since_ms=&until_ms=&symbol=&conn_id=&kind=&by=event|sent&limit=
                                          ticks written: {"columns": [...], "rows": [[...]], "oldest_ms",
                                          "dropped"}; window on event time (default) or send time
@@ -13,6 +16,7 @@ Control API (JSON; POST bodies are JSON objects, GET parameters are query string
                                          row for a minute without trades, Binance a zero-volume one)
   GET  /_sim/symbols?exchange=           symbols with status and expected trades per minute
   GET  /_sim/faults                      the fault log (what was injected and each corrupted frame)
+  GET  /_sim/drifts?exchange=            every price drift period (running and ended)
   POST /_sim/faults/drop                 {"exchange"?, "mode": "abort"|"close"}
   POST /_sim/faults/outage               {"seconds", "exchange"?, "rest": false}  (drops, then refuses)
   POST /_sim/faults/stall                {"seconds", "exchange"?}
@@ -21,8 +25,9 @@ Control API (JSON; POST bodies are JSON objects, GET parameters are query string
   POST /_sim/faults/oversized            {"bytes": 2097152, "exchange"?}
   POST /_sim/faults/rest                 {"status": 429|418|503, "seconds"? | "count"?, "exchange"?}
   POST /_sim/faults/slow_rest            {"delay_s", "seconds", "exchange"?}
-  POST /_sim/faults/expire_tokens        {"close": true}                          (KuCoin)
+  POST /_sim/faults/expire_tokens        {"close": true, "grace_s": 0.05}         (KuCoin)
   POST /_sim/faults/server_shutdown      {"grace_s": 1.0}                         (Binance)
+  POST /_sim/faults/drift                {"exchange", "symbol": "BASE-QUOTE", "bps", "seconds"?}
   POST /_sim/faults/clear                {}
 """
 from __future__ import annotations
@@ -31,6 +36,7 @@ import asyncio
 import json
 import logging
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 from aiohttp import web
 
@@ -93,6 +99,7 @@ class Sim:
         r.add_get("/_sim/candles", self.h_candles)
         r.add_get("/_sim/symbols", self.h_symbols)
         r.add_get("/_sim/faults", self.h_fault_log)
+        r.add_get("/_sim/drifts", self.h_drifts)
         r.add_post("/_sim/faults/{name}", self.h_fault)
         return app
 
@@ -121,7 +128,8 @@ class Sim:
     async def h_status(self, request):
         return self._ok({
             "config": asdict(self.cfg), "port": self.port, "env": self.env(), "now_ms": now_ms(),
-            "started_ms": self.engine.start_ms, "ticks_out": self.ticks_out, "rest_calls": self.rest_calls,
+            "started_ms": self.engine.start_ms, "ticks_out": self.ticks_out, "trades_in": self.engine.trades_in,
+            "rest_calls": self.rest_calls,
             "overload_skips": self.engine.overload_skips, "overload_skipped_ms": self.engine.skipped_ms,
             "effective_rate": {ex: m.effective_rate for ex, m in self.markets.items()},
             "truth": {"records": len(self.truth.records), "dropped": self.truth.dropped,
@@ -129,12 +137,12 @@ class Sim:
                       "oldest_ms": self.truth.oldest_ms()},
             "connections": [{"conn_id": c.id, "exchange": c.exchange, "subscriptions": list(c.names),
                              "queued_batches": c.queue.qsize()} for c in self.conns.values()],
-            "faults": self.faults.status()})
+            "faults": self.faults.status(), "drifts": self.drift_list(active_only=True)})
 
     async def h_connections(self, request):
         q = request.query
         return self._ok({"connections": self.truth.connections_list(
-            q.get("exchange"), self._qint(q, "since_ms"), self._qint(q, "until_ms"))})
+            q.get("exchange"), self._qint(q, "since_ms"), self._qint(q, "until_ms"), q.get("client_conn_id"))})
 
     async def h_truth(self, request):
         q = request.query
@@ -193,6 +201,64 @@ class Sim:
     async def h_fault_log(self, request):
         return self._ok({"log": self.faults.log})
 
+    async def h_drifts(self, request):
+        ex = request.query.get("exchange")
+        if ex and ex not in EXCHANGES:
+            return self._ok({"error": "exchange must be binance or kucoin"}, 400)
+        return self._ok({"drifts": [d for d in self.drift_list() if not ex or d["exchange"] == ex]})
+
+    def drift_list(self, active_only: bool = False) -> list[dict]:
+        now = now_ms()
+        out = []
+        for ex, m in self.markets.items():
+            for idx, periods in m.drifts.items():
+                for start, end, bps, _, _ in periods:
+                    active = start <= now and (end is None or now < end)
+                    if active or not active_only:
+                        out.append({"exchange": ex, "symbol": m.symbols[idx].canonical, "bps": bps,
+                                    "start_ms": start, "end_ms": end, "active": active})
+        return out
+
+    def set_drift(self, body: dict) -> dict:
+        """One exchange's price of one symbol moves by `bps` basis points from now on."""
+        ex = body.get("exchange")
+        if ex not in EXCHANGES:
+            raise ValueError("exchange must be binance or kucoin (a drift moves one exchange away from the other)")
+        m = self.markets[ex]
+        s = m.by_canonical.get(body.get("symbol") or "")
+        if s is None:
+            raise ValueError("unknown symbol (use canonical BASE-QUOTE)")
+        bps = body.get("bps")
+        try:
+            if isinstance(bps, bool) or not isinstance(bps, (int, float, str)):
+                raise ValueError
+            exact = Fraction(str(bps))
+        except ValueError:
+            raise ValueError("bps must be a number") from None
+        bps = int(exact) if exact.denominator == 1 else float(exact)
+        seconds = body.get("seconds")
+        if seconds is not None:
+            if isinstance(seconds, bool) or not 0 < float(seconds) <= 10 ** 8:
+                raise ValueError("seconds must be > 0 and at most 1e8 (or omitted: until cleared)")
+            seconds = float(seconds)
+        start = now_ms()
+        end = start + int(seconds * 1000) if seconds is not None else None
+        running = [p for p in m.drifts.get(s.idx, []) if p[1] is None or p[1] > start]
+        periods = m.set_drift(s, bps, start, end)
+        for p in running:
+            self.faults.note("drift_end", exchange=ex, symbol=s.canonical, bps=p[2], start_ms=p[0], end_ms=p[1])
+        if periods and periods[-1][0] == start:
+            self.faults.note("drift", exchange=ex, symbol=s.canonical, bps=bps, seconds=seconds,
+                             start_ms=start, end_ms=end)
+        return {"exchange": ex, "symbol": s.canonical, "bps": bps, "start_ms": start, "end_ms": end,
+                "ended": len(running)}
+
+    def end_drifts(self) -> None:
+        at = now_ms()
+        for ex, m in self.markets.items():
+            for s, (start, end, bps, _, _) in m.end_drifts(at):
+                self.faults.note("drift_end", exchange=ex, symbol=s.canonical, bps=bps, start_ms=start, end_ms=end)
+
     async def h_fault(self, request):
         name = request.match_info["name"]
         try:
@@ -225,16 +291,21 @@ class Sim:
             elif name == "slow_rest":
                 f.set_slow_rest(float(body["delay_s"]), float(body["seconds"]), ex)
             elif name == "expire_tokens":
-                n = await self.kucoin.expire_tokens(bool(body.get("close", True)))
-                f.note("expire_tokens", closed=n)
+                grace = grace_seconds(body.get("grace_s", 0.05))
+                close = bool(body.get("close", True))
+                f.note("expire_tokens", close=close, grace_s=grace)
+                n = await self.kucoin.expire_tokens(close, grace)
                 return self._ok({"ok": True, "closed": n})
             elif name == "server_shutdown":
-                grace = float(body.get("grace_s", 1.0))
+                grace = grace_seconds(body.get("grace_s", 1.0))
                 f.note("server_shutdown", grace_s=grace)
                 n = await self.binance.server_shutdown(grace)
                 return self._ok({"ok": True, "closed": n})
+            elif name == "drift":
+                return self._ok({"ok": True, "drift": self.set_drift(body)})
             elif name == "clear":
                 f.clear()
+                self.end_drifts()
             else:
                 return self._ok({"error": f"unknown fault {name[:40]!r}"}, 404)
         except (KeyError, TypeError, ValueError) as e:
@@ -248,6 +319,16 @@ class Sim:
         return len(conns)
 
 
+MAX_GRACE_S = 20.0    # the control call waits out the grace; SimControl's HTTP timeout is 30 s
+
+
+def grace_seconds(value) -> float:
+    g = float(value)
+    if not 0 <= g <= MAX_GRACE_S:
+        raise ValueError(f"grace_s must be between 0 and {MAX_GRACE_S:g}")
+    return g
+
+
 async def serve(cfg: Config, ready=None) -> None:
     """Run until cancelled. `ready(sim)` is called once the port is bound."""
     sim = Sim(cfg)
@@ -258,9 +339,9 @@ async def serve(cfg: Config, ready=None) -> None:
     sim.port = site._server.sockets[0].getsockname()[1]
     engine = asyncio.get_running_loop().create_task(sim.engine.run())
     flusher = asyncio.get_running_loop().create_task(sim.truth.run_flusher()) if cfg.truth_dir else None
-    if ready:
-        ready(sim)
     try:
+        if ready:
+            ready(sim)
         await asyncio.Event().wait()
     finally:
         engine.cancel()

@@ -3,8 +3,9 @@
 Starts `python -m sim` as a subprocess pinned to one CPU (the clients run in this process, on
 another CPU when there is one), connects KuCoin `/market/ticker:all` and/or Binance
 `!miniTicker@arr` + per-symbol `@trade` clients, lets it warm up, then measures over a window:
-ticks written by the simulator (its own counter), ticks received by the clients, and the
-simulator's CPU use. Prints a table and one JSON line (`BENCH {...}`); asserts nothing.
+ticks written by the simulator (its own counter), trades it took from the market (KuCoin's
+ticker pushes only each symbol's last trade per 100 ms, so ticks < trades), ticks received by the
+clients, and the simulator's CPU use. Prints a table and one JSON line (`BENCH {...}`); asserts nothing.
 """
 from __future__ import annotations
 
@@ -114,6 +115,8 @@ def run(args) -> dict:
                 "scenario": args.scenario, "symbols": args.symbols, "rate_per_exchange": args.rate,
                 "clients": args.clients, "seconds": round(dt, 2),
                 "sim_ticks_out_per_s": round((s1["ticks_out"] - s0["ticks_out"]) / dt),
+                # trades the engine took from the market: tickers sample them, trade feeds carry all
+                "sim_trades_per_s": round((sum(s1["trades_in"].values()) - sum(s0["trades_in"].values())) / dt),
                 "client_ticks_per_s": round(sum(c1[k] - c0[k] for k in c1) / dt),
                 "client_ticks_per_s_by_exchange": {k: round((c1[k] - c0[k]) / dt) for k in c1},
                 "sim_cpu_cores": round(cpu, 2),

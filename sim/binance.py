@@ -333,7 +333,7 @@ class Binance:
         if name not in conn.names:
             conn.names.append(name)
         self.sim.engine.add(conn, key)
-        self.sim.truth.connections[conn.id]["subscriptions"] = list(conn.names)
+        conn.rec["subscriptions"] = list(conn.names)
 
     async def _keeper(self, conn: Conn) -> None:
         """Server pings, pong timeout and the maximum connection lifetime."""
@@ -411,18 +411,19 @@ class Binance:
             elif name in conn.names:
                 conn.names.remove(name)
                 self.sim.engine.discard(conn, key)
-        self.sim.truth.connections[conn.id]["subscriptions"] = list(conn.names)
+        conn.rec["subscriptions"] = list(conn.names)
         conn.reply({"result": None, "id": rid})
 
     async def server_shutdown(self, grace_s: float) -> int:
+        """Announce serverShutdown on every open socket; each keeps sending data for `grace_s`
+        (the overlap in which a client opens its next socket), then all are closed together."""
         conns = [c for c in list(self.sim.conns.values()) if c.exchange == "binance"]
         ev = now_ms()
+        payload = f'{{"e":"serverShutdown","E":{ev}}}'
         for c in conns:
-            payload = f'{{"e":"serverShutdown","E":{ev}}}'
-            c.push([(c.wrap("!serverShutdown", payload) if c.combined else payload, None)])
+            c.notice("serverShutdown", c.wrap("!serverShutdown", payload))
         await asyncio.sleep(grace_s)
-        for c in conns:
-            await c.close("server_shutdown", code=1001)
+        await asyncio.gather(*(c.close("server_shutdown", code=1001) for c in conns))
         return len(conns)
 
 

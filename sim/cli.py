@@ -52,7 +52,25 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--duplicate-ratio", type=float, default=0, help="send this share of data frames twice")
     g.add_argument("--rest-429", type=float, default=0, help="answer all REST with 429 for N s")
     g.add_argument("--slow-rest", type=float, default=0, help="delay every REST answer by N s")
+    g.add_argument("--drift", action="append", default=[], metavar="EXCHANGE:SYMBOL:BPS[:SECONDS]",
+                   help="move one exchange's price of SYMBOL (BASE-QUOTE) by BPS basis points from the start "
+                        "(for SECONDS, or until cleared); repeatable")
     return p
+
+
+class StartError(ValueError):
+    """A start-up option the simulator could not apply (it exits with status 2)."""
+
+
+def parse_drift(text: str) -> dict:
+    """'kucoin:BTC-USDT:80[:30]' -> the body of POST /_sim/faults/drift."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or not all(parts):
+        raise ValueError(f"--drift {text!r:.60}: expected EXCHANGE:SYMBOL:BPS[:SECONDS]")
+    body = {"exchange": parts[0], "symbol": parts[1], "bps": parts[2]}
+    if len(parts) == 4:
+        body["seconds"] = parts[3]
+    return body
 
 
 def config_from(args) -> Config:
@@ -73,8 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate < 0:
         print("cryptopipe sim: --rate must be >= 0", file=sys.stderr)
         return 2
+    try:
+        drifts = [parse_drift(d) for d in args.drift]
+    except ValueError as e:
+        print(f"cryptopipe sim: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s sim %(levelname)s %(message)s")
+    failed: list[str] = []
 
     def ready(sim) -> None:
         f = sim.faults
@@ -92,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             f.set_rest(429, seconds=args.rest_429)
         if args.slow_rest:
             f.set_slow_rest(args.slow_rest, 10 ** 9)
+        for text, body in zip(args.drift, drifts):
+            try:
+                sim.set_drift(body)
+            except ValueError as e:
+                raise StartError(f"--drift {text!r:.60}: {e}") from None
         from sim.startup import format_start_lines
 
         sys.stdout.write(format_start_lines(dict(sim.env(), SIM_PORT=str(sim.port))))
@@ -106,8 +135,13 @@ def main(argv: list[str] | None = None) -> int:
             await task
         except asyncio.CancelledError:
             pass
+        except StartError as e:
+            failed.append(str(e))
 
     asyncio.run(run())
+    if failed:
+        print(f"cryptopipe sim: {failed[0]}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -2,6 +2,7 @@
 
     ctl = SimControl(env["SIM_CONTROL_URL"])
     ctl.drop(exchange="binance")            # abort every Binance websocket
+    ctl.drift("kucoin", "BTC-USDT", bps=80)  # KuCoin's BTC-USDT 0.8 % above Binance's from now on
     ticks = ctl.truth(exchange="kucoin", since_ms=t0, until_ms=t1)   # list of dicts
     candles = ctl.candles("binance", "BTC-USDT", start_ms, end_ms)
 
@@ -51,10 +52,16 @@ class SimControl:
         return self._call("GET", "/status")
 
     def connections(self, exchange: str | None = None, since_ms: int | None = None,
-                    until_ms: int | None = None) -> list[dict]:
-        """Connections that were up at some time in [since_ms, until_ms] (all when not given)."""
+                    until_ms: int | None = None, client_conn_id: str | None = None) -> list[dict]:
+        """Connections that were up at some time in [since_ms, until_ms] (all when not given), each
+        with conn_id, exchange, path, opened_ms, closed_ms, close_reason, subscriptions and what was
+        written on it: ticks_sent (its truth records, flagged ones included), ticks_flagged
+        ({'dup'|'malformed'|'truncated': n}), data_frames_sent, frames_sent (every text frame),
+        first_sent_ms, last_sent_ms, notice/notice_ms ('serverShutdown' | 'token_expired' announced),
+        client_conn_id (the client's X-Cryptopipe-Conn-Id header) and, on KuCoin, connect_id."""
         return self._call("GET", "/connections", {"exchange": exchange, "since_ms": since_ms,
-                                                  "until_ms": until_ms})["connections"]
+                                                  "until_ms": until_ms,
+                                                  "client_conn_id": client_conn_id})["connections"]
 
     def truth(self, exchange: str | None = None, since_ms: int | None = None, until_ms: int | None = None,
               symbol: str | None = None, conn_id: str | None = None, kind: str | None = None,
@@ -82,6 +89,10 @@ class SimControl:
 
     def fault_log(self) -> list[dict]:
         return self._call("GET", "/faults")["log"]
+
+    def drifts(self, exchange: str | None = None) -> list[dict]:
+        """Every drift period: exchange, symbol, bps, start_ms, end_ms (None: until cleared), active."""
+        return self._call("GET", "/drifts", {"exchange": exchange})["drifts"]
 
     # --- faults
     def drop(self, exchange: str | None = None, mode: str = "abort") -> dict:
@@ -118,13 +129,23 @@ class SimControl:
     def slow_rest(self, delay_s: float, seconds: float, exchange: str | None = None) -> dict:
         return self._fault("slow_rest", delay_s=delay_s, seconds=seconds, exchange=exchange)
 
-    def expire_tokens(self, close: bool = True) -> dict:
-        """KuCoin: every token issued so far becomes invalid; open sockets get error 401 and close."""
-        return self._fault("expire_tokens", close=close)
+    def expire_tokens(self, close: bool = True, grace_s: float = 0.05) -> dict:
+        """KuCoin: every token issued so far becomes invalid; open sockets get error 401, keep
+        sending data for `grace_s` (<= 20), then close. Returns once they are closed."""
+        return self._fault("expire_tokens", close=close, grace_s=grace_s)
 
     def server_shutdown(self, grace_s: float = 1.0) -> dict:
-        """Binance: send serverShutdown on every socket, close them `grace_s` later."""
+        """Binance: send serverShutdown on every socket; each keeps sending data for `grace_s`
+        (<= 20) and is then closed. Returns once they are closed."""
         return self._fault("server_shutdown", grace_s=grace_s)
+
+    def drift(self, exchange: str, symbol: str, bps: float, seconds: float | None = None) -> dict:
+        """From now on, `exchange`'s prices of `symbol` (BASE-QUOTE) are (1 + bps/10000) times the
+        market's, in its websocket ticks, REST candles and truth candles alike (each symbol's
+        decimals kept, prices stay positive); the other exchange is untouched. For `seconds`, or
+        until clear_faults() or drift(bps=0). Answer: {"drift": {exchange, symbol, bps, start_ms,
+        end_ms, ended}}."""
+        return self._fault("drift", exchange=exchange, symbol=symbol, bps=bps, seconds=seconds)
 
     def clear_faults(self) -> dict:
         return self._fault("clear")

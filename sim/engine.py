@@ -4,6 +4,12 @@ Each step (default every 50 ms) takes, per exchange, every trade with t < now fr
 market, in time order, and builds only the frames somebody subscribed to. Frames go to each
 connection's bounded queue as one batch per step; the connection's writer applies frame faults,
 writes, and records the ticks it wrote in the ground truth.
+
+Like the real exchanges, the ticker streams sample the trades: Binance's miniTicker carries the
+last trade of each second, KuCoin's ticker the last trade of each 100 ms window (trades between
+two pushes are never pushed). The windows are fixed slices of trade time, so which trades are
+pushed is a function of the market alone; a window is pushed by the first step at or after its
+end, whether or not a later trade came. Trade feeds, candles and REST see every trade.
 """
 from __future__ import annotations
 
@@ -19,9 +25,21 @@ from sim.truth import now_ms
 
 log = logging.getLogger("sim")
 
+KUCOIN_TICKER_MS = 100      # KuCoin pushes a symbol's ticker at most once per window (docs: "100ms")
 MAX_LAG_MS = 2000            # default: an engine this far behind real time drops its backlog (Engine.step)
 QUEUE_BATCHES = 400          # per connection: ~20 s of steps; a client slower than that is dropped
 _ids = itertools.count(1)
+
+
+CONN_ID_HEADER = "X-Cryptopipe-Conn-Id"   # a client's own id for the socket (real exchanges ignore it)
+
+
+def client_conn_id(request) -> str | None:
+    """The client's `X-Cryptopipe-Conn-Id` upgrade header, if any: printable ASCII, at most 128 chars."""
+    v = request.headers.get(CONN_ID_HEADER) if request is not None else None
+    if not v:
+        return None
+    return "".join(ch for ch in v[:128] if " " <= ch <= "~") or None
 
 
 def b8(value: int, decimals: int) -> str:
@@ -34,7 +52,7 @@ def b8(value: int, decimals: int) -> str:
 class Conn:
     """One websocket connection (either exchange)."""
 
-    def __init__(self, sim, exchange: str, ws, request, path: str):
+    def __init__(self, sim, exchange: str, ws, request, path: str, extra: dict | None = None):
         self.sim = sim
         self.exchange = exchange
         self.ws = ws
@@ -50,7 +68,9 @@ class Conn:
         self.last_pong = time.monotonic()
         self.last_ping = time.monotonic()
         self.token = None
-        sim.truth.open_conn(self.id, exchange, path)
+        # the per-socket accounting (sim.truth.Truth.open_conn): counters the writer keeps current
+        self.rec = sim.truth.open_conn(self.id, exchange, path,
+                                       client_conn_id=client_conn_id(request), **(extra or {}))
 
     def wrap(self, stream: str, payload: str) -> str:
         return f'{{"stream":"{stream}","data":{payload}}}' if self.combined else payload
@@ -70,7 +90,7 @@ class Conn:
             self.push([(json.dumps(obj, separators=(",", ":")), None)])
 
     async def writer(self) -> None:
-        sim, ex, ws = self.sim, self.exchange, self.ws
+        sim, ex, ws, rec = self.sim, self.exchange, self.ws, self.rec
         faults, truth = sim.faults, sim.truth
         corrupt, dup = faults.corrupt[ex], faults.duplicate[ex]
         try:
@@ -87,6 +107,7 @@ class Conn:
                         if big:
                             faults.oversized_pending[ex] = 0
                             pad = "x" * max(0, big - 40)
+                            rec["frames_sent"] += 1
                             await ws.send_str(f'{{"e":"oversized","pad":"{pad}"}}')
                             faults.note("oversized_sent", conn_id=self.id, bytes=len(pad) + 23)
                         flag = ""
@@ -97,23 +118,41 @@ class Conn:
                         # recorded before the write: a frame can reach the client even when the
                         # socket dies during the write, so the truth must already hold it (a recorded
                         # frame that never arrived can only be the last one before a close)
-                        if ticks:
-                            truth.add_many(self.id, ticks, sent, flag)
-                        sim.ticks_out += len(ticks)
+                        self._account(ticks, sent, flag)
                         await ws.send_str(frame)
                         if (dup.count or dup.ratio) and dup.hit(faults.rng):
-                            if ticks:
-                                truth.add_many(self.id, ticks, sent, "dup")
-                            sim.ticks_out += len(ticks)
+                            self._account(ticks, sent, "dup")
                             faults.note("duplicate_sent", conn_id=self.id, frame=frame[:200])
                             await ws.send_str(frame)
                     else:
+                        rec["frames_sent"] += 1
                         await ws.send_str(frame)
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             pass
         finally:
             if not self.closed:
                 await self.close("write_failed")
+
+    def _account(self, ticks, sent: int, flag: str) -> None:
+        """Record one data frame about to be written: in the truth and in this socket's counters."""
+        rec = self.rec
+        n = len(ticks)
+        if n:
+            self.sim.truth.add_many(self.id, ticks, sent, flag)
+            if rec["first_sent_ms"] is None:
+                rec["first_sent_ms"] = sent
+            rec["last_sent_ms"] = sent
+            if flag:
+                rec["ticks_flagged"][flag] = rec["ticks_flagged"].get(flag, 0) + n
+        self.sim.ticks_out += n
+        rec["ticks_sent"] += n
+        rec["data_frames_sent"] += 1
+        rec["frames_sent"] += 1
+
+    def notice(self, kind: str, frame: str) -> None:
+        """Queue an announcement (serverShutdown, token expiry) and note when it was sent."""
+        self.rec["notice"], self.rec["notice_ms"] = kind, now_ms()
+        self.push([(frame, None)])
 
     async def close(self, reason: str, code: int = 1000, abort: bool = False, message: str = "") -> None:
         if self.closed:
@@ -165,6 +204,10 @@ class Engine:
         self.changed: dict[int, None] = {}
         self.bkline: dict[int, list] = {}
         self.kcandle: dict[int, list] = {}
+        # KuCoin ticker throttle: the latest trade per symbol in the current window, not yet pushed
+        self.kwin = start // KUCOIN_TICKER_MS
+        self.kpending: dict[int, tuple] = {}
+        self.trades_in = {ex: 0 for ex in markets}     # trades taken from the market (bench figure)
 
     @staticmethod
     def _seek(m: Market, start: int) -> list:
@@ -173,7 +216,7 @@ class Engine:
         for s in m.symbols:
             if m.lam_per_minute[s.idx] <= 0:
                 continue
-            gen = m.trade_stream(s, start // MINUTE_MS, skip_before=start)
+            gen = m.trade_stream(s, start // MINUTE_MS, skip_before=start, raw=True)
             heads.append([next(gen), gen, s.idx])
         return heads
 
@@ -236,6 +279,8 @@ class Engine:
             self.changed = {}
             self.bkline.clear()
             self.kcandle.clear()
+            self.kwin = now // KUCOIN_TICKER_MS
+            self.kpending = {}
             self.last_ms = now
             return
         for ex, heads in self.streams.items():
@@ -249,23 +294,35 @@ class Engine:
                 if ex == "binance":
                     self.bsec = self.last_ms // 1000
                     self.changed = {}
+                else:
+                    self.kwin = self.last_ms // KUCOIN_TICKER_MS
+                    self.kpending = {}
             trades = []
+            drifts = self.markets[ex].drifts
             for h in heads:
                 head = h[0]
                 if head[0] >= now:
                     continue
                 gen, idx = h[1], h[2]
-                while head[0] < now:
-                    trades.append((head[0], idx, head[1], head[2], head[3]))
-                    head = next(gen)
+                if drifts and idx in drifts:
+                    # the market's streams are raw: a drift set after a trade was drawn still applies
+                    drifted = self.markets[ex].drifted_price
+                    while head[0] < now:
+                        trades.append((head[0], idx, drifted(idx, head[0], head[1]), head[2], head[3]))
+                        head = next(gen)
+                else:
+                    while head[0] < now:
+                        trades.append((head[0], idx, head[1], head[2], head[3]))
+                        head = next(gen)
                 h[0] = head
             trades.sort()
+            self.trades_in[ex] += len(trades)
             stalled = self.sim.faults.stalled(ex)
             out: dict[Conn, list] = defaultdict(list)
             if ex == "binance":
                 self._binance(trades, now, out)
             else:
-                self._kucoin(trades, out)
+                self._kucoin(trades, now, out)
             if stalled:
                 continue
             for conn, batch in out.items():
@@ -405,39 +462,28 @@ class Engine:
                 f'"q":"{b8(qv, pd + qd)}","V":"{b8(tbv, qd)}","Q":"{b8(tbq, pd + qd)}","B":"0"}}}}')
 
     # --- KuCoin
-    def _kucoin(self, trades, out) -> None:
+    def _kucoin(self, trades, now: int, out) -> None:
         subs = self.subs["kucoin"]
         allc = self.all_subs["kucoin"]
         tsubs, msubs, csubs = subs["ticker"], subs["match"], subs["candles"]
-        if not (allc or tsubs or msubs or csubs):
-            return
         canon = self.canon
-        for t, idx, p, q, seq in trades:
-            sym = canon[idx]
-            pd, qd = self.pdec[idx], self.qdec[idx]
-            pstr = fmt_plain(p, pd)
-            maker = is_buyer_maker(seq)
+        pending = self.kpending
+        win = self.kwin
+        for tr in trades:
+            t, idx, p, q, seq = tr
             if allc or idx in tsubs:
-                qstr = fmt_plain(q, qd)
-                if maker:   # the trade hit the bid: bid = price, ask one tick above
-                    bid_s, ask_s = pstr, fmt_plain(p + 1, pd)
-                else:
-                    bid_s, ask_s = fmt_plain(p - 1, pd), pstr
-                data = (f'{{"bestAsk":"{ask_s}","bestAskSize":"{fmt_plain(q + seq % 89, qd)}",'
-                        f'"bestBid":"{bid_s}","bestBidSize":"{qstr}",'
-                        f'"price":"{pstr}","sequence":"{seq}","size":"{qstr}","time":{t}}}')
-                if allc:
-                    frame = f'{{"topic":"/market/ticker:all","type":"message","subject":"{sym}","data":{data}}}'
-                    item = (frame, (("kucoin", "ticker:all", sym, t, seq, pstr),))
-                    for c in allc:
-                        out[c].append(item)
-                if idx in tsubs:
-                    frame = f'{{"topic":"/market/ticker:{sym}","type":"message","subject":"trade.ticker","data":{data}}}'
-                    item = (frame, (("kucoin", "ticker", sym, t, seq, pstr),))
-                    for c in tsubs[idx]:
-                        out[c].append(item)
+                w = t // KUCOIN_TICKER_MS
+                if w != win:
+                    if pending:
+                        self._kticker_flush(out)
+                        pending = self.kpending
+                    win = self.kwin = w
+                pending[idx] = tr          # only the window's latest trade is pushed
             if idx in msubs:
-                side = "sell" if maker else "buy"
+                sym = canon[idx]
+                pd, qd = self.pdec[idx], self.qdec[idx]
+                pstr = fmt_plain(p, pd)
+                side = "sell" if is_buyer_maker(seq) else "buy"
                 frame = (f'{{"topic":"/market/match:{sym}","type":"message","subject":"trade.l3match","data":'
                          f'{{"makerOrderId":"{seq * 7919 % 16 ** 24:024x}","price":"{pstr}","sequence":"{seq}",'
                          f'"side":"{side}","size":"{fmt_plain(q, qd)}","symbol":"{sym}",'
@@ -447,6 +493,9 @@ class Engine:
                 for c in msubs[idx]:
                     out[c].append(item)
             if idx in csubs:
+                sym = canon[idx]
+                pd, qd = self.pdec[idx], self.qdec[idx]
+                pstr = fmt_plain(p, pd)
                 minute = t // MINUTE_MS
                 k = self.kcandle.get(idx)
                 if k is None or k[0] != minute:
@@ -462,4 +511,37 @@ class Engine:
                          f'"{fmt_plain(k[6], pd + qd)}"],"time":{t * 1_000_000}}}}}')
                 item = (frame, (("kucoin", "candles", sym, t, seq, pstr),))
                 for c in csubs[idx]:
+                    out[c].append(item)
+        # the window is over once now reaches its end (every trade with t < now was taken): push
+        # its pending trades even when no later trade comes
+        if pending and win < now // KUCOIN_TICKER_MS:
+            self._kticker_flush(out)
+
+    def _kticker_flush(self, out) -> None:
+        """Push the pending window: per symbol one ticker frame with its latest trade."""
+        pending, self.kpending = self.kpending, {}
+        allc = self.all_subs["kucoin"]
+        tsubs = self.subs["kucoin"]["ticker"]
+        canon = self.canon
+        for t, idx, p, q, seq in sorted(pending.values()):
+            sym = canon[idx]
+            pd, qd = self.pdec[idx], self.qdec[idx]
+            pstr = fmt_plain(p, pd)
+            qstr = fmt_plain(q, qd)
+            if is_buyer_maker(seq):   # the trade hit the bid: bid = price, ask one tick above
+                bid_s, ask_s = pstr, fmt_plain(p + 1, pd)
+            else:
+                bid_s, ask_s = fmt_plain(p - 1, pd), pstr
+            data = (f'{{"bestAsk":"{ask_s}","bestAskSize":"{fmt_plain(q + seq % 89, qd)}",'
+                    f'"bestBid":"{bid_s}","bestBidSize":"{qstr}",'
+                    f'"price":"{pstr}","sequence":"{seq}","size":"{qstr}","time":{t}}}')
+            if allc:
+                frame = f'{{"topic":"/market/ticker:all","type":"message","subject":"{sym}","data":{data}}}'
+                item = (frame, (("kucoin", "ticker:all", sym, t, seq, pstr),))
+                for c in allc:
+                    out[c].append(item)
+            if idx in tsubs:
+                frame = f'{{"topic":"/market/ticker:{sym}","type":"message","subject":"trade.ticker","data":{data}}}'
+                item = (frame, (("kucoin", "ticker", sym, t, seq, pstr),))
+                for c in tsubs[idx]:
                     out[c].append(item)

@@ -137,9 +137,11 @@ class Kucoin:
         now = now_ms()
         m = self.market
         out = []
+        cur = now // MINUTE_MS
         for s in m.symbols:
             pd, qd = s.price_decimals, s.qty_decimals
-            last = m.last_close_before(s, now // MINUTE_MS + 1, lookback=120)
+            c = m.partial_candle(s, cur, now)           # the last trade so far, never a later one
+            last = c.close if c is not None else m.last_close_before(s, cur, lookback=120)
             day = max(1, int(round(m.ref(s, now - 86_400_000) * 10 ** pd)))
             vol = int(m.lam_per_minute[s.idx] * 1440 * s.qty_scale)
             out.append({"symbol": s.canonical, "symbolName": s.canonical, "buy": fmt_plain(last, pd),
@@ -248,7 +250,7 @@ class Kucoin:
             await ws.close(code=1000)
             sim.faults.note("token_refused", token_known=token in self.tokens)
             return ws
-        conn = Conn(sim, "kucoin", ws, request, request.path)
+        conn = Conn(sim, "kucoin", ws, request, request.path, extra={"connect_id": connect_id[:128]})
         conn.token = token
         sim.conns[conn.id] = conn
         conn.reply({"id": connect_id, "type": "welcome"})
@@ -313,18 +315,21 @@ class Kucoin:
                 conn.names.append(topic)
         elif topic in conn.names:
             conn.names.remove(topic)
-        self.sim.truth.connections[conn.id]["subscriptions"] = list(conn.names)
+        conn.rec["subscriptions"] = list(conn.names)
         if msg.get("response"):
             conn.reply({"id": sid, "type": "ack"})
 
-    async def expire_tokens(self, close: bool = True) -> int:
+    async def expire_tokens(self, close: bool = True, grace_s: float = 0.05) -> int:
+        """Every token issued so far becomes invalid. With `close`, each open socket gets the 401
+        error frame, keeps sending data for `grace_s` (the old socket may deliver until it is
+        closed, as a real one does while its client rotates), then all are closed together."""
         for t in self.tokens:
             self.tokens[t] = False
-        n = 0
-        if close:
-            for c in [c for c in list(self.sim.conns.values()) if c.exchange == "kucoin"]:
-                c.push([(json.dumps({"type": "error", "code": 401, "data": "token is expired"}), None)])
-                await asyncio.sleep(0.05)
-                await c.close("token_expired", code=1000)
-                n += 1
-        return n
+        if not close:
+            return 0
+        conns = [c for c in list(self.sim.conns.values()) if c.exchange == "kucoin"]
+        for c in conns:
+            c.notice("token_expired", json.dumps({"type": "error", "code": 401, "data": "token is expired"}))
+        await asyncio.sleep(grace_s)
+        await asyncio.gather(*(c.close("token_expired", code=1000) for c in conns))
+        return len(conns)

@@ -2,18 +2,23 @@
 
 Every trade of (exchange, symbol, minute) comes from one `random.Random` seeded by
 (seed, exchange, symbol index, minute): the websocket engine and the REST candles read the same
-function, so the candle REST serves for a minute is exactly the aggregate of the ticks sent.
+function, so the candle REST serves for a minute is exactly the aggregate of the trades the trade
+feeds sent (the tickers send a sample of them: sim/engine.py).
 
 Prices and quantities are integers in units of 10**-decimals (exact); they become strings only
 when a frame or response is written. Trade times within one (symbol, minute) are distinct
 milliseconds, so per symbol the event time of consecutive trades strictly increases.
-The model depends on (seed, symbols, rate): the same three give the same market.
+The model depends on (seed, symbols, rate): the same three give the same market, until a drift
+(`Market.set_drift`, the control API's `drift`) scales one symbol's prices on one exchange from a
+given time on; the drift schedule is part of the model, so websockets, REST and the truth API
+still agree, and what an exchange reported before a drift began or after it ended never changes.
 """
 from __future__ import annotations
 
 import math
 import random
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 
 MINUTE_MS = 60_000
@@ -196,6 +201,50 @@ class Market:
             self.lam_per_minute.append(lam)
         self.effective_rate = sum(self.lam_per_minute) / 60
         self._candle = lru_cache(maxsize=200_000)(self._candle_uncached)
+        # symbol idx -> drift periods [start_ms, end_ms (None: open), bps, numerator, denominator]
+        self.drifts: dict[int, list[list]] = {}
+
+    # --- drift: one symbol's prices on this exchange scaled by (1 + bps/10000) over a period
+    def set_drift(self, s: Symbol, bps, start_ms: int, end_ms: int | None = None) -> list:
+        """From start_ms on (to end_ms, or open), scale `s`'s trade prices by 1 + bps/10000; a
+        running drift of `s` ends at start_ms. bps = 0 only ends it. Returns the periods of `s`."""
+        f = Fraction(str(bps))
+        if not -10_000 < f <= 100_000:
+            raise ValueError("bps must be > -10000 (prices stay positive) and <= 100000")
+        periods = [p for p in self.drifts.get(s.idx, []) if p[0] < start_ms]
+        for p in periods:
+            if p[1] is None or p[1] > start_ms:
+                p[1] = start_ms
+        if f:
+            factor = 1 + f / 10_000
+            periods.append([start_ms, end_ms, bps, factor.numerator, factor.denominator])
+        if periods:
+            self.drifts[s.idx] = periods
+        else:
+            self.drifts.pop(s.idx, None)
+        self._candle.cache_clear()       # a cached minute may reach past start_ms
+        return periods
+
+    def end_drifts(self, at_ms: int) -> list[tuple[Symbol, list]]:
+        """End every drift still running at `at_ms`; returns the (symbol, period) pairs ended."""
+        ended = []
+        for idx, periods in self.drifts.items():
+            for p in periods:
+                if p[0] < at_ms and (p[1] is None or p[1] > at_ms):
+                    p[1] = at_ms
+                    ended.append((self.symbols[idx], p))
+            self.drifts[idx] = [p for p in periods if p[0] < at_ms]
+        self.drifts = {i: ps for i, ps in self.drifts.items() if ps}
+        self._candle.cache_clear()
+        return ended
+
+    def drifted_price(self, idx: int, t: int, p: int) -> int:
+        """The price of a trade at t after any drift of symbol idx (exact integers, rounded half
+        up, at least one tick: decimals are kept and the price stays positive)."""
+        for start, end, _, num, den in self.drifts.get(idx, ()):
+            if start <= t and (end is None or t < end):
+                return max(1, (2 * p * num + den) // (2 * den))
+        return p
 
     def trades_never(self, s: Symbol) -> bool:
         return self.exchange == "binance" and s.break_on_binance
@@ -207,12 +256,14 @@ class Market:
              + 0.003 * math.sin(t / 66.8 + c))
         return s.ref_price * math.exp(x)
 
-    def minute_trade_iter(self, s: Symbol, minute: int, skip_before: int = 0):
+    def minute_trade_iter(self, s: Symbol, minute: int, skip_before: int = 0, raw: bool = False):
         """Trades of `s` in `minute` (minutes since the epoch), lazily: (t_ms, price_int, qty_int, seq).
 
         A Poisson process with distinct-millisecond arrivals; the engine streams it, REST lists it.
         Arrival times and values come from two random streams, so trades before `skip_before`
         (not yielded) cost two draws each and the rest are identical to an unskipped run.
+        `raw`: prices before any drift (the engine reads ahead, so it applies drifts when it takes
+        a trade: `drifted_price`).
         """
         lam = self.lam_per_minute[s.idx]
         if lam <= 0:
@@ -231,6 +282,7 @@ class Market:
         off = -1
         ref_sec = -1
         ref = 0.0
+        drift = not raw and s.idx in self.drifts
         for _ in range(MAX_TRADES_PER_MINUTE):
             off += 1 + int(-log(1.0 - rt()) * mean_gap)
             if off >= MINUTE_MS:
@@ -251,17 +303,21 @@ class Market:
                 ref_sec = sec
                 ref = self.ref(s, sec * 1000) * scale
             p = int(ref * (1.0 + 0.0012 * (u1 - 0.5)) + 0.5)
-            yield (t, p if p > 0 else 1, int(-log(1.0 - u2) * qscale) + 1, seq)
+            if p <= 0:
+                p = 1
+            if drift:
+                p = self.drifted_price(s.idx, t, p)
+            yield (t, p, int(-log(1.0 - u2) * qscale) + 1, seq)
 
     def minute_trades(self, s: Symbol, minute: int) -> list[tuple[int, int, int, int]]:
         return list(self.minute_trade_iter(s, minute))
 
-    def trade_stream(self, s: Symbol, minute: int, skip_before: int = 0):
+    def trade_stream(self, s: Symbol, minute: int, skip_before: int = 0, raw: bool = False):
         """Every trade of `s` from `skip_before` (ms) on, forever (only for symbols that trade)."""
-        yield from self.minute_trade_iter(s, minute, skip_before)
+        yield from self.minute_trade_iter(s, minute, skip_before, raw)
         while True:
             minute += 1
-            yield from self.minute_trade_iter(s, minute)
+            yield from self.minute_trade_iter(s, minute, raw=raw)
 
     def candle(self, s: Symbol, minute: int) -> Candle | None:
         """The true candle of a whole minute, None if no trade (cached)."""

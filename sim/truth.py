@@ -115,15 +115,23 @@ class Truth:
 
     MAX_CONNECTIONS = 50_000   # the registry forgets the oldest closed connections beyond this
 
-    def open_conn(self, conn_id: str, exchange: str, path: str) -> None:
+    def open_conn(self, conn_id: str, exchange: str, path: str, **extra) -> dict:
+        """Register a connection; returns its record, whose counters the connection's writer keeps:
+        ticks_sent (= its truth records, copies of duplicated frames and corrupted frames included),
+        ticks_flagged ({flag: ticks}), data_frames_sent, frames_sent (every text frame: data,
+        replies, welcome, events), first_sent_ms/last_sent_ms (of its ticks), notice/notice_ms
+        (serverShutdown or token expiry announced on it). `extra`: client_conn_id, connect_id."""
         if len(self.connections) >= self.MAX_CONNECTIONS:
             for cid in [c for c, v in self.connections.items() if v["closed_ms"] is not None][:1000]:
                 del self.connections[cid]
-        self.connections[conn_id] = {"conn_id": conn_id, "exchange": exchange, "path": path,
-                                     "opened_ms": now_ms(), "closed_ms": None, "close_reason": None,
-                                     "subscriptions": []}
+        rec = self.connections[conn_id] = {
+            "conn_id": conn_id, "exchange": exchange, "path": path, "opened_ms": now_ms(), "closed_ms": None,
+            "close_reason": None, "subscriptions": [], "ticks_sent": 0, "ticks_flagged": {},
+            "data_frames_sent": 0, "frames_sent": 0, "first_sent_ms": None, "last_sent_ms": None,
+            "notice": None, "notice_ms": None, "client_conn_id": None, **extra}
         if self.dir is not None:
-            self.conn_events.append({"event": "open", **self.connections[conn_id]})
+            self.conn_events.append({"event": "open", **rec})
+        return rec
 
     def close_conn(self, conn_id: str, reason: str) -> None:
         c = self.connections.get(conn_id)
@@ -131,18 +139,20 @@ class Truth:
             c["closed_ms"] = now_ms()
             c["close_reason"] = reason
             if self.dir is not None:
-                self.conn_events.append({"event": "close", **c})
+                self.conn_events.append({"event": "close", **c, "ticks_flagged": dict(c["ticks_flagged"])})
 
-    def connections_list(self, exchange=None, since_ms=None, until_ms=None) -> list[dict]:
+    def connections_list(self, exchange=None, since_ms=None, until_ms=None, client_conn_id=None) -> list[dict]:
         out = []
         for c in self.connections.values():
             if exchange and c["exchange"] != exchange:
+                continue
+            if client_conn_id and c["client_conn_id"] != client_conn_id:
                 continue
             if until_ms is not None and c["opened_ms"] > until_ms:
                 continue
             if since_ms is not None and c["closed_ms"] is not None and c["closed_ms"] < since_ms:
                 continue
-            out.append(dict(c))
+            out.append(dict(c, ticks_flagged=dict(c["ticks_flagged"]), subscriptions=list(c["subscriptions"])))
         return out
 
     def flush_files(self) -> int:

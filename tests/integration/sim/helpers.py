@@ -1,5 +1,6 @@
 """Shared helpers of the simulator tests: payload shapes, recorded samples, websocket reading."""
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -90,3 +91,18 @@ def kucoin_connect(sim, connect_id="t1", **kw):
     token = bullet["data"]["token"]
     ws = connect(f"{server['endpoint']}?token={token}&connectId={connect_id}", max_size=None, **kw)
     return ws, token, server
+
+
+def together(*fns):
+    """Run each callable in its own thread (e.g. one reader per socket); their results, in order."""
+    results = [None] * len(fns)
+
+    def run(i, fn):
+        results[i] = fn()
+
+    threads = [threading.Thread(target=run, args=(i, fn)) for i, fn in enumerate(fns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results

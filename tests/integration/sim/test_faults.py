@@ -1,13 +1,15 @@
 """Each fault mode of the simulator does what it says (observed from a client's side)."""
 import asyncio
 import json
+import threading
 import time
 
 import aiohttp
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.integration.sim.helpers import connect, get, kucoin_connect, post, read_until, sample_json, shape
+from tests.integration.sim.helpers import (connect, get, kucoin_connect, post, read_until, sample_json, shape,
+                                          together)
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +270,90 @@ def test_kucoin_ping_timeout(sim_factory):
     reasons = sorted(str(c["close_reason"]) for c in conns.values())
     assert reasons == ["None", "ping_timeout"]
     pinger.close()
+
+
+def read_frames(ws, limit_s):
+    """[(client receive ms, parsed frame)] until the server closes the socket (or limit_s)."""
+    out = []
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            raw = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+        except (ConnectionClosed, TimeoutError):
+            break
+        out.append((int(time.time() * 1000), json.loads(raw)))
+    return out
+
+
+def overlap_check(fsim, exchange, old_frames, new_frames, ticks_of, grace_s, period_s):
+    """The old socket kept sending for grace_s after its notice (data every period_s), the truth
+    holds what each socket was sent (and the client got it), and from the new socket's first tick to
+    the old one's last, both sockets carried the same ticks."""
+    kept_ms = (grace_s - 2 * period_s - 0.1) * 1000     # the last push may come just after the close
+    conns = fsim.control.connections(exchange)
+    old = max((c for c in conns if c["notice"]), key=lambda c: c["notice_ms"])
+    new = max((c for c in conns if c["opened_ms"] > old["notice_ms"]), key=lambda c: c["opened_ms"])
+    assert old["closed_ms"] - old["notice_ms"] >= grace_s * 1000 - 5
+    truth_old = fsim.control.truth(exchange, conn_id=old["conn_id"], by="sent")
+    truth_new = fsim.control.truth(exchange, conn_id=new["conn_id"], by="sent")
+    after = [t for t in truth_old if t["sent_ms"] >= old["notice_ms"]]
+    assert after and after[-1]["sent_ms"] - old["notice_ms"] >= kept_ms
+    assert all(t["sent_ms"] <= old["closed_ms"] for t in truth_old) and old["ticks_sent"] == len(truth_old)
+    key = [(t["symbol"], t["event_ms"], t["price"]) for t in truth_old]
+    got_old = ticks_of(old_frames)
+    assert got_old == key[:len(got_old)] and len(key) - len(got_old) <= 40   # at most a frame in flight
+    new_key = [(t["symbol"], t["event_ms"], t["price"]) for t in truth_new]
+    got_new = ticks_of(new_frames)
+    assert got_new and got_new == new_key[:len(got_new)]
+    i, j = key.index(new_key[0]), new_key.index(key[-1])
+    assert key[i:] == new_key[:j + 1]
+    assert truth_new[j]["sent_ms"] - truth_new[0]["sent_ms"] >= kept_ms - 200        # the overlap
+    return old, new
+
+
+def rotation(old, call, is_notice, open_new, read_s):
+    """Run the control call in the background, read `old` up to its notice, open the next socket as
+    a rotating client does, then read both until the old one is closed."""
+    answer: list = []
+    caller = threading.Thread(target=lambda: answer.append(call()))
+    caller.start()
+    _, before = read_until(old, is_notice, 5)
+    new = open_new()
+    got_old, got_new = together(lambda: read_frames(old, read_s), lambda: read_frames(new, read_s))
+    caller.join()
+    new.close()
+    return answer[0], before, got_old, got_new
+
+
+def test_binance_server_shutdown_keeps_the_old_socket_sending_through_the_grace(fsim):
+    old = connect(arr_url(fsim))
+    first = json.loads(old.recv(timeout=5))
+    answer, before, got_old, got_new = rotation(
+        old, lambda: fsim.control.server_shutdown(grace_s=3.0),
+        lambda m: isinstance(m, dict) and m.get("e") == "serverShutdown", lambda: connect(arr_url(fsim)), 6)
+    assert answer["closed"] >= 1
+    symbols = {x["exchange_symbol"]: x["symbol"] for x in fsim.control.symbols("binance")}
+
+    def ticks_of(frames):
+        return [(symbols[e["s"]], e["E"], e["c"]) for f in frames if isinstance(f, list) for e in f]
+
+    assert sum(isinstance(f, list) for _, f in got_old) >= 2          # a push each second of the 3 s
+    conn_old, _ = overlap_check(fsim, "binance", [first] + before + [f for _, f in got_old],
+                                [f for _, f in got_new], ticks_of, 3.0, 1.0)
+    assert conn_old["close_reason"] == "server_shutdown" and conn_old["notice"] == "serverShutdown"
+
+
+def test_kucoin_token_expiry_keeps_the_old_socket_sending_through_the_grace(fsim):
+    old, _ = kucoin_ticker_all(fsim, "old")
+    _, before, got_old, got_new = rotation(
+        old, lambda: fsim.control.expire_tokens(grace_s=1.5), lambda m: m.get("type") == "error",
+        lambda: kucoin_ticker_all(fsim, "new")[0], 5)           # a fresh bullet, a new token
+
+    def ticks_of(frames):
+        return [(f["subject"], f["data"]["time"], f["data"]["price"]) for f in frames if f.get("type") == "message"]
+
+    data_after = [at for at, f in got_old if f.get("type") == "message"]
+    assert data_after and data_after[-1] - data_after[0] >= 700
+    conn_old, _ = overlap_check(fsim, "kucoin", before + [f for _, f in got_old],
+                                [f for _, f in got_new], ticks_of, 1.5, 0.1)
+    assert conn_old["close_reason"] == "token_expired" and conn_old["notice"] == "token_expired"

@@ -3,6 +3,8 @@ import json
 import time
 from decimal import Decimal
 
+import pytest
+
 from tests.integration.sim.helpers import connect, get, kucoin_connect, read_until
 
 
@@ -89,3 +91,62 @@ def test_true_candles_match_rest_for_both_exchanges(sim_factory):
         for r, c in zip(rows, truth_b):
             assert r[0] == c["open_ms"] and r[8] == c["trades"]
             assert [Decimal(x) for x in r[1:6]] == [Decimal(c[k]) for k in ("open", "high", "low", "close", "volume")]
+
+
+def test_connections_count_what_each_socket_was_sent(sim_factory):
+    """connections() counts, per socket, the ticks and frames the simulator wrote: equal to what the
+    client received and to that socket's truth records; the client's X-Cryptopipe-Conn-Id is kept."""
+    s = sim_factory(symbols=20, rate=300)
+    b = connect(s.env["BINANCE_WS_URL"] + "/ws", additional_headers={"X-Cryptopipe-Conn-Id": "pipe-b-1"})
+    k, _, _ = kucoin_connect(s, "acct", additional_headers={"X-Cryptopipe-Conn-Id": "pipe-k-1"})
+    plain = connect(s.env["BINANCE_WS_URL"] + "/ws/!miniTicker@arr")
+    b.send(json.dumps({"method": "SUBSCRIBE", "params": ["!miniTicker@arr", "btcusdt@trade"], "id": 1}))
+    k.send(json.dumps({"id": "s", "type": "subscribe", "topic": "/market/ticker:all", "response": True}))
+    s.control.duplicate(count=3, exchange="kucoin")
+    got = {"b": [], "k": []}
+    t_end = time.monotonic() + 2.5
+    while time.monotonic() < t_end:
+        for name, ws in (("b", b), ("k", k)):
+            try:
+                got[name].append(ws.recv(timeout=0.05))
+            except TimeoutError:
+                pass
+    # stop the flow, then read everything that was written before the stop's reply
+    b.send(json.dumps({"method": "UNSUBSCRIBE", "params": ["!miniTicker@arr", "btcusdt@trade"], "id": 2}))
+    k.send(json.dumps({"id": "u", "type": "unsubscribe", "topic": "/market/ticker:all", "response": True}))
+    for name, ws, done in (("b", b, lambda m: isinstance(m, dict) and m.get("id") == 2),
+                           ("k", k, lambda m: m.get("id") == "u")):
+        while True:
+            raw = ws.recv(timeout=5)
+            got[name].append(raw)
+            if done(json.loads(raw)):
+                break
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=0.5)               # nothing after the reply: the flow has stopped
+    b.close()
+    k.close()
+    plain.close()
+    time.sleep(0.3)
+
+    def ticks(frame):
+        m = json.loads(frame)
+        if isinstance(m, list):
+            return len(m)
+        return int(m.get("e") == "trade" or m.get("type") == "message")
+
+    (cb,) = s.control.connections(client_conn_id="pipe-b-1")
+    (ck,) = s.control.connections(client_conn_id="pipe-k-1")
+    for c, frames in ((cb, got["b"]), (ck, got["k"])):
+        truth = s.control.truth(conn_id=c["conn_id"], by="sent")
+        received = sum(ticks(f) for f in frames)
+        assert received > 20
+        assert c["ticks_sent"] == received == len(truth)
+        assert c["data_frames_sent"] == sum(1 for f in frames if ticks(f))
+        assert c["frames_sent"] == len(frames)             # replies, welcome and acks included
+        assert (c["first_sent_ms"], c["last_sent_ms"]) == (truth[0]["sent_ms"], truth[-1]["sent_ms"])
+        assert c["close_reason"] == "client_closed" and c["closed_ms"] >= c["opened_ms"]
+    assert cb["ticks_flagged"] == {} and cb["exchange"] == "binance"
+    assert ck["ticks_flagged"] == {"dup": 3} and ck["connect_id"] == "acct" and ck["exchange"] == "kucoin"
+    assert sum(1 for t in s.control.truth(conn_id=ck["conn_id"]) if t["flag"] == "dup") == 3
+    others = [c for c in s.control.connections() if c["conn_id"] not in (cb["conn_id"], ck["conn_id"])]
+    assert len(others) == 1 and others[0]["client_conn_id"] is None

@@ -1,11 +1,8 @@
-"""The market is a pure function of the seed, and what the websockets send aggregates to what REST serves."""
-import json
-import time
-from decimal import Decimal
+"""The market is a pure function of the seed (and of its drift schedule); REST rows aggregate its trades."""
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
-import sim.engine as engine_mod
 from sim.app import Config, Sim
 from sim.market import MINUTE_MS, Market, aggregate, build_universe, fmt_fixed, fmt_plain
 
@@ -67,86 +64,6 @@ def test_plain_format(value, dec, want):
     assert fmt_plain(value, dec) == want
 
 
-class FakeConn:
-    def __init__(self, exchange, combined=False):
-        self.exchange, self.combined, self.keys, self.frames = exchange, combined, set(), []
-
-    def wrap(self, stream, payload):
-        return f'{{"stream":"{stream}","data":{payload}}}' if self.combined else payload
-
-    def push(self, batch):
-        self.frames.extend(batch)
-
-
-def run_engine_over_minute(monkeypatch, symbols=40, rate=400):
-    clock = {"now": MINUTE * MINUTE_MS}
-    monkeypatch.setattr(engine_mod, "now_ms", lambda: clock["now"])
-    sim = Sim(Config(symbols=symbols, rate=rate, seed=5))
-    eng = sim.engine
-    k_all, b_arr, b_sym = FakeConn("kucoin"), FakeConn("binance"), FakeConn("binance", combined=True)
-    eng.add(k_all, "all")
-    eng.add(b_arr, "all")
-    for kind in ("trade", "kline_1m", "miniTicker"):
-        eng.add(b_sym, (kind, 0))
-    for t in range(MINUTE * MINUTE_MS + 50, (MINUTE + 1) * MINUTE_MS + 1500, 50):
-        eng.step(t)
-    return sim, k_all, b_arr, b_sym
-
-
-def test_websocket_ticks_aggregate_to_the_rest_candles(monkeypatch):
-    sim, k_all, b_arr, b_sym = run_engine_over_minute(monkeypatch)
-    km = sim.markets["kucoin"]
-    # KuCoin: /market/ticker:all frames of the minute aggregate to the /api/v1/market/candles row
-    by_symbol = {}
-    for frame, ticks in k_all.frames:
-        msg = json.loads(frame)
-        d = msg["data"]
-        assert ticks == (("kucoin", "ticker:all", msg["subject"], d["time"], int(d["sequence"]), d["price"]),)
-        by_symbol.setdefault(msg["subject"], []).append(d)
-    checked = 0
-    for s in km.symbols:
-        rows = sim.kucoin.candle_rows(s, MINUTE, MINUTE, (MINUTE + 2) * MINUTE_MS)
-        ticks = [d for d in by_symbol.get(s.canonical, []) if d["time"] < (MINUTE + 1) * MINUTE_MS]
-        if not rows:
-            assert not ticks
-            continue
-        prices = [Decimal(d["price"]) for d in ticks]
-        t, o, c, h, l, v, turnover = rows[0]
-        assert int(t) == MINUTE * 60
-        assert (Decimal(o), Decimal(c), Decimal(h), Decimal(l)) == (prices[0], prices[-1], max(prices), min(prices))
-        assert Decimal(v) == sum(Decimal(d["size"]) for d in ticks)
-        assert Decimal(turnover) == sum(Decimal(d["size"]) * Decimal(d["price"]) for d in ticks)
-        times = [d["time"] for d in ticks]
-        assert times == sorted(set(times))
-        checked += 1
-    assert checked > 20
-    # Binance: @trade of symbol 0 aggregates to the klines row; the closing kline frame equals it too
-    bm = sim.markets["binance"]
-    s0 = bm.symbols[0]
-    row = sim.binance.klines_rows(s0, MINUTE, MINUTE, (MINUTE + 2) * MINUTE_MS)[0]
-    trades = [json.loads(f)["data"] for f, _ in b_sym.frames if '"@trade"' not in f and "@trade" in f]
-    trades = [d for d in trades if d["T"] < (MINUTE + 1) * MINUTE_MS]
-    prices = [Decimal(d["p"]) for d in trades]
-    assert [Decimal(x) for x in row[1:5]] == [prices[0], max(prices), min(prices), prices[-1]]
-    assert Decimal(row[5]) == sum(Decimal(d["q"]) for d in trades) and row[8] == len(trades)
-    closing = [json.loads(f)["data"]["k"] for f, _ in b_sym.frames if "@kline_1m" in f]
-    closed = [k for k in closing if k["x"]]
-    assert len(closed) == 1 and closed[0]["t"] == row[0]
-    assert [closed[0][k] for k in ("o", "h", "l", "c", "v")] == row[1:6] and closed[0]["n"] == row[8]
-    # !miniTicker@arr: one entry per symbol that traded in each second, c = last trade of that second
-    last_e = {}
-    for frame, ticks in b_arr.frames:
-        arr = json.loads(frame)
-        assert len({e["s"] for e in arr}) == len(arr) == len(ticks)
-        for e in arr:
-            assert e["E"] > last_e.get(e["s"], 0)
-            last_e[e["s"]] = e["E"]
-            assert Decimal(e["l"]) <= Decimal(e["c"]) <= Decimal(e["h"])
-    last_second = [e for f, _ in b_arr.frames for e in json.loads(f) if e["s"] == s0.binance
-                   and e["E"] < (MINUTE + 1) * MINUTE_MS]
-    assert last_second[-1]["c"] == row[4]
-
-
 def test_binance_zero_volume_minute_repeats_the_previous_close(monkeypatch):
     sim = Sim(Config(symbols=200, rate=200, seed=1))
     m = sim.markets["binance"]
@@ -163,37 +80,69 @@ def test_binance_zero_volume_minute_repeats_the_previous_close(monkeypatch):
     assert aggregate(MINUTE, []) is None
 
 
-def test_engine_far_behind_drops_the_backlog_unsent(monkeypatch):
-    clock = {"now": MINUTE * MINUTE_MS}
-    monkeypatch.setattr(engine_mod, "now_ms", lambda: clock["now"])
-    sim = Sim(Config(symbols=30, rate=300, seed=2))
-    eng, conn = sim.engine, FakeConn("kucoin")
-    eng.add(conn, "all")
+def scaled(price: int, bps) -> int:
+    """The drift rule in Decimal arithmetic: round half up to the symbol's tick, at least one tick."""
+    v = (Decimal(price) * (1 + Decimal(str(bps)) / 10_000)).quantize(Decimal(1), ROUND_HALF_UP)
+    return max(1, int(v))
+
+
+def test_drift_scales_prices_from_its_start_and_keeps_history():
+    u = build_universe(4, 30)
+    m, twin = Market("kucoin", 4, u, 300), Market("kucoin", 4, u, 300)
+    s = u[0]
     t0 = MINUTE * MINUTE_MS
-    for t in range(t0 + 50, t0 + 1000, 50):
-        eng.step(t)
-    sent_before = len(conn.frames)
-    assert sent_before > 0 and eng.overload_skips == 0
-    eng.step(t0 + 5000)                      # 4 s late: more than --max-lag
-    assert eng.overload_skips == 1 and len(conn.frames) == sent_before
-    eng.step(t0 + 5050)
-    times = [json.loads(f)["data"]["time"] for f, _ in conn.frames[sent_before:]]
-    assert times and min(times) >= t0 + 5000   # resumes at the present, nothing stale
-    assert [e for e in sim.faults.log if e["fault"] == "overload_skip"]
+    before = m.candle(s, MINUTE)                       # cached before the drift is set
+    assert m.candle(s, MINUTE + 1) == twin.candle(s, MINUTE + 1)
+    start = t0 + 30_000
+    m.set_drift(s, 33.3, start, start + 60_000)
+    raw = twin.minute_trades(s, MINUTE) + twin.minute_trades(s, MINUTE + 1) + twin.minute_trades(s, MINUTE + 2)
+    got = m.minute_trades(s, MINUTE) + m.minute_trades(s, MINUTE + 1) + m.minute_trades(s, MINUTE + 2)
+    assert [(t, q, seq) for t, _, q, seq in got] == [(t, q, seq) for t, _, q, seq in raw]   # only prices move
+    inside = 0
+    for (t, p, _, _), (_, p0, _, _) in zip(got, raw):
+        if start <= t < start + 60_000:
+            assert p == scaled(p0, 33.3)
+            inside += 1
+        else:
+            assert p == p0
+    assert inside > 100
+    # the cache held the whole minute from before the drift: it must not be served stale
+    assert m.candle(s, MINUTE) != before and m.candle(s, MINUTE + 1) == aggregate(MINUTE + 1, m.minute_trades(s, MINUTE + 1))
+    assert m.candle(s, MINUTE + 3) == twin.candle(s, MINUTE + 3)        # after the period
+    raw_stream = m.trade_stream(s, MINUTE + 1, raw=True)
+    assert [next(raw_stream) for _ in range(5)] == twin.minute_trades(s, MINUTE + 1)[:5]
 
 
-def test_truth_files_are_written_and_pruned(tmp_path):
-    from sim.truth import Truth
-    old = tmp_path / "ticks-20000101-00.jsonl"
-    old.write_text("[]\n")
-    t = Truth(10, str(tmp_path), keep_hours=1)
-    t.open_conn("k1", "kucoin", "/kucoin-ws/endpoint")
-    sent = int(time.time() * 1000)
-    t.add_many("k1", (("kucoin", "ticker:all", "BTC-USDT", sent - 7, 7, "62056.8"),), sent)
-    t.close_conn("k1", "client_closed")
-    assert t.flush_files() == 1
-    assert not old.exists()
-    (f,) = tmp_path.glob("ticks-*.jsonl")
-    assert json.loads(f.read_text()) == ["kucoin", "k1", "ticker:all", "BTC-USDT", sent - 7, 7, "62056.8", sent, ""]
-    events = [json.loads(x) for x in (tmp_path / "connections.jsonl").read_text().splitlines()]
-    assert [e["event"] for e in events] == ["open", "close"] and events[1]["close_reason"] == "client_closed"
+def test_drift_ends_at_the_next_drift_or_when_ended_and_never_rewrites_the_past():
+    u = build_universe(4, 30)
+    m, twin = Market("binance", 4, u, 300), Market("binance", 4, u, 300)
+    s = u[1]
+    t0 = MINUTE * MINUTE_MS
+    m.set_drift(s, 100, t0 + 10_000)
+    m.set_drift(s, -50, t0 + 20_000)                   # replaces the running one from its start
+    ended = m.end_drifts(t0 + 40_000)
+    assert [(x.canonical, p[:3]) for x, p in ended] == [(s.canonical, [t0 + 20_000, t0 + 40_000, -50])]
+    assert m.end_drifts(t0 + 50_000) == []
+    assert [p[:3] for p in m.drifts[s.idx]] == [[t0 + 10_000, t0 + 20_000, 100], [t0 + 20_000, t0 + 40_000, -50]]
+    for (t, p, _, _), (_, p0, _, _) in zip(m.minute_trades(s, MINUTE), twin.minute_trades(s, MINUTE)):
+        want = scaled(p0, 100) if t0 + 10_000 <= t < t0 + 20_000 else scaled(p0, -50) if t < t0 + 40_000 and \
+            t >= t0 + 20_000 else p0
+        assert p == want
+    m.set_drift(s, 0, t0 + 60_000)                     # bps 0 with nothing running: nothing to add
+    assert len(m.drifts[s.idx]) == 2
+
+
+@pytest.mark.parametrize("bps", [-10_000, -20_000, 100_001, "nan", "inf", "x"])
+def test_drift_refuses_impossible_sizes(bps):
+    u = build_universe(4, 10)
+    with pytest.raises(ValueError):
+        Market("kucoin", 4, u, 10).set_drift(u[0], bps, 0)
+
+
+def test_drifted_prices_stay_positive_and_on_the_tick():
+    u = build_universe(4, 10)
+    m = Market("kucoin", 4, u, 10)
+    m.set_drift(u[0], "-9999.99", 0)
+    assert m.drifted_price(0, 5, 1) == 1 and m.drifted_price(0, 5, 10 ** 9) == 1000
+    m.set_drift(u[0], 0.5, 10)                          # 1.00005 x: 10001 ticks -> 10001.50005 -> 10002
+    assert m.drifted_price(0, 10, 10_001) == 10_002 and m.drifted_price(0, 9, 10_001) == 1
