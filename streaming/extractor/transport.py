@@ -193,8 +193,11 @@ class Connection:
                 self.done.set_result(reason)
 
     async def _connect(self, url: str):
+        # the connection id rides along as a header exchanges ignore: a server that logs it (the
+        # simulator does) ties each socket it served to the session this extractor recorded
         self.ws = await connect(url, max_size=MAX_WS_FRAME, open_timeout=self.options.open_timeout_s,
-                                close_timeout=2, ping_interval=None, max_queue=64, compression=None)
+                                close_timeout=2, ping_interval=None, max_queue=64, compression=None,
+                                additional_headers={"X-Cryptopipe-Conn-Id": self.conn_id})
         return self.ws
 
     async def _read_loop(self) -> None:

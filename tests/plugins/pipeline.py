@@ -308,16 +308,31 @@ class PipelineHandle:
                 return any((g_sym is None or g_sym == symbol) and g_lo <= event_ms < g_hi for g_sym, g_lo, g_hi in gaps)
             unexplained = [k for k in missing if not in_gap(k)]
             corrupted, in_dlq = self.dead_lettered_frames(exchange, since_ms - 5000)
+            unrecorded = self.sockets_without_session(pg, exchange, since_ms, until_ms)
             figures.add(**{f"{exchange}_sent": len(sent), f"{exchange}_sockets": len(sockets),
                            f"{exchange}_stored": sum(n for _, n in stored.values()), f"{exchange}_extra": extra_rows,
                            f"{exchange}_explained": len(missing) - len(unexplained),
                            f"{exchange}_unexplained": len(unexplained),
-                           f"{exchange}_corrupt_frames": corrupted, f"{exchange}_corrupt_frames_in_dlq": in_dlq})
+                           f"{exchange}_corrupt_frames": corrupted, f"{exchange}_corrupt_frames_in_dlq": in_dlq,
+                           f"{exchange}_sockets_without_session": len(unrecorded)})
             assert sent, f"{exchange}: the simulator sent nothing in the window"
             assert not extra, f"{exchange}: {extra_rows} stored rows match nothing sent once, e.g. {extra[:5]}"
             assert not unexplained, (f"{exchange}: {len(unexplained)} ticks sent, not stored, in no DLQ record or "
                                      f"recorded gap, e.g. {sorted(unexplained)[:5]}")
             assert in_dlq == corrupted, f"{exchange}: {corrupted - in_dlq} corrupted frames are not in the DLQ"
+
+    def sockets_without_session(self, pg, exchange: str, since_ms: int, until_ms: int) -> list[dict]:
+        """Sockets the simulator served data on in the window (its log) whose client connection id
+        (the X-Cryptopipe-Conn-Id header) no `stream_sessions` row holds. A figure, not an invariant:
+        a socket whose session was never recorded (an extractor killed as it connected) claims no
+        coverage, so its time is a gap and gets backfilled; nothing is lost that way."""
+        served = [c for c in self.sim.connections(exchange, since_ms=since_ms, until_ms=until_ms)
+                  if c.get("ticks_sent") and c.get("client_conn_id")]
+        with pg.cursor() as cur:
+            cur.execute("SELECT conn_id FROM stream_sessions WHERE conn_id = ANY(%s)",
+                        ([c["client_conn_id"] for c in served],))
+            known = {r[0] for r in cur.fetchall()}
+        return [c for c in served if c["client_conn_id"] not in known]
 
     def trading_symbols(self, exchange: str) -> set[str]:
         return {x["symbol"] for x in self.sim.symbols(exchange) if x.get("status") == "TRADING"}
