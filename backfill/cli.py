@@ -247,20 +247,19 @@ def _print_reconcile_status(exchanges: list[str], as_json: bool) -> int:
     if as_json:
         print(json.dumps({"reconcile": on, "exchanges": rows}, indent=2, default=str))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"reconciliation ({'on' if on else 'off: RECONCILE=off'}); stream candles vs the "
-                        f"exchange's over the newest {rows[0]['window_minutes'] if rows else 60} checked minutes")
-    for col in ("exchange", "reconciled until (UTC)", "newest check", "minutes", "compared", "differing",
-                "missing", "max rel. diff open/high/low/close", "volume"):
-        table.add_column(col)
+    window = rows[0]["window_minutes"] if rows else 60
+    print(f"reconciliation: {'on' if on else 'off (RECONCILE=off)'}; stream candles against the exchange's "
+          f"over the newest {window} checked minutes")
     pct = lambda v: "–" if v is None else f"{float(v):.4%}"  # noqa: E731
     for r in rows:
+        until = f"{r['reconciled_until']:%Y-%m-%d %H:%M} UTC" if r["reconciled_until"] else "never"
+        if r["last_minute"] is None:
+            print(f"{r['exchange']}: reconciled until {until}; no check yet")
+            continue
         d = r["max_rel_diff"]
-        table.add_row(r["exchange"], f"{r['reconciled_until']:%Y-%m-%d %H:%M}" if r["reconciled_until"] else "never",
-                      f"{r['last_minute']:%Y-%m-%d %H:%M}" if r["last_minute"] else "–", str(r["minutes"]),
-                      str(r["compared"]), str(r["differing"]), str(r["missing"]),
-                      " / ".join(pct(d[f]) for f in ("open", "high", "low", "close")), pct(d["volume"]))
-    Console().print(table)
+        share = f" ({r['differing'] / r['compared']:.2%})" if r["compared"] else ""
+        print(f"{r['exchange']}: reconciled until {until}; newest check {r['last_minute']:%Y-%m-%d %H:%M} UTC; "
+              f"{r['minutes']} minute(s): {r['compared']} stream candle(s) compared, {r['differing']} differing"
+              f"{share}, {r['missing']} missing; largest relative difference "
+              + ", ".join(f"{f} {pct(d[f])}" for f in ("open", "high", "low", "close", "volume")))
     return 0

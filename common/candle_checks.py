@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from common.topics import EXCHANGES
 
@@ -29,7 +29,8 @@ SELECT e.exchange, s.reconciled_until, s.updated_at, m.last, w.minutes, w.compar
        w.open, w.high, w.low, w.close, w.volume
 FROM unnest(%(exchanges)s::text[]) AS e(exchange)
 LEFT JOIN reconcile_state s ON s.exchange = e.exchange
-LEFT JOIN LATERAL (SELECT max(minute) AS last FROM candle_checks c WHERE c.exchange = e.exchange) m ON true
+LEFT JOIN LATERAL (SELECT max(minute) AS last FROM candle_checks c
+                   WHERE c.exchange = e.exchange AND (%(until)s::timestamptz IS NULL OR c.minute < %(until)s)) m ON true
 LEFT JOIN LATERAL (
     SELECT count(*) AS minutes, sum(symbols_compared) AS compared, sum(symbols_differing) AS differing,
            sum(symbols_missing) AS missing, max(max_open_rel_diff) AS open, max(max_high_rel_diff) AS high,
@@ -41,12 +42,14 @@ ORDER BY e.exchange
 """
 
 
-def divergence(conn, window_minutes: int = WINDOW_MINUTES, exchanges: Iterable[str] = EXCHANGES) -> list[dict]:
+def divergence(conn, window_minutes: int = WINDOW_MINUTES, exchanges: Iterable[str] = EXCHANGES,
+               until: datetime | None = None) -> list[dict]:
     """One dict per exchange: exchange, reconciled_until, state_updated_at, last_minute (newest
-    checked minute), minutes, compared, differing, missing (ints), max_rel_diff {field: Decimal
-    or None}; figures over the `window_minutes` ending at last_minute."""
+    checked minute, before `until` when given), minutes, compared, differing, missing (ints),
+    max_rel_diff {field: Decimal or None}; figures over the `window_minutes` ending at last_minute."""
     with conn.cursor() as cur:
-        cur.execute(_DIVERGENCE, {"exchanges": list(exchanges), "window": timedelta(minutes=window_minutes)})
+        cur.execute(_DIVERGENCE, {"exchanges": list(exchanges), "window": timedelta(minutes=window_minutes),
+                                  "until": until})
         rows = cur.fetchall()
     out = []
     for ex, until, updated, last, minutes, compared, differing, missing, *diffs in rows:
