@@ -132,8 +132,8 @@ class PipelineHandle:
                                 WHERE received_at > now() - interval '5 seconds'""")
                 return cur.fetchone()[0] == len(EXCHANGES) or None
         wait_for(fresh, timeout, "both exchanges streaming")
-        # the stored history begins with the first whole minute after an exchange's first session
-        # (detection has nothing before it): a scenario starts inside that history
+        # a scenario starts in whole streamed minutes, after the minute the first session began in
+        # (which the stream saw only in part)
         with pg.cursor() as cur:
             cur.execute("SELECT max(first) FROM (SELECT min(coalesce(subscribed_at, connected_at)) AS first "
                         "FROM stream_sessions GROUP BY exchange) f")

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from tests.integration.airflow.airflow_api import AirflowApi
+from tests.integration.airflow.test_dag_backfill import stored_candles as stored, true_candles
 
 pytestmark = pytest.mark.integration
 UTC = timezone.utc
@@ -69,14 +70,6 @@ def stream_world(sim_factory, pg):
                         "VALUES (%s, %s, %s, %s, %s::jsonb)", row)
 
 
-def stored(pg, exchange, symbol, start, end):
-    with pg.cursor() as cur:
-        cur.execute("SELECT open_time, open, high, low, close, volume, source FROM candles_1m WHERE exchange = %s "
-                    "AND symbol = %s AND open_time >= %s AND open_time < %s ORDER BY open_time",
-                    (exchange, symbol, start, end))
-        return cur.fetchall()
-
-
 def test_a_reconcile_run_makes_the_closed_minutes_the_exchanges_candles(stream_world, run_dag, pg):
     w = stream_world
     out = run_dag("crypto_reconcile", {"settle_seconds": 30}, env=w["env"])
@@ -89,10 +82,8 @@ def test_a_reconcile_run_makes_the_closed_minutes_the_exchanges_candles(stream_w
         until = datetime.fromisoformat(result["reconciled_until"])
         assert until >= w["end"] - M
         for symbol in w["symbols"]:
-            truth = [(datetime.fromtimestamp(c["open_ms"] / 1000, UTC),
-                      *(Decimal(c[k]) for k in ("open", "high", "low", "close", "volume")), "rest")
-                     for c in w["sim"].control.candles(exchange, symbol, ms(w["start"]), ms(until) - 1)]
-            assert stored(pg, exchange, symbol, w["start"], until) == truth
+            assert stored(pg, exchange, symbol, w["start"], until) == \
+                true_candles(w["sim"], exchange, symbol, w["start"], until)
         with pg.cursor() as cur:
             cur.execute("SELECT symbols_differing, max_close_rel_diff FROM candle_checks WHERE exchange = %s "
                         "AND minute = %s", (exchange, w["bad"][exchange]))
