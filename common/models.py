@@ -1,7 +1,6 @@
 """Normalized records shared by every exchange. Prices are Decimal, times are UTC-aware."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -108,12 +107,6 @@ class PipelineEvent:
     KINDS = ("connected", "subscribed", "heartbeat", "disconnected", "stalled", "spool_full", "spool_drained")
 
     def to_json(self) -> bytes:
-        return json.dumps({"exchange": self.exchange, "conn_id": self.conn_id, "kind": self.kind,
-                           "at_ns": self.at_ns, "reason": self.reason, "detail": self.detail},
-                          separators=(",", ":")).encode()
+        from common.codec.events import encode_event   # the codec owns the wire form
 
-    @classmethod
-    def from_json(cls, data: bytes | str) -> "PipelineEvent":
-        obj = json.loads(data)
-        return cls(exchange=obj["exchange"], conn_id=obj["conn_id"], kind=obj["kind"], at_ns=int(obj["at_ns"]),
-                   reason=obj.get("reason", ""), detail=obj.get("detail") or {})
+        return encode_event(self)

@@ -22,10 +22,15 @@ import psycopg2.extras
 from confluent_kafka import TopicPartition
 
 from common import jsoncodec
+from common.codec import BadRecord
+from common.codec.dlq import DeadLetter, dead_letter as build_dead_letter, read_dead_letter
+from common.codec.events import decode_event, event_exchange
+from common.codec.limits import EPOCH_CEILING_MS, EPOCH_FLOOR_MS, PLAIN_DECIMAL, POSITIVE_DECIMAL
+from common.codec.raw import fallback_received_ns
 from common.db import connect
 from common.kafka import make_consumer, make_producer
 from common.models import PipelineEvent
-from common.settings import get_settings
+from common.settings import get_settings, metrics_port
 from common.symbols import CANONICAL_RE
 from common.topics import EXCHANGES, PIPELINE_EVENTS, dlq_topic, exchange_of_topic, transformed_topic
 from streaming.consumer_loop import (LagReporter, Metrics, advance_past_markers, StopFlag, backoff_delays, base_parser, commit_sync,
@@ -38,27 +43,20 @@ COMPONENT = "load"
 DEFAULT_GROUP = "loader"
 DEFAULT_METRICS_PORT = 9104
 
-# epoch ms bounds for a tick we accept (2009-01-03 .. 2100-01-01)
-MIN_MS = 1_230_940_800_000
-MAX_MS = 4_102_444_800_000
-_DECIMAL_RE = re.compile(r"^-?[0-9]{1,40}(\.[0-9]{1,40})?([eE][-+]?[0-9]{1,3})?$")
+# epoch ms bounds for a tick we accept, and the one decimal pattern (common.codec.limits)
+MIN_MS, MAX_MS = EPOCH_FLOOR_MS, EPOCH_CEILING_MS
+_DECIMAL_RE = re.compile(PLAIN_DECIMAL)
 _OPTIONAL = ("bid", "bid_size", "ask", "ask_size", "last_size", "open_24h", "high_24h", "low_24h",
              "volume_24h", "quote_volume_24h")
 STAGE_COLUMNS = ("exchange", "symbol", "event_time_ms", "sequence", "price") + _OPTIONAL + ("received_ns",)
-MAX_CONN_ID = 200
 MAX_SESSION_REASON = 500
-MAX_SCOPE_SYMBOLS = 10_000      # a connection's symbols (shard scope) in its `connected` event
-
-
-class BadRecord(ValueError):
-    """A record the loader cannot store; it goes to the exchange's DLQ with this reason."""
 
 
 # --------------------------------------------------------------------------- parsing (pure)
 
-_POSITIVE_RE = re.compile(r"^(?=[0-9.]*[1-9])[0-9]{1,40}(\.[0-9]{1,40})?([eE][-+]?[0-9]{1,3})?$")
+_POSITIVE_RE = re.compile(POSITIVE_DECIMAL)
 # the price, then every present optional decimal, tab-separated: the whole record in one match
-_DECIMALS_RE = re.compile(rf"{_POSITIVE_RE.pattern[1:-1]}(?:\t{_DECIMAL_RE.pattern[1:-1]})*")
+_DECIMALS_RE = re.compile(rf"{POSITIVE_DECIMAL}(?:\t{PLAIN_DECIMAL})*")
 _canonical_seen: set[str] = set()          # symbols that passed CANONICAL_RE (bounded: hostile input)
 _CANONICAL_SEEN_MAX = 100_000
 _INT64 = 2 ** 63 - 1
@@ -126,7 +124,7 @@ def _reject_decimals(price, optional: list) -> None:
     if price is None:
         raise BadRecord("missing price")
     if type(price) is not str or not _POSITIVE_RE.fullmatch(price):
-        if type(price) is str and _DECIMAL_RE.fullmatch(price):
+        if type(price) is str and _DECIMAL_RE.fullmatch(price.removeprefix("-")):
             raise BadRecord("price is not positive")
         raise BadRecord("price is not a finite decimal string")
     for name, v in zip(_OPTIONAL, optional):
@@ -146,10 +144,14 @@ class Session:
     disconnected_ns: int | None = None
     reason: str | None = None
     symbols: list[str] | None = None     # the shard's symbols (None: all the extractor streams)
+    covered_until_ns: int | None = None  # newest time up to which the connection's data is safe
 
     def add(self, ev: PipelineEvent) -> None:
         self.first_seen_ns = min(self.first_seen_ns, ev.at_ns)
         self.last_seen_ns = max(self.last_seen_ns, ev.at_ns)
+        covered = ev.detail.get("covered_until_ns")
+        if covered is not None and (self.covered_until_ns is None or covered > self.covered_until_ns):
+            self.covered_until_ns = covered
         if ev.kind == "connected":
             self.connected_ns = ev.at_ns if self.connected_ns is None else min(self.connected_ns, ev.at_ns)
             if self.symbols is None and ev.detail.get("symbols") is not None:
@@ -160,49 +162,6 @@ class Session:
             if self.disconnected_ns is None or ev.at_ns < self.disconnected_ns:
                 self.disconnected_ns = ev.at_ns
                 self.reason = ev.reason[:MAX_SESSION_REASON]
-
-
-def parse_event(value: bytes | None) -> PipelineEvent:
-    if not value:
-        raise BadRecord("empty record")
-    try:
-        ev = PipelineEvent.from_json(value)
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-        raise BadRecord(f"malformed pipeline event: {type(exc).__name__}: {exc}") from None
-    if ev.exchange not in EXCHANGES:
-        raise BadRecord("unknown exchange")
-    if ev.kind not in PipelineEvent.KINDS:
-        raise BadRecord("unknown event kind")
-    if not isinstance(ev.conn_id, str) or not 0 < len(ev.conn_id) <= MAX_CONN_ID:
-        raise BadRecord("bad conn_id")
-    if not MIN_MS * 1_000_000 <= ev.at_ns <= MAX_MS * 1_000_000:
-        raise BadRecord("at_ns out of range")
-    if not isinstance(ev.reason, str):
-        raise BadRecord("reason is not a string")
-    if not isinstance(ev.detail, dict):
-        raise BadRecord("detail is not an object")
-    scope = ev.detail.get("symbols")
-    if scope is not None and (not isinstance(scope, list) or len(scope) > MAX_SCOPE_SYMBOLS
-                              or not all(isinstance(s, str) and CANONICAL_RE.fullmatch(s) for s in scope)):
-        raise BadRecord("detail.symbols is not a list of canonical symbols")
-    return ev
-
-
-def event_exchange(message) -> str | None:
-    """Which exchange's DLQ a bad pipeline event belongs to: its `exchange` field, else its key
-    (extractors key events by exchange); None if neither names a known exchange."""
-    try:
-        exchange = json.loads(message.value()).get("exchange")
-    except Exception:
-        exchange = None
-    if exchange in EXCHANGES:
-        return exchange
-    key = message.key()
-    try:
-        key = key.decode() if key else None
-    except UnicodeDecodeError:
-        key = None
-    return key if key in EXCHANGES else None
 
 
 # process-level events (the extractor's spool), not a connection's: they stay in the topic, and
@@ -298,10 +257,11 @@ SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM cnd), (SELECT count(*) 
 
 UPSERT_SESSIONS = """
 INSERT INTO stream_sessions AS s (conn_id, exchange, connected_at, subscribed_at, last_seen_at,
-                                  disconnected_at, reason, symbols)
+                                  disconnected_at, reason, symbols, covered_until)
 VALUES %s
 ON CONFLICT (conn_id) DO UPDATE SET
     symbols = coalesce(s.symbols, EXCLUDED.symbols),
+    covered_until = GREATEST(s.covered_until, EXCLUDED.covered_until),
     connected_at = LEAST(s.connected_at, EXCLUDED.connected_at),
     subscribed_at = LEAST(s.subscribed_at, EXCLUDED.subscribed_at),
     last_seen_at = GREATEST(s.last_seen_at, EXCLUDED.last_seen_at),
@@ -311,10 +271,20 @@ ON CONFLICT (conn_id) DO UPDATE SET
                   THEN EXCLUDED.reason ELSE s.reason END
 """
 
+INSERT_DEAD_LETTERS = """
+INSERT INTO dlq_records (dlq_topic, dlq_partition, dlq_offset, exchange, stage, reason, source_topic,
+                         source_partition, source_offset, received_at, symbols, untracked)
+VALUES %s
+ON CONFLICT (dlq_topic, dlq_partition, dlq_offset) DO NOTHING
+"""
+_DEAD_LETTER_TEMPLATE = ("(%s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                         "timestamptz 'epoch' + %s * interval '1 microsecond', %s::text[], %s)")
+
 _SESSION_TEMPLATE = ("(%s, %s, timestamptz 'epoch' + %s * interval '1 microsecond', "
                      "timestamptz 'epoch' + %s * interval '1 microsecond', "
                      "timestamptz 'epoch' + %s * interval '1 microsecond', "
-                     "timestamptz 'epoch' + %s * interval '1 microsecond', %s, %s::text[])")
+                     "timestamptz 'epoch' + %s * interval '1 microsecond', %s, %s::text[], "
+                     "timestamptz 'epoch' + %s * interval '1 microsecond')")
 
 
 def _us(ns: int | None) -> int | None:
@@ -328,6 +298,7 @@ class BatchResult:
     candles_touched: int = 0
     latest_updated: int = 0
     sessions: int = 0
+    dead_letters: int = 0
     partitions_created: int = 0
 
 
@@ -364,8 +335,11 @@ class TickWriter:
         self._known_days.update(missing)
         return created
 
-    def write(self, tick_lines: list[str], day_numbers: set[int], sessions: dict[str, Session]) -> BatchResult:
-        result = BatchResult(ticks_in=len(tick_lines), sessions=len(sessions))
+    def write(self, tick_lines: list[str], day_numbers: set[int], sessions: dict[str, Session],
+              dead_letters: list[tuple] = ()) -> BatchResult:
+        """One transaction: ticks (and their candles and latest prices), sessions, and the rows of
+        `dlq_records` (`dead_letter_row` tuples)."""
+        result = BatchResult(ticks_in=len(tick_lines), sessions=len(sessions), dead_letters=len(dead_letters))
         if tick_lines:
             result.partitions_created = self.ensure_partitions(day_numbers)
         conn = self.conn()
@@ -379,10 +353,13 @@ class TickWriter:
                 if sessions:
                     rows = [(cid, s.exchange, _us(s.connected_ns if s.connected_ns is not None else s.first_seen_ns),
                              _us(s.subscribed_ns), _us(s.last_seen_ns), _us(s.disconnected_ns), s.reason,
-                             s.symbols)
+                             s.symbols, _us(s.covered_until_ns))
                             for cid, s in sorted(sessions.items())]
                     psycopg2.extras.execute_values(cur, UPSERT_SESSIONS, rows, template=_SESSION_TEMPLATE,
                                                    page_size=1000)
+                if dead_letters:
+                    psycopg2.extras.execute_values(cur, INSERT_DEAD_LETTERS, list(dead_letters),
+                                                   template=_DEAD_LETTER_TEMPLATE, page_size=1000)
         except (psycopg2.errors.UndefinedTable, psycopg2.errors.CheckViolation):
             # a partition we believed in was dropped (retention: "no partition of relation found
             # for row") or the temp table vanished: forget what we knew and let the retry recreate
@@ -402,6 +379,33 @@ class TickWriter:
             dropped = cur.fetchone()[0]
         self._known_days.clear()
         return dropped
+
+
+@dataclass
+class Split:
+    """One batch, sorted (Loader.split)."""
+    lines: list[str] = field(default_factory=list)
+    days: set[int] = field(default_factory=set)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    dead_letters: list[tuple] = field(default_factory=list)     # rows of dlq_records
+    bad: list[tuple] = field(default_factory=list)              # (message, reason, exchange or None)
+
+
+def _headers_or_none(message):
+    try:
+        return message.headers()
+    except Exception:  # noqa: BLE001 - e.g. a header name that is not UTF-8: read as no headers
+        return None
+
+
+def dead_letter_row(message, d: DeadLetter) -> tuple:
+    """A `dlq_records` row (INSERT_DEAD_LETTERS order). The receive time is the dead letter's
+    own when it names one, else the time Kafka took the dead letter (shortly after receipt)."""
+    _kind, ts_ms = message.timestamp()
+    received_us = d.received_ns // 1000 if d.received_ns is not None else fallback_received_ns(ts_ms) // 1000
+    return (message.topic(), message.partition(), message.offset(), d.exchange, d.stage, d.reason,
+            d.source_topic, d.source_partition, d.source_offset, received_us,
+            list(d.symbols) if d.symbols else None, d.untracked)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -429,53 +433,74 @@ class Loader:
         self._next_retention = 0.0
         self._held: list = []
         self._committed: dict[tuple[str, int], int] = {}
+        self._kinds: dict[str, tuple[str, str | None]] = {}
 
     def topics(self) -> list[str]:
-        return [transformed_topic(e) + self.suffix for e in EXCHANGES] + [self.events_topic]
+        return ([transformed_topic(e) + self.suffix for e in EXCHANGES] + [self.events_topic]
+                + [dlq_topic(e) + self.suffix for e in EXCHANGES])
 
     # -- one batch
-    def split(self, messages: list) -> tuple[list[str], set[int], dict[str, Session], list[tuple]]:
-        lines: list[str] = []
-        days: set[int] = set()
+    def split(self, messages: list) -> "Split":
+        """Sort one batch into tick lines, sessions, dead-letter rows to record and bad records.
+        Whatever one record does (any field, any header, any size), it ends up in exactly one of
+        them: nothing it holds can stop the loader."""
+        out = Split()
         events: list[PipelineEvent] = []
-        bad: list[tuple] = []                      # (message, reason, exchange or None)
         per_topic: dict[str, int] = {}
-        exchanges: dict[str, str] = {}
+        now_ns = time.time_ns()
         for m in messages:
             topic = m.topic()
             per_topic[topic] = per_topic.get(topic, 0) + 1
-            if topic == self.events_topic:
-                try:
-                    events.append(parse_event(m.value()))
-                except BadRecord as exc:
-                    bad.append((m, f"loader: {exc}", event_exchange(m)))
-                continue
-            exchange = exchanges.get(topic) or exchanges.setdefault(topic, exchange_of_topic(topic))
+            kind, exchange = self._topic_kind(topic)
             try:
-                line = tick_copy_line(m.value(), exchange)
+                if kind == "events":
+                    events.append(decode_event(m.value(), now_ns))
+                elif kind == "dlq":      # never dead-lettered again, whatever it holds: recorded as read
+                    out.dead_letters.append(dead_letter_row(m, read_dead_letter(_headers_or_none(m), exchange)))
+                else:
+                    line = tick_copy_line(m.value(), exchange)
+                    out.lines.append(line)
+                    out.days.add(int(line.split("\t", 3)[2]) // 86_400_000)
             except BadRecord as exc:
-                bad.append((m, f"loader: {exc}", exchange))
-                continue
-            lines.append(line)
-            days.add(int(line.split("\t", 3)[2]) // 86_400_000)
+                out.bad.append((m, exc.reason, exchange if kind != "events" else event_exchange(m.value(), m.key())))
+            except Exception as exc:  # noqa: BLE001 - a record we did not foresee: its DLQ, not our exit
+                log.exception("unexpected failure on %s[%d]@%d", topic, m.partition(), m.offset())
+                out.bad.append((m, f"loader_error:{type(exc).__name__}",
+                                exchange if kind != "events" else event_exchange(m.value(), m.key())))
         for topic, n in per_topic.items():
             self.metrics.consumed(topic, n)
-        return lines, days, merge_events(events), bad
+        out.sessions = merge_events(events)
+        return out
+
+    def _topic_kind(self, topic: str) -> tuple[str, str | None]:
+        """('events' | 'dlq' | 'ticks', exchange); cached per topic."""
+        known = self._kinds.get(topic)
+        if known is None:
+            if topic == self.events_topic:
+                known = ("events", None)
+            else:
+                exchange = exchange_of_topic(topic)
+                known = ("dlq" if topic == dlq_topic(exchange) + self.suffix else "ticks", exchange)
+            self._kinds[topic] = known
+        return known
 
     def dead_letter(self, bad: list[tuple]) -> None:
+        """Bad records to their exchange's DLQ (stage `load`), delivered before offsets move.
+        A bad record read from a DLQ topic itself is never dead-lettered again (no loop): it is
+        recorded in `dlq_records` by `dead_letter_row` with what could be read of it."""
         counts: dict[str, int] = {}
         for m, reason, exchange in bad:
-            reason = safe_reason(reason)
             if exchange is None:
                 # no exchange to route it to: say so loudly (escaped), count it, move on
-                log.error("unroutable bad record %s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), reason)
+                log.error("unroutable bad record %s[%d]@%d: %s", m.topic(), m.partition(), m.offset(),
+                          safe_reason(reason))
                 counts["unroutable"] = counts.get("unroutable", 0) + 1
                 continue
             topic = dlq_topic(exchange) + self.suffix
-            headers = [("reason", reason.encode()), ("source_topic", m.topic().encode()),
-                       ("source_partition", str(m.partition()).encode()),
-                       ("source_offset", str(m.offset()).encode()), ("exchange", exchange.encode())]
-            self.producer.produce(topic, value=m.value(), key=m.key(), headers=headers)
+            value, headers = build_dead_letter(m.value(), reason=f"loader: {reason}", stage="load", exchange=exchange,
+                                               source_topic=m.topic(), source_partition=m.partition(),
+                                               source_offset=m.offset())
+            self.producer.produce(topic, value=value, key=m.key(), headers=headers)
             counts[topic] = counts.get(topic, 0) + 1
         if bad:
             remaining = self.producer.flush(30)
@@ -486,25 +511,26 @@ class Loader:
 
     def process(self, messages: list) -> BatchResult:
         started = time.monotonic()
-        lines, days, sessions, bad = self.split(messages)
-        result = self._write_with_retry(lines, days, sessions)
-        self.dead_letter(bad)
+        batch = self.split(messages)
+        result = self._write_with_retry(batch)
+        self.dead_letter(batch.bad)
         held = {(m.topic(), m.partition()) for m in self._held}
         offsets = advance_past_markers(self.consumer, next_offsets(messages), held)
         if commit_sync(self.consumer, offsets):
             self._committed.update({(o.topic, o.partition): o.offset for o in offsets})
         self.metrics.wrote("ticks", result.ticks_inserted)
         self.metrics.wrote("sessions", result.sessions)
+        self.metrics.wrote("dead_letters", result.dead_letters)
         self.metrics.batch(len(messages), time.monotonic() - started)
         return result
 
-    def _write_with_retry(self, lines, days, sessions) -> BatchResult:
+    def _write_with_retry(self, batch: "Split") -> BatchResult:
         delays = backoff_delays()
         paused = False
         try:
             while True:
                 try:
-                    return self.writer.write(lines, days, sessions)
+                    return self.writer.write(batch.lines, batch.days, batch.sessions, batch.dead_letters)
                 except _RETRYABLE as exc:
                     if self.stop.is_set():
                         raise
@@ -584,7 +610,7 @@ class Loader:
 
 def main(argv: list[str] | None = None) -> int:
     p = base_parser("cryptopipe load", "normalized ticks and pipeline events -> Postgres",
-                    DEFAULT_GROUP, DEFAULT_METRICS_PORT)
+                    DEFAULT_GROUP, metrics_port(DEFAULT_METRICS_PORT))
     p.add_argument("--topic-suffix", default="", help="suffix of every topic name (tests)")
     p.add_argument("--retention-days", type=int, default=None,
                    help="drop ticks partitions older than this (default: settings; 0 disables)")

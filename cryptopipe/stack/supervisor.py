@@ -9,7 +9,7 @@ from pathlib import Path
 
 from common.supervisor_rpc import supervisor_proxy
 from cryptopipe.stack.component import StackContext
-from cryptopipe.stack.paths import repo_root
+from cryptopipe.stack.paths import PORT_OFFSET, repo_root
 from cryptopipe.stack.progress import StepFailed, wait_until
 
 PIPELINE_CONF = repo_root() / "streaming" / "supervisord.conf"
@@ -52,6 +52,7 @@ def supervisord_env(ctx: StackContext) -> dict[str, str]:
     keep.update({"CRYPTOPIPE_HOME": str(ctx.paths.home), "CRYPTOPIPE_PYTHON": ctx.python,
                  "CRYPTOPIPE_REPO": str(repo_root()), "PYTHONPATH": str(repo_root()),
                  "CRYPTOPIPE_AUTOSTART": "false",  # the manager starts programs in order
+                 "CRYPTOPIPE_PORT_OFFSET": str(PORT_OFFSET),   # the daemons' metrics ports move too
                  "PYTHONUNBUFFERED": "1"})
     return keep
 

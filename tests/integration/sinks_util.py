@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from common import kafka
 from common.kafka import make_producer
+from common.codec.raw import raw_headers  # noqa: F401 - the extractor's headers, for tests
 from common.settings import get_settings
 from common.topics import DLQ_TOPICS, PIPELINE_EVENTS, RAW_TOPICS, TRANSFORMED_TOPICS
 
@@ -48,11 +49,6 @@ def produce(topic: str, records: list[tuple], partition: int | None = None) -> N
         kwargs = {"partition": partition} if partition is not None else {}
         p.produce(topic, value=value, key=key, headers=headers, **kwargs)
     assert p.flush(60) == 0
-
-
-def raw_headers(received_ns: int, conn_id: str, exchange: str) -> list:
-    return [("received_ns", str(received_ns).encode()), ("conn_id", conn_id.encode()),
-            ("exchange", exchange.encode())]
 
 
 def read_topic(topic: str, timeout: float = 60.0) -> list:

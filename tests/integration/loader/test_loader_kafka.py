@@ -8,7 +8,7 @@ import pytest
 from common.models import PipelineEvent, Tick
 from tests.integration.sinks_util import (stop_leftover_daemons, topics,  # noqa: F401
                                           Daemon, committed, end_offsets,
-                                          produce, wait_until)
+                                          produce, read_topic, wait_until)
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +89,64 @@ def test_two_instances_split_partitions_and_store_everything_once(pg, topics, tm
     with pg.cursor() as cur:
         cur.execute("SELECT reason, disconnected_at IS NOT NULL FROM stream_sessions WHERE conn_id = %s", (conn_id,))
         assert cur.fetchall() == [("x", True)]
+
+
+def test_poison_records_go_to_the_dlq_and_dead_letters_are_recorded_for_gap_detection(pg, topics, tmp_path):
+    """Whatever a transformed record or a pipeline event holds, the loader keeps running: a bad one
+    goes to its exchange's DLQ with its reason (value capped), and every dead letter (the
+    transformer's and its own) is read back into dlq_records, once, however often it is replayed."""
+    from common.codec.dlq import DLQ_MAX_VALUE_BYTES, dead_letter
+
+    symbol = f"P{uuid.uuid4().hex[:7].upper()}-USDT"
+    good = Tick("binance", symbol, BASE_MS, Decimal("1.5"), BASE_MS * 10**6, sequence=1).to_json()
+    future_ns = (BASE_MS + 10**12) * 10**6                          # the year 2057
+    poison_ticks = [(b"\xff\xfe", b"x" * 900_000, None),            # non-UTF-8 key, 900 kB of garbage
+                    (symbol.encode(), b'["a", "list"]', None),      # JSON of the wrong type
+                    (symbol.encode(), good.replace(b'"1.5"', b'"1e5"'), [("received_ns", b"9" * 40)])]
+    poison_events = [(b"binance", b'{"exchange":"binance","conn_id":"forged","kind":"connected","at_ns":%d}'
+                      % future_ns, None),
+                     (b"kucoin", b"\x00" * 10, None)]
+    value, headers = dead_letter(b"frame", reason="malformed_json", stage="transform", exchange="kucoin",
+                                 source_topic="kucoin_raw_data", source_partition=0, source_offset=41,
+                                 received_ns=BASE_MS * 10**6, symbols=[symbol])
+    produce("binance_transformed_data" + topics, poison_ticks + [(symbol.encode(), good, None)], partition=0)
+    produce("pipeline_events" + topics, poison_events)
+    produce("kucoin_dlq" + topics, [(b"conn", value, headers), (b"junk", b"junk", [("received_ns", b"\xff")])])
+    group = "loader-test-" + uuid.uuid4().hex
+    loader = Daemon(loader_args(topics, group), tmp_path, "load-poison").start()
+
+    def recorded():
+        with pg.cursor() as cur:
+            cur.execute("SELECT dlq_topic, stage, reason, source_offset, symbols, untracked FROM dlq_records "
+                        "WHERE dlq_topic LIKE %s ORDER BY dlq_topic, dlq_offset", (f"%{topics}",))
+            return cur.fetchall()
+    wait_until(lambda: len(recorded()) == 7, 120, "7 dead letters recorded", [loader])
+    assert loader.alive()
+    rows = recorded()
+    binance_rows = [r for r in rows if r[0].startswith("binance_dlq")]
+    kucoin_rows = [r for r in rows if r[0].startswith("kucoin_dlq")]
+    assert [r[1] for r in binance_rows] == ["load"] * 4
+    reasons = " | ".join(sorted(r[2] for r in binance_rows))
+    for expected in ("malformed JSON", "not a JSON object", "finite decimal", "at_ns_in_the_future"):
+        assert expected in reasons, reasons                         # (the last: the forged event)
+    assert kucoin_rows[0][1:5] == ("transform", "malformed_json", 41, [symbol])   # the first record produced
+    rest = sorted(r[1:3] for r in kucoin_rows[1:])
+    assert rest[0][0] == "load" and rest[0][1].startswith("loader: malformed_event")   # the \x00 event, by its key
+    assert rest[1] == ("unknown", "unreadable_dead_letter:reason")     # junk in a DLQ: recorded, never re-sent
+    dlq = read_topic("binance_dlq" + topics)
+    assert max(len(m.value()) for m in dlq) == DLQ_MAX_VALUE_BYTES      # the 900 kB value, capped
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM ticks WHERE exchange = 'binance' AND symbol = %s", (symbol,))
+        assert cur.fetchone()[0] == 1                                 # the good tick still flows
+        cur.execute("SELECT count(*) FROM stream_sessions WHERE conn_id = 'forged'")
+        assert cur.fetchone()[0] == 0
+    assert loader.term() == 0
+    # a second group replays every topic: the transformer's dead letter is the same record, recorded once
+    replay = "loader-test-" + uuid.uuid4().hex
+    second = Daemon(loader_args(topics, replay), tmp_path, "load-replay").start()
+    wait_until(drained(replay, "kucoin_dlq" + topics, 1), 120, "the replay of kucoin_dlq", [second])
+    assert second.term() == 0
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM dlq_records WHERE dlq_topic = %s AND source_offset = 41",
+                    ("kucoin_dlq" + topics,))
+        assert cur.fetchone()[0] == 1

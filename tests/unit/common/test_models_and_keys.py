@@ -3,6 +3,7 @@ from decimal import Decimal
 
 import pytest
 
+from common.codec.events import decode_event
 from common.models import PipelineEvent, Tick, ns_to_dt
 from common.s3 import backfill_response_key, raw_archive_key
 from common.topics import ALL_TOPICS, exchange_of_topic, topic_specs
@@ -23,8 +24,8 @@ def test_ns_to_dt_is_utc_and_exact_to_the_microsecond():
 
 
 def test_pipeline_event_round_trip():
-    e = PipelineEvent("binance", "c1", "disconnected", 123, reason="stall", detail={"after_s": 5})
-    assert PipelineEvent.from_json(e.to_json()) == e
+    e = PipelineEvent("binance", "c1", "disconnected", 1_764_000_000_000_000_000, reason="stall", detail={"after_s": 5})
+    assert decode_event(e.to_json(), e.at_ns) == e
 
 
 def test_raw_key_is_a_function_of_offsets():

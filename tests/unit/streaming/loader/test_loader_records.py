@@ -6,7 +6,9 @@ import pytest
 
 from common.models import PipelineEvent, Tick
 from streaming.consumer_loop import Metrics, StopFlag
-from streaming.loader import BadRecord, Loader, merge_events, parse_event, tick_copy_line
+from common.codec import BadRecord
+from common.codec.events import decode_event
+from streaming.loader import Loader, merge_events, tick_copy_line
 from tests.unit.streaming.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
 
 NS = 1_764_000_000_000_000_000
@@ -67,7 +69,7 @@ def test_bad_transformed_records_are_rejected_with_a_reason(value, reason):
         tick_copy_line(value, "binance")
 
 
-@pytest.mark.parametrize("price, ok", [("0.000", False), ("0E+5", False), ("00", False), ("1e-3", True),
+@pytest.mark.parametrize("price, ok", [("0.000", False), ("0E+5", False), ("00", False), ("1e-3", False),
                                        ("0.0000001141", True), ("10", True), ("-0.5", False), ("+1", False),
                                        ("1.", False), (".5", False), ("Infinity", False), ("1_000", False)])
 def test_price_must_be_a_positive_finite_decimal(price, ok):
@@ -111,8 +113,8 @@ def test_events_merge_per_connection_with_first_disconnect_reason():
 
 
 def test_a_sharded_connection_keeps_its_symbols():
-    evs = [parse_event(PipelineEvent("binance", "c1", "connected", NS, detail={"symbols": ["AAA-USDT", "BB-USDT"]})
-                       .to_json()),
+    evs = [decode_event(PipelineEvent("binance", "c1", "connected", NS, detail={"symbols": ["AAA-USDT", "BB-USDT"]})
+                        .to_json(), NS),
            PipelineEvent("binance", "c1", "heartbeat", NS + 5),
            PipelineEvent("binance", "c2", "connected", NS + 1, detail={"streams": 1})]
     s = merge_events(evs)
@@ -127,28 +129,46 @@ def test_spool_events_are_not_sessions():
 
 
 @pytest.mark.parametrize("value, reason", [
-    (b"{}", "malformed"),
-    (b'{"exchange":"x","conn_id":"c","kind":"connected","at_ns":1764000000000000000}', "unknown exchange"),
-    (b'{"exchange":"binance","conn_id":"c","kind":"exploded","at_ns":1764000000000000000}', "unknown event kind"),
-    (b'{"exchange":"binance","conn_id":"","kind":"connected","at_ns":1764000000000000000}', "bad conn_id"),
-    (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":5}', "out of range"),
+    (b"{}", "unknown_exchange"),
+    (b"[1]", "not_an_object"),
+    (b"{nope", "malformed_event:json"),
+    (b'{"exchange":"x","conn_id":"c","kind":"connected","at_ns":1764000000000000000}', "unknown_exchange"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"exploded","at_ns":1764000000000000000}', "unknown_event_kind"),
+    (b'{"exchange":"binance","conn_id":"","kind":"connected","at_ns":1764000000000000000}', "bad_conn_id"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":5}', "before_2009"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":"1764000000000000000"}', "at_ns_not_integer"),
+    # a forged "connected" event far in the future (or year 2099) claims coverage that never existed
+    (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":1764000600000000001}', "in_the_future"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":4070908800000000000}', "in_the_future"),
     (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":1764000000000000000,"detail":[1]}',
-     "detail is not an object"),
+     "detail_not_an_object"),
     (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":1764000000000000000,'
-     b'"detail":{"symbols":"BTC-USDT"}}', "detail.symbols"),
+     b'"detail":{"symbols":"BTC-USDT"}}', "symbols_not_canonical"),
     (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":1764000000000000000,'
-     b'"detail":{"symbols":["BTC-USDT","x\');DROP TABLE ticks;--"]}}', "detail.symbols"),
+     b'"detail":{"symbols":["BTC-USDT","x\');DROP TABLE ticks;--"]}}', "symbols_not_canonical"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"heartbeat","at_ns":1764000000000000000,'
+     b'"detail":{"covered_until_ns":1764000000000000001}}', "covered_after_event"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"heartbeat","at_ns":1764000000000000000,'
+     b'"detail":{"covered_until_ns":"1"}}', "covered_until_ns_not_integer"),
+    (b"{" + b" " * (1 << 20) + b"}", "oversized_event"),
 ])
 def test_bad_events_are_rejected(value, reason):
+    # the loader's clock: NS (+ the 5 minutes an event may run ahead of it)
     with pytest.raises(BadRecord, match=reason):
-        parse_event(value)
+        decode_event(value, NS)
+
+
+def test_an_event_slightly_ahead_of_the_loader_clock_is_accepted():
+    ev = decode_event(b'{"exchange":"binance","conn_id":"c","kind":"heartbeat","at_ns":1764000299000000000,'
+                      b'"detail":{"covered_until_ns":1764000298000000000}}', NS)
+    assert ev.at_ns == NS + 299 * 10**9 and merge_events([ev])["c"].covered_until_ns == NS + 298 * 10**9
 
 
 class RecordingWriter:
     def __init__(self):
         self.calls = []
 
-    def write(self, lines, days, sessions):
+    def write(self, lines, days, sessions, dead_letters=()):
         from streaming.loader import BatchResult
         self.calls.append((list(lines), set(days), dict(sessions)))
         return BatchResult(ticks_in=len(lines), ticks_inserted=len(lines), sessions=len(sessions))
@@ -185,11 +205,11 @@ def test_db_outage_is_retried_without_committing_until_it_succeeds():
     class FlakyWriter(RecordingWriter):
         fails = 2
 
-        def write(self, lines, days, sessions):
+        def write(self, lines, days, sessions, dead_letters=()):
             if self.fails:
                 self.fails -= 1
                 raise psycopg2.OperationalError("server closed the connection")
-            return super().write(lines, days, sessions)
+            return super().write(lines, days, sessions, dead_letters)
 
     consumer = FakeConsumer(assignment=[("binance_transformed_data", 0)])
     writer = FlakyWriter()

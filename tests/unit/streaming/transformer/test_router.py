@@ -134,7 +134,7 @@ def test_every_bad_input_class_goes_to_the_dlq_with_reason_and_source(frame, rea
 def test_an_oversized_bad_frame_is_dead_lettered_truncated_with_its_size_and_digest():
     import hashlib
 
-    from streaming.transformer import DLQ_MAX_VALUE_BYTES
+    from common.codec.dlq import DLQ_MAX_VALUE_BYTES
 
     frame = kucoin()[:-1] + b',"pad":"' + b"x" * (2 << 20) + b'"}'
     router, _ = make_router()
@@ -230,3 +230,52 @@ def test_scheduled_refresh_runs_in_the_background_and_the_router_picks_it_up():
     meta.attempted_at = meta.clock()           # no on-demand refresh: the scheduled one must suffice
     router.route(msg("binance_raw_data", binance_mini("NEWUSDT")))
     assert [t.symbol for t, _, _ in ticks_of(router.producer, "binance_transformed_data")] == ["NEW-USDT"]
+
+
+# --- poison records: whatever a raw record's headers or key hold, it is dead-lettered, never a crash
+
+POISON_HEADERS = [
+    ([("received_ns", str(2 ** 63 + 5).encode())], "bad_header:received_ns:out_of_range"),
+    ([("received_ns", b"99999999999999999999999999")], "bad_header:received_ns"),
+    ([("received_ns", b"-5")], "bad_header:received_ns"),
+    ([("received_ns", b"12ab")], "bad_header:received_ns"),
+    ([("received_ns", b"\xff\xfe")], "bad_header:received_ns"),
+    ([("received_ns", b"5")], "bad_header:received_ns:out_of_range"),          # 1970
+    ([("received_ns", b"4102444800000000000")], "bad_header:received_ns:out_of_range"),   # 2100
+    ([], "missing_header:received_ns"),
+    ([("received_ns", str(RECEIVED_NS).encode())] * 2, "bad_header:repeated:received_ns"),
+    ([("received_ns", str(RECEIVED_NS).encode()), ("conn_id", b"x" * 5000)], "bad_header:oversized:conn_id"),
+    ([("received_ns", str(RECEIVED_NS).encode()), ("conn_id", "é".encode())], "bad_header:conn_id:not_ascii"),
+]
+
+
+@pytest.mark.parametrize("headers, reason", POISON_HEADERS)
+def test_a_raw_record_with_poison_headers_is_dead_lettered(headers, reason):
+    router, _ = make_router()
+    poison = FakeMessage("kucoin_raw_data", 0, 9, kucoin(), b"\xff\x00not-utf8", headers)
+    good = msg("kucoin_raw_data", kucoin(), offset=10)
+    router.route(poison)
+    router.route(good)
+    (_topic, value, key, dlq_headers), = router.producer.by_topic("kucoin_dlq")
+    h = dict(dlq_headers)
+    assert h["reason"] == reason.encode() and h["stage"] == b"transform"
+    assert (h["source_topic"], h["source_offset"], value, key) == (b"kucoin_raw_data", b"9", kucoin(), b"\xff\x00not-utf8")
+    assert "received_ns" not in h                    # never copied from a header that failed
+    assert len(router.producer.by_topic("kucoin_transformed_data")) == 1     # the good record still flows
+
+
+def test_a_bad_frame_names_the_symbol_it_held_so_its_minute_becomes_that_symbols_gap():
+    router, _ = make_router()
+    frame = kucoin(price="-5")
+    router.route(msg("kucoin_raw_data", frame, offset=3))
+    (_t, _v, _k, headers), = router.producer.by_topic("kucoin_dlq")
+    h = dict(headers)
+    assert h["symbols"] == json.loads(kucoin())["subject"].encode()
+    assert h["received_ns"] == str(RECEIVED_NS).encode() and "untracked" not in h
+
+
+def test_an_unknown_binance_symbol_is_dead_lettered_as_untracked():
+    router, _ = make_router(symbols={"BTCUSDT": "BTC-USDT"})
+    router.route(msg("binance_raw_data", binance_mini("NEWCOINUSDT")))
+    (_t, _v, _k, headers), = router.producer.by_topic("binance_dlq")
+    assert dict(headers)["untracked"] == b"true"
