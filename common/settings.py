@@ -90,6 +90,17 @@ class Settings(BaseSettings):
     # backfill limits
     backfill_max_window_hours: int = 24 * 7
 
+    # reconciliation (backfill/reconcile.py, DAG crypto_reconcile, `cryptopipe reconcile`): every
+    # minute closed at least `reconcile_settle_seconds` ago gets the exchange's own candle
+    reconcile: bool = True                      # RECONCILE=off: live prices only, no reconciliation
+    reconcile_settle_seconds: int = Field(120, ge=0, le=24 * 3600)
+    reconcile_interval_minutes: int = Field(5, ge=1, le=24 * 60)   # crypto_reconcile's schedule
+    # where the first run of an exchange starts: its first stream session's minute, at most this far back
+    reconcile_lookback_hours: float = Field(6.0, gt=0, le=24 * 31)
+    # the most minutes one run reconciles per exchange (a run costs one request per symbol per
+    # 1,000 (Binance) / 1,500 (KuCoin) minutes, so catching up after downtime is cheap)
+    reconcile_max_minutes: int = Field(360, ge=1, le=24 * 60)
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split_symbols(cls, value):

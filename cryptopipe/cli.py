@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "archive": ("streaming.archiver", "main", "raw topics -> S3 (gzip JSONL)"),
     "backfill": ("backfill.cli", "backfill_main", "fill 1-minute candles from the exchanges' REST APIs"),
     "gaps": ("backfill.cli", "gaps_main", "detect and list gaps in the stored history"),
+    "reconcile": ("backfill.cli", "reconcile_main", "replace closed minutes' stream candles by the exchange's; --status"),
     "sim": ("sim.cli", "main", "run the Binance/KuCoin exchange simulator on loopback"),
     "bench": ("cryptopipe.bench", "main", "end-to-end benchmark on the real stack"),
     "peek": ("cryptopipe.peek", "main", "look at the data: peek topic NAME | peek s3 [PREFIX] | peek sql"),

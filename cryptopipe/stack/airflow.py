@@ -192,7 +192,7 @@ class AirflowRest:
             raise StepFailed(f"could not {'pause' if paused else 'unpause'} {dag_id}: HTTP {status} {dag}")
 
 
-DAG_IDS = ("crypto_stream_supervisor", "crypto_gap_detection", "crypto_backfill")
+DAG_IDS = ("crypto_stream_supervisor", "crypto_gap_detection", "crypto_backfill", "crypto_reconcile")
 
 
 def rest_client(ctx: StackContext) -> AirflowRest:

@@ -295,7 +295,7 @@ def ensure_airflow(source: str | None = None) -> dict:
     ctx = make_context(source)
     write_stack_env(ctx)
     bring_up(ctx, [*CORE, Airflow()])
-    # tests drive detection and supervision themselves: no scheduled run may race them
-    set_dags_paused(ctx, True, dag_ids=("crypto_gap_detection", "crypto_stream_supervisor"))
+    # tests drive detection, reconciliation and supervision themselves: no scheduled run may race them
+    set_dags_paused(ctx, True, dag_ids=("crypto_gap_detection", "crypto_stream_supervisor", "crypto_reconcile"))
     return {"url": f"http://127.0.0.1:{AIRFLOW_PORT}", "user": ADMIN_USER,
             "password": ctx.env["CRYPTOPIPE_AIRFLOW_ADMIN_PASSWORD"], "env": airflow_env(ctx)}
