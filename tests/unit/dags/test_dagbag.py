@@ -52,7 +52,8 @@ def parsed(tmp_path_factory):
 
 def test_three_dags_no_import_errors(parsed):
     assert parsed["errors"] == {}
-    assert sorted(parsed["dags"]) == ["crypto_backfill", "crypto_gap_detection", "crypto_stream_supervisor"]
+    assert sorted(parsed["dags"]) == ["crypto_backfill", "crypto_cross_check", "crypto_gap_detection",
+                                      "crypto_stream_supervisor"]
 
 
 def test_dag_files_do_nothing_heavy_at_import(parsed):
@@ -76,3 +77,10 @@ def test_scheduled_dags_never_overlap(parsed):
     assert "0:15:00" in gaps["schedule"] and "0:05:00" in sup["schedule"]
     assert gaps["tasks"] == ["detect", "plan_backfills", "trigger_backfill"]
     assert sup["tasks"] == ["check_and_restart"]
+
+
+def test_cross_check_dag_shape(parsed):
+    d = parsed["dags"]["crypto_cross_check"]
+    assert "1:00:00" in d["schedule"] and d["max_active_runs"] == 1 and d["catchup"] is False
+    assert d["tasks"] == ["check"]
+    assert set(d["params"]) == {"threshold_bps", "min_minutes", "hours", "lookback_hours"}
