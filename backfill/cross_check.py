@@ -165,3 +165,25 @@ def run(end: datetime, hours: float = 1.0, lookback_hours: float = 1.0, threshol
                            s.cross_check_min_minutes if min_minutes is None else min_minutes)
     finally:
         conn.close()
+
+
+def main(argv: list[str]) -> int:
+    """`cryptopipe cross-check [--hours H] [--lookback-hours L] [--threshold-bps B] [--min-minutes M]`"""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="cryptopipe cross-check", description=__doc__.split("\n\n")[0])
+    p.add_argument("--hours", type=float, default=1.0, help="hours checked, up to now (default 1)")
+    p.add_argument("--lookback-hours", type=float, default=0.0)
+    p.add_argument("--threshold-bps", type=float, default=None, help="default: CROSS_CHECK_THRESHOLD_BPS (50)")
+    p.add_argument("--min-minutes", type=int, default=None, help="default: CROSS_CHECK_MIN_MINUTES (3)")
+    args = p.parse_args(argv)
+    if not 0 < args.hours <= 168 or not 0 <= args.lookback_hours <= 24:
+        p.error("--hours must be in (0, 168] and --lookback-hours in [0, 24]")
+    if args.threshold_bps is not None and not 0 < args.threshold_bps <= 10000:
+        p.error("--threshold-bps must be in (0, 10000]")
+    if args.min_minutes is not None and not 1 <= args.min_minutes <= 1440:
+        p.error("--min-minutes must be in [1, 1440]")
+    summary = run(datetime.now(UTC), args.hours, args.lookback_hours, args.threshold_bps, args.min_minutes)
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -136,3 +136,14 @@ def pipeline_groups(groups: Mapping[str, str] | None = None) -> dict[str, tuple[
 
 
 DEFAULT_GROUPS = {"transform": "transformer", "load": "loader", "archive": "archiver"}
+
+
+def lag_report(reader: LagReader, groups: Mapping[str, Iterable[str]] | None = None) -> dict:
+    """{"groups": [{group, topic, committed, end, lag}]} for the pipeline's groups, or
+    {"error": ...} when Kafka cannot say (a health page must still show the rest)."""
+    try:
+        lags = reader.group_lags(groups or pipeline_groups())
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    return {"groups": [{"group": g.group, "topic": g.topic, "committed": g.committed, "end": g.end, "lag": g.lag}
+                       for g in lags]}

@@ -236,3 +236,20 @@ def recent_supervisor_checks(cur, limit: int = 20) -> dict:
                      FROM supervisor_checks WHERE verdict <> 'healthy'
                     ORDER BY checked_at DESC, id DESC LIMIT %s""", (limit,))
     return {"latest": latest, "problems": _rows(cur)}
+
+
+def snapshot(cur, exchanges, consumer_lag) -> dict:
+    """Everything the health view shows (and `GET /v1/health` answers), in one JSON document.
+    `consumer_lag`: `common.consumer_lag.lag_report(...)`'s answer (Kafka is not read here)."""
+    cur.execute("SELECT now()")
+    now = cur.fetchone()[0]
+    sess, rates, gaps = sessions(cur, exchanges), tick_rates(cur, exchanges), gaps_by_status(cur, exchanges)
+    return {
+        "generated_at": iso_utc(now),
+        "exchanges": {ex: {"sessions": sess[ex], "ticks": rates[ex], "gaps": gaps[ex]} for ex in exchanges},
+        "consumer_lag": consumer_lag,
+        "coverage": {ex: coverage(cur, ex) for ex in exchanges},
+        "divergences": recent_divergences(cur),
+        "candle_checks": recent_candle_checks(cur),
+        "supervisor_checks": recent_supervisor_checks(cur),
+    }

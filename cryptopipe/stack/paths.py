@@ -39,6 +39,7 @@ POSTGRES_PORT = 5432 + PORT_OFFSET
 S3_PORT = 9000 + PORT_OFFSET
 AIRFLOW_PORT = 8080 + PORT_OFFSET
 SIM_PORT = 8765 + PORT_OFFSET
+API_PORT = 8000 + PORT_OFFSET                  # the prices server (supervisord program `api`)
 
 
 @dataclass(frozen=True)

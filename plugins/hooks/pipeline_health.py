@@ -123,3 +123,20 @@ class PipelineHealthHook(BaseHook):
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    # -- the health view --------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """Everything the operators' health view shows (common.health.snapshot), consumer lag
+        per group included."""
+        from common import health
+        from common.consumer_lag import lag_report
+        from common.topics import EXCHANGES
+
+        lag = lag_report(self._lag_reader())
+        conn = self.get_pg()
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                return health.snapshot(cur, list(EXCHANGES), lag)
+        finally:
+            conn.close()
