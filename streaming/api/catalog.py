@@ -18,9 +18,13 @@ class Catalog:
         self._at = -1e9
         self._symbols: dict[str, set[str]] = {ex: set() for ex in EXCHANGES}
 
-    def symbols(self, exchange: str) -> set[str]:
+    def symbols(self, exchange: str, wanted=()) -> set[str]:
+        """The exchange's symbols; re-read when older than `ttl_s`, or when one of `wanted` is
+        missing and the list is older than 0.2 s (a market that just started streaming)."""
         with self._lock:
-            if time.monotonic() - self._at > self.ttl_s:
+            age = time.monotonic() - self._at
+            stale = age > self.ttl_s or (age > 0.2 and not set(wanted) <= self._symbols.get(exchange, set()))
+            if stale:
                 with self.pool.cursor() as cur:
                     cur.execute("SELECT exchange, symbol FROM latest_prices")
                     fresh = {ex: set() for ex in EXCHANGES}
@@ -30,7 +34,7 @@ class Catalog:
             return self._symbols.get(exchange, set())
 
     def known(self, exchange: str, symbol: str) -> bool:
-        return symbol in self.symbols(exchange) or self.has_history(exchange, symbol)
+        return symbol in self.symbols(exchange, (symbol,)) or self.has_history(exchange, symbol)
 
     def has_history(self, exchange: str, symbol: str) -> bool:
         with self.pool.cursor() as cur:

@@ -29,7 +29,7 @@ def get_prices(request: Request,
     exchanges = params.exchanges(exchange)
     wanted = params.symbols(symbols, st.settings.api_max_symbols)
     if wanted is not None:
-        found = set().union(*(st.catalog.symbols(ex) for ex in exchanges))
+        found = set().union(*(st.catalog.symbols(ex, wanted) for ex in exchanges))
         params.unknown(found, wanted, " or ".join(exchanges))
     with st.pool.cursor() as cur:
         cur.execute("""SELECT exchange, symbol, price, event_time FROM latest_prices

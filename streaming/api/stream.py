@@ -56,7 +56,7 @@ async def subscription(ws: WebSocket) -> tuple[frozenset, frozenset | None, int]
     if symbols is not None:
         known = set()
         for ex in exchanges:
-            known |= await run_in_threadpool(st.catalog.symbols, ex)
+            known |= await run_in_threadpool(st.catalog.symbols, ex, symbols)
         params.unknown(known, symbols, " or ".join(exchanges))
     return frozenset(exchanges), (frozenset(symbols) if symbols is not None else None), conflate
 
