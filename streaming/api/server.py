@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     app = create_app(s, tail=not args.no_tail, topic_suffix=args.topic_suffix)
     # incoming websocket messages are ignored: keep them tiny; HTTP connections beyond the
     # websocket limit plus some headroom get 503 from uvicorn itself
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), ws="websockets",
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), ws="websockets-sansio",
                 ws_max_size=4096, ws_max_queue=4, limit_concurrency=s.api_max_connections + 200,
                 access_log=False, timeout_graceful_shutdown=5)
     return 0

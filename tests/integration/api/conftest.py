@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-LIMITS = {"API_MAX_CONNECTIONS": "6", "API_MAX_SYMBOLS": "10", "API_CLIENT_QUEUE": "50",
+LIMITS = {"API_MAX_CONNECTIONS": "6", "API_MAX_SYMBOLS": "10", "API_CLIENT_QUEUE": "1000",
           "API_SLOW_CLIENT_SECONDS": "2", "API_HEALTH_CACHE_SECONDS": "0", "API_CANDLES_PAGE_SIZE": "100",
           "API_MAX_CANDLE_WINDOW_HOURS": "48"}
 
