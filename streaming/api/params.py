@@ -84,7 +84,8 @@ def time_param(raw: str | None, what: str) -> datetime | None:
     if raw is None or raw.strip() == "":
         return None
     text = raw.strip()
-    if len(text) > 40 or not text.isascii():
+    # printable ASCII only: CPython's parser stops at a NUL and would accept "2026-11-25\x00junk"
+    if len(text) > 40 or not text.isascii() or not text.isprintable():
         raise bad(f"{what} {show(text)} is not a date-time: use ISO-8601 like 2026-11-25T08:00Z")
     try:
         t = datetime.fromisoformat(text)
