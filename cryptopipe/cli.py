@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "cross-check": ("backfill.cross_check", "main", "compare the exchanges' closes; record divergences"),
     "sim": ("sim.cli", "main", "run the Binance/KuCoin exchange simulator on loopback"),
     "bench": ("cryptopipe.bench", "main", "end-to-end benchmark on the real stack"),
+    "bench-api": ("cryptopipe.bench.api", "main", "websocket fan-out benchmark of the prices server"),
     "peek": ("cryptopipe.peek", "main", "look at the data: peek topic NAME | peek s3 [PREFIX] | peek sql"),
 }
 
