@@ -184,6 +184,9 @@ def _heatmap(per_bucket, group_symbols: dict[str, int], since: datetime, now: da
     while t < now:
         hours.append(t)
         t += timedelta(hours=1)
+    # hours before the exchange's first stored candle in the window are "no history yet", not
+    # missing: the strip and the page say so instead of painting them red
+    first = min((b for b, _g, _n, _m in per_bucket), default=now)
     stored: dict = {}
     for b, grp, n, _m in per_bucket:
         key = (group_of.get(grp, "other"), b.replace(minute=0, second=0, microsecond=0))
@@ -192,7 +195,7 @@ def _heatmap(per_bucket, group_symbols: dict[str, int], since: datetime, now: da
     for r in rows:
         line = []
         for h in hours:
-            lo, hi = max(h, since), min(h + timedelta(hours=1), now)
+            lo, hi = max(h, since, first), min(h + timedelta(hours=1), now)
             expected = symbols[r] * max(0.0, (hi - lo).total_seconds() / 60)
             line.append(None if expected < 1 else round(min(1.0, stored.get((r, h), 0) / expected), 3))
         cells.append(line)
