@@ -2,8 +2,8 @@
 
     cryptopipe bench-api --rate 2000 --symbols 200 --clients 500 --duration 60 --json out.json
 
-A private simulator feeds the real extractors and transformer (the run's own topics, suffix
-`_benchapi<id>`), and a `cryptopipe serve` reads them; one client process opens `--clients`
+A private simulator feeds the real extractors, transformer and loader (the run's own topics,
+suffix `_benchapi<id>`; the loader writes the stack's tables), and a `cryptopipe serve` reads them; one client process opens `--clients`
 websockets: 10 % on every symbol, the rest on ten symbols each, and `--slow` of all of them
 reading one frame a second (they reconnect when the server drops them). Reported: p50/p95/p99
 of tick -> client (client receipt - the tick's exchange time, KuCoin ticks, whose simulator sends
@@ -82,6 +82,10 @@ def run(args) -> dict:
                                         f"benchapi-{run_id}", "--instance", run_id, "--metrics-port", str(free_port()),
                                         "--poll-timeout", "0.02", "--batch-size", "500", "--log-level", "WARNING"],
                           work / "transform.log", env=env).start())
+        # the loader fills latest_prices, which the server checks subscriptions against
+        procs.append(Proc("load", [python(), "-m", "cryptopipe", "load", "--topic-suffix", suffix, "--group",
+                                   f"benchapi-{run_id}-load", "--metrics-port", str(free_port()), "--retention-days", "0",
+                                   "--log-level", "WARNING"], work / "load.log", env=env).start())
         api = Proc("api", [python(), "-m", "cryptopipe", "serve", "--port", str(api_port), "--topic-suffix", suffix,
                            "--log-level", "WARNING"], work / "api.log",
                    env={**env, "API_MAX_CONNECTIONS": str(args.clients + 100)}).start()
@@ -99,10 +103,18 @@ def run(args) -> dict:
         console.print(f"bench-api: ticks flowing; warming up {args.warmup:.0f}s")
         time.sleep(args.warmup)
 
+        from common.db import connect
         from sim.control import SimControl
 
-        symbols = sorted({s["symbol"] for ex in ("binance", "kucoin")
-                          for s in SimControl(sim.urls["SIM_CONTROL_URL"]).symbols(ex) if s.get("status") == "TRADING"})
+        listed = {s["symbol"] for ex in ("binance", "kucoin")
+                  for s in SimControl(sim.urls["SIM_CONTROL_URL"]).symbols(ex) if s.get("status") == "TRADING"}
+        conn = connect()
+        try:
+            with conn, conn.cursor() as cur:     # subscribe to symbols the server knows (they have a price)
+                cur.execute("SELECT DISTINCT symbol FROM latest_prices WHERE symbol = ANY(%s)", (sorted(listed),))
+                symbols = sorted(r[0] for r in cur.fetchall())
+        finally:
+            conn.close()
         spec = client_spec(symbols, args.clients, args.all_share, args.slow, args.duration)
         (work / "spec.json").write_text(json.dumps(spec))
         clients = Proc("clients", [python(), "-m", "cryptopipe.bench.ws_clients", f"ws://127.0.0.1:{api_port}",
