@@ -61,6 +61,9 @@ def run(args) -> dict:
     from cryptopipe.bench.ours import env_summary
     from cryptopipe.bench.procs import Proc, SimProc, free_port, python
 
+    from cryptopipe.stack.manager import ensure_core
+
+    ensure_core()           # Kafka, Postgres and S3 of the local stack (started if needed)
     settings = get_settings()
     run_id = uuid.uuid4().hex[:8]
     suffix = f"_benchapi{run_id}"
