@@ -151,6 +151,21 @@ def run(args) -> dict:
             return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
 
         window = (t1_ms - t0_ms) / 1000
+
+        def hist_pct(name):
+            """p50/p99 (bucket upper bounds, ms) of a server histogram over the window."""
+            counts = {}
+            for (n, pairs), v in after.items():
+                if n == name + "_bucket":
+                    le = dict(pairs)["le"]
+                    counts[le] = v - before.get((n, pairs), 0.0)
+            ranked = sorted(((float(le), c) for le, c in counts.items()), key=lambda x: x[0])
+            total = ranked[-1][1] if ranked else 0
+            out = {"n": int(total)}
+            for q, key in ((0.5, "p50_ms_at_most"), (0.99, "p99_ms_at_most")):
+                out[key] = next((le * 1000 for le, c in ranked if total and c >= q * total), None)
+            return out
+
         return {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "env": env_summary(),
             "settings": {"rate_per_exchange": args.rate, "symbols": args.symbols, "clients": args.clients,
@@ -158,6 +173,8 @@ def run(args) -> dict:
             "window_s": window,
             "tick_to_client_kucoin_ms": result_clients["latency_kucoin"],
             "sim_send_delay_kucoin_ms": {"p50": pct(0.5), "p99": pct(0.99), "n": len(delays)},
+            "event_to_server_tail": hist_pct("cryptopipe_api_tail_lag_seconds"),
+            "server_wait_per_frame": hist_pct("cryptopipe_api_ws_server_wait_seconds"),
             "ticks_into_server_per_s": delta("cryptopipe_api_tail_records_total") / window,
             "ticks_sent_per_s": delta("cryptopipe_api_ws_ticks_sent_total") / window,
             "frames_sent_per_s": delta("cryptopipe_api_ws_frames_sent_total") / window,
@@ -188,6 +205,8 @@ def main(argv: list[str]) -> int:
     console.print(f"tick -> client (KuCoin ticks, ms): every-symbol clients {lat.get('all')}, "
                   f"ten-symbol clients {lat.get('ten')}")
     console.print(f"simulator's own send delay (ms): {result['sim_send_delay_kucoin_ms']}")
+    console.print(f"exchange time -> server's Kafka tail: {result['event_to_server_tail']}; "
+                  f"oldest tick's wait in the server per frame: {result['server_wait_per_frame']}")
     console.print(f"ticks into the server {result['ticks_into_server_per_s']:.0f}/s, sent to clients "
                   f"{result['ticks_sent_per_s']:.0f}/s in {result['frames_sent_per_s']:.0f} frames/s; "
                   f"conflated {result['ticks_conflated']:.0f}; disconnects {result['disconnects']}")

@@ -43,6 +43,7 @@ class Client:
     slow_since: float | None = None
     conflated_count: int = 0                              # ticks replaced by newer ones
     closed: bool = False                                  # the client went away
+    waiting_since: float | None = None                    # when the oldest unsent tick arrived
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -53,6 +54,8 @@ class Client:
         """Take ticks (already filtered for this client)."""
         if not items:
             return
+        if self.waiting_since is None:
+            self.waiting_since = time.monotonic()
         if self.conflating:
             before = len(self.latest)
             self.latest.update(items)
@@ -72,6 +75,12 @@ class Client:
 
     def take(self, max_items: int) -> list[bytes]:
         """The next payloads to send (queue order, or the conflated newest per symbol)."""
+        out = self._take(max_items)
+        # what is left waits from now on (an upper bound for a conflated client's newest ticks)
+        self.waiting_since = time.monotonic() if self.pending() else None
+        return out
+
+    def _take(self, max_items: int) -> list[bytes]:
         if self.latest:
             if len(self.latest) <= max_items:
                 out, self.latest = list(self.latest.values()), {}

@@ -26,6 +26,13 @@ class ApiMetrics:
                                    ["reason"], registry=r)
         self.refused = Counter("cryptopipe_api_ws_refused", "websocket connections refused, by reason", ["reason"],
                                registry=r)
+        self.server_wait = Histogram("cryptopipe_api_ws_server_wait_seconds",
+                                     "time the oldest tick of a frame waited in the server (tail -> socket write done)",
+                                     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                                     registry=r)
+        self.tail_lag = Histogram("cryptopipe_api_tail_lag_seconds",
+                                  "tick exchange time -> read by the server's Kafka tail (the pipeline upstream)",
+                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
         self.tail_records = Counter("cryptopipe_api_tail_records", "transformed-topic records read", registry=r)
         self.tail_bad = Counter("cryptopipe_api_tail_bad_records", "records that did not decode (skipped)",
                                 registry=r)

@@ -125,6 +125,7 @@ async def _send_loop(ws: WebSocket, client: Client, metrics) -> None:
         await client.wake.wait()
         client.wake.clear()
         while client.pending() and not client.closed:
+            waited_since = client.waiting_since
             payloads = client.take(MAX_BATCH)
             started = time.monotonic()
             try:
@@ -133,6 +134,8 @@ async def _send_loop(ws: WebSocket, client: Client, metrics) -> None:
                 raise SlowClient(f"one frame waited more than {client.slow_s:.0f}s to be sent") from None
             now = time.monotonic()
             metrics.frames.inc()
+            if waited_since is not None:
+                metrics.server_wait.observe(now - waited_since)
             metrics.messages.inc(len(payloads))
             client.check_caught_up(now, now - started)
             if client.conflate_ms:

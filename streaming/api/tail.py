@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 
 from streaming.api.records import ticks_of_record
@@ -86,6 +87,9 @@ class KafkaTail:
                                     str(exc)[:200])
                 if self.metrics is not None:
                     self.metrics.tail_records.inc(len(messages))
+                    now_ms = time.time() * 1000
+                    for t in ticks:
+                        self.metrics.tail_lag.observe((now_ms - t.event_time_ms) / 1000)
                 if ticks:
                     self.deliver(ticks)
         finally:
