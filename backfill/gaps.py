@@ -7,8 +7,11 @@ newest ticks) and horizon_start = max(now - lookback, the start of the exchange'
 session; an exchange never streamed has no gaps). It finds:
 
 (a) `uncovered`: time no websocket session covered. A session covers
-    [coalesce(subscribed_at, connected_at), coalesce(disconnected_at, last_seen_at)); an open
-    session whose last heartbeat (last_seen_at) is younger than `stale_after` covers up to now.
+    [coalesce(subscribed_at, connected_at), least(disconnected_at or last_seen_at, covered_until)):
+    `covered_until` is reported by the extractor (the newest receive time up to which everything
+    read is in Kafka or its spool, minus the exchange's push interval and a latency allowance), so
+    a session ends where its extractor's data ends, not where it noticed the socket was gone; an
+    open session whose last heartbeat (last_seen_at) is younger than `stale_after` covers up to now.
     When an extractor shards its symbols over several connections, each session records its
     shard's symbols (`stream_sessions.symbols`), and a symbol is covered only by the sessions of
     its shard (or by an unsharded session): a shard that is down while the others stream leaves
@@ -17,6 +20,9 @@ session; an exchange never streamed has no gaps). It finds:
     shard's sessions (a symbol dropped from the configuration is not a gap).
 (b) `silence`: whole minutes inside covered time with no tick of the exchange at all (a session
     that claims to be up but delivers nothing).
+(d) `dlq`: minutes whose data went to a dead-letter topic instead of `ticks` (`dlq_records`,
+    written by the loader): for the symbols the dead letter names, exchange-wide when it names
+    none; from DEAD_LETTER_SLACK before its receive time to the end of that minute.
 (c) `missing_candles`: for each tracked symbol, minutes with no `candles_1m` row in
     [horizon_start, horizon_end) (horizon_start = now - lookback if the exchange never streamed).
     Islands closer than MERGE_TOLERANCE are merged.
@@ -57,6 +63,8 @@ UTC = timezone.utc
 log = logging.getLogger("backfill.gaps")
 MINUTE = timedelta(minutes=1)
 MERGE_TOLERANCE = timedelta(minutes=3)
+# an open session whose last heartbeat (every 5 s) is older than this is taken as dead
+STALE_AFTER = timedelta(seconds=30)
 STATUSES = ("open", "backfilling", "filled", "failed")
 TRANSITIONS = {
     "open": {"backfilling", "filled", "failed"},
@@ -214,11 +222,14 @@ def _coverage(cur, exchange: str, lo: datetime, now: datetime, stale_after: time
     first = cur.fetchone()[0]
     if first is None:
         return None, [], []
+    # a session covers up to what its extractor read and made safe (covered_until, see
+    # streaming/extractor/transport.py), not to when it noticed the socket was gone; a live one
+    # (fresh heartbeat) covers up to now
     cur.execute("""
         SELECT coalesce(subscribed_at, connected_at),
-               CASE WHEN disconnected_at IS NOT NULL THEN disconnected_at
+               CASE WHEN disconnected_at IS NOT NULL THEN least(disconnected_at, covered_until)
                     WHEN last_seen_at >= %(fresh)s THEN %(now)s
-                    ELSE last_seen_at END,
+                    ELSE least(last_seen_at, covered_until) END,
                symbols
         FROM stream_sessions
         WHERE exchange = %(ex)s AND coalesce(subscribed_at, connected_at) < %(now)s
@@ -228,6 +239,33 @@ def _coverage(cur, exchange: str, lo: datetime, now: datetime, stale_after: time
     sessions = [(s, e, syms) for s, e, syms in cur.fetchall() if e > s]
     # a session of a shard that carries no ticker (syms == []) covers no symbol
     return first, merge_intervals((s, e) for s, e, syms in sessions if syms != []), sessions
+
+
+# A tick's exchange time precedes the moment our extractor read its frame by at most the exchange's
+# push interval (Binance 1 s, KuCoin 0.1 s) plus network latency: the minutes a dead letter's data
+# can belong to start this long before its receive time.
+DEAD_LETTER_SLACK = timedelta(seconds=5)
+
+
+def _dead_letter_findings(cur, exchange: str, lo: datetime, hi: datetime
+                          ) -> tuple[list[Interval], dict[str, list[Interval]]]:
+    """The minutes of [lo, hi) whose data went to the DLQ instead of `ticks` (dlq_records):
+    exchange-wide where the dead letter could not name its symbols, else per symbol. Dead
+    letters of markets we do not track (untracked) leave no gap."""
+    cur.execute("""SELECT received_at, symbols FROM dlq_records
+                   WHERE exchange = %s AND NOT untracked AND received_at >= %s AND received_at < %s""",
+                (exchange, lo, hi + DEAD_LETTER_SLACK))
+    wide: list[Interval] = []
+    per_symbol: dict[str, list[Interval]] = {}
+    for received_at, symbols in cur.fetchall():
+        span = (floor_minute(received_at - DEAD_LETTER_SLACK), floor_minute(received_at) + MINUTE)
+        if symbols:
+            for symbol in symbols:
+                per_symbol.setdefault(symbol, []).append(span)
+        else:
+            wide.append(span)
+    return (clip(merge_intervals(wide), lo, hi),
+            {sym: clip(merge_intervals(spans), lo, hi) for sym, spans in per_symbol.items()})
 
 
 def _silent_minutes(cur, exchange: str, covered_minutes: list[Interval]) -> list[datetime]:
@@ -294,7 +332,7 @@ def _record(cur, exchange: str, symbol: str | None, findings: list[tuple[Interva
 
 
 def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(hours=6),
-                settle: timedelta = timedelta(seconds=60), stale_after: timedelta = timedelta(seconds=30),
+                settle: timedelta = timedelta(seconds=60), stale_after: timedelta = STALE_AFTER,
                 exchanges: Iterable[str] | None = None, listed: dict[str, Iterable[str]] | None = None,
                 conn=None) -> list[Gap]:
     """Find and record gaps (see the module docstring); returns the gaps created or extended.
@@ -338,6 +376,10 @@ def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(
                         if any(ss < e and se > s for ss, se in silences):
                             kinds.add("silence")
                         wide.append(((s, e), kinds))
+                dlq_wide, dlq_symbols = _dead_letter_findings(cur, exchange, lo_window, hi)
+                wide = merge_findings(wide + [(span, {"dlq"}) for span in dlq_wide])
+                for symbol, spans in dlq_symbols.items():
+                    per_symbol.setdefault(symbol, []).extend((span, {"dlq"}) for span in spans)
                 existing = _existing(cur, exchange, lo_window - timedelta(days=1), hi + timedelta(days=1))
                 changed += _record(cur, exchange, None, wide, existing)
 

@@ -1,12 +1,10 @@
 """Normalized records shared by every exchange. Prices are Decimal, times are UTC-aware."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from common import jsoncodec
 
 UTC = timezone.utc
 
@@ -34,10 +32,6 @@ def iso_utc(dt: datetime) -> str:
 def decimal_text(value: Decimal) -> str:
     """A price as a JSON string in plain notation (never 1.1E-7, never through float)."""
     return format(value, "f")
-
-
-_DECIMAL_FIELDS = ("price", "bid", "bid_size", "ask", "ask_size", "open_24h", "high_24h",
-                   "low_24h", "volume_24h", "quote_volume_24h", "last_size")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,29 +62,6 @@ class Tick:
     def received_at(self) -> datetime:
         return ns_to_dt(self.received_ns)
 
-    def to_json(self) -> bytes:
-        """Wire form on the transformed topics: decimals as strings, so nothing is rounded."""
-        out = {"exchange": self.exchange, "symbol": self.symbol, "event_time_ms": self.event_time_ms,
-               "received_ns": self.received_ns, "sequence": self.sequence}
-        for name in _DECIMAL_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = format(value, "f")  # plain notation: never "1.1E-7"
-        return jsoncodec.dumps(out)
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> "Tick":
-        obj = jsoncodec.loads(data)
-        kwargs = {name: _exact_decimal(obj[name], name) for name in _DECIMAL_FIELDS if obj.get(name) is not None}
-        return cls(exchange=obj["exchange"], symbol=obj["symbol"], event_time_ms=int(obj["event_time_ms"]),
-                   received_ns=int(obj["received_ns"]), sequence=int(obj.get("sequence", 0)), **kwargs)
-
-
-def _exact_decimal(value: str, name: str) -> Decimal:
-    if type(value) is not str:   # a JSON number may have gone through float: never a price
-        raise ValueError(f"{name} is not a decimal string")
-    return Decimal(value)
-
 
 @dataclass(frozen=True, slots=True)
 class Candle:
@@ -119,12 +90,6 @@ class PipelineEvent:
     KINDS = ("connected", "subscribed", "heartbeat", "disconnected", "stalled", "spool_full", "spool_drained")
 
     def to_json(self) -> bytes:
-        return json.dumps({"exchange": self.exchange, "conn_id": self.conn_id, "kind": self.kind,
-                           "at_ns": self.at_ns, "reason": self.reason, "detail": self.detail},
-                          separators=(",", ":")).encode()
+        from common.codec.events import encode_event   # the codec owns the wire form
 
-    @classmethod
-    def from_json(cls, data: bytes | str) -> "PipelineEvent":
-        obj = json.loads(data)
-        return cls(exchange=obj["exchange"], conn_id=obj["conn_id"], kind=obj["kind"], at_ns=int(obj["at_ns"]),
-                   reason=obj.get("reason", ""), detail=obj.get("detail") or {})
+        return encode_event(self)

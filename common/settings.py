@@ -28,6 +28,29 @@ def cache_home() -> Path:
     return Path(os.environ.get("CRYPTOPIPE_CACHE", Path(base) / "cryptopipe")).resolve()
 
 
+def port_offset() -> int:
+    """CRYPTOPIPE_PORT_OFFSET moves every port of the stack (for a second stack on one machine,
+    or when 5432/8080/9092 are taken), the daemons' metrics ports included. Remembered in
+    $CRYPTOPIPE_HOME/port_offset by `stack up`, so later commands on the same stack need not
+    repeat it."""
+    raw = os.environ.get("CRYPTOPIPE_PORT_OFFSET")
+    remembered = stack_home() / "port_offset"
+    if raw is None and remembered.is_file():
+        raw = remembered.read_text().strip()
+    try:
+        offset = int(raw or 0)
+    except ValueError:
+        raise SystemExit(f"CRYPTOPIPE_PORT_OFFSET must be a whole number, got {raw[:20]!r}") from None
+    if not 0 <= offset <= 40000:
+        raise SystemExit(f"CRYPTOPIPE_PORT_OFFSET must be between 0 and 40000, got {offset}")
+    return offset
+
+
+def metrics_port(base: int) -> int:
+    """A daemon's default /metrics port (9101-9105 on the default stack), moved with the stack."""
+    return base + port_offset()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=str(stack_home() / "stack.env"),

@@ -36,12 +36,30 @@ def peek_topic(topic: str, n: int) -> int:
     consumer.close()
     records.sort(key=lambda m: m.timestamp()[1])
     for msg in records[-n:]:
-        headers = {k: (v.decode("utf-8", "replace") if v is not None else None) for k, v in (msg.headers() or [])}
-        value = msg.value() or b""
-        print(json.dumps({"partition": msg.partition(), "offset": msg.offset(),
-                          "key": (msg.key() or b"").decode("utf-8", "replace"), "headers": headers,
-                          "value": value[:2000].decode("utf-8", "replace")}, ensure_ascii=True))
+        print(json.dumps(describe(topic, msg), ensure_ascii=True))
     return 0
+
+
+def describe(topic: str, msg) -> dict:
+    """One record for a person: the transformed topics' batches decoded (common.codec.ticks) into
+    one object per tick, decimals as strings; other records as text (the first 2,000 bytes)."""
+    from common.codec import BadRecord
+    from common.codec.ticks import COLUMNS, NULL, decode_lines
+
+    headers = {k: (v.decode("utf-8", "replace") if v is not None else None) for k, v in (msg.headers() or [])}
+    value = msg.value() or b""
+    out = {"partition": msg.partition(), "offset": msg.offset(),
+           "key": (msg.key() or b"").decode("utf-8", "replace"), "headers": headers}
+    if headers.get("fmt") == "ticks.v1":
+        try:
+            lines = decode_lines(value, msg.headers(), topic.split("_", 1)[0])
+            out["ticks"] = [{k: (None if v == NULL else v) for k, v in zip(COLUMNS, line.split("\t"))}
+                            for line in lines]
+            return out
+        except BadRecord as exc:
+            out["undecodable"] = exc.reason
+    out["value"] = value[:2000].decode("utf-8", "replace")
+    return out
 
 
 def peek_s3(prefix: str, n: int) -> int:

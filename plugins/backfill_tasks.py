@@ -43,8 +43,9 @@ def validate_params(params: dict, *, now: datetime | None = None, known_symbols=
     """Trigger params -> {"request": BackfillRequest dict, "dry_run", "gap_ids", "max_tasks"}.
 
     Raises InvalidParams listing every problem ("end (...) must be after start (...)", "kucoin has
-    no active spot market FOO-BAR", ...). Gaps named in `gap_ids` are marked failed with the same
-    message, so the gap scheduler does not trigger the same bad request again.
+    no active spot market FOO-BAR", ...). Gaps named in `gap_ids` are left as they are: bad
+    parameters are the run's fault, not the gaps' (a manual run must never stop automatic repair);
+    the run fails with the message.
     """
     from backfill.validation import InvalidBackfillRequest, validate_request
 
@@ -54,23 +55,14 @@ def validate_params(params: dict, *, now: datetime | None = None, known_symbols=
                                    params.get("end"), now=now, known_symbols=known_symbols)
     except InvalidBackfillRequest as e:
         message = "invalid backfill parameters: " + "; ".join(e.problems)
-        _fail_gaps(gap_ids, message)
+        if gap_ids:
+            log.warning("gaps %s left as they were: this run's parameters are invalid", gap_ids)
         raise InvalidParams(message) from None
     max_tasks = params.get("max_tasks", DEFAULT_MAX_TASKS)
     if not isinstance(max_tasks, int) or isinstance(max_tasks, bool) or not 1 <= max_tasks <= 256:
         raise InvalidParams(f"max_tasks must be a whole number from 1 to 256, got {str(max_tasks)[:40]}")
     return {"request": request.to_dict(), "dry_run": bool(params.get("dry_run", False)), "gap_ids": gap_ids,
             "max_tasks": max_tasks}
-
-
-def _fail_gaps(gap_ids: Iterable[int], error: str) -> None:
-    from backfill.gaps import mark
-
-    for gap_id in gap_ids:
-        try:
-            mark(gap_id, "failed", error=error, permanent=True)   # invalid parameters never become valid
-        except (LookupError, ValueError) as e:       # unknown or already filled: nothing to undo
-            log.warning("gap %s not marked failed: %s", gap_id, e)
 
 
 def validate_and_claim(params: dict, *, now: datetime | None = None, known_symbols=None) -> dict:

@@ -8,13 +8,20 @@ into the README's reliability table (Markdown on stdout).
 import json
 import sys
 
+def _pair(f, key):
+    return f"{f.get('binance_' + key, '–')}/{f.get('kucoin_' + key, '–')}"
+
+
 COLUMNS = [
-    ("sent (B/K)", lambda f: f"{f.get('binance_sent', '–')}/{f.get('kucoin_sent', '–')}"),
-    ("owed (B/K)", lambda f: f"{f.get('binance_owed', '–')}/{f.get('kucoin_owed', '–')}"),
-    ("stored (B/K)", lambda f: f"{f.get('binance_stored', '–')}/{f.get('kucoin_stored', '–')}"),
-    ("ticks missing", lambda f: _sum(f, "binance_missing", "kucoin_missing")),
-    ("duplicates", lambda f: _sum(f, "binance_duplicates", "kucoin_duplicates")),
-    ("outside coverage → backfilled", lambda f: _sum(f, "binance_outside_coverage", "kucoin_outside_coverage")),
+    ("sent (B/K), simulator's log", lambda f: _pair(f, "sent")),
+    ("sockets (B/K)", lambda f: _pair(f, "sockets")),
+    ("stored rows (B/K)", lambda f: _pair(f, "stored")),
+    ("extra", lambda f: _sum(f, "binance_extra", "kucoin_extra")),
+    ("explained (in a recorded gap)", lambda f: _sum(f, "binance_explained", "kucoin_explained")),
+    ("unexplained", lambda f: _sum(f, "binance_unexplained", "kucoin_unexplained")),
+    ("corrupted frames / in DLQ", lambda f: f"{_sum(f, 'binance_corrupt_frames', 'kucoin_corrupt_frames')} / "
+                                            f"{_sum(f, 'binance_corrupt_frames_in_dlq', 'kucoin_corrupt_frames_in_dlq')}"
+     if "binance_corrupt_frames" in f else "–"),
     ("raw records archived / missing / doubled",
      lambda f: f"{f['archived_records']} / {f['archive_missing']} / {f['archive_duplicates']}"
      if "archived_records" in f else "–"),
@@ -28,7 +35,8 @@ COLUMNS = [
 _SHOWN = {"scenario", "at", "archived_records", "archive_missing", "archive_duplicates", "gaps_filled",
           "minutes_missing", "minutes_filled_checked"} | {
     f"{ex}_{k}" for ex in ("binance", "kucoin")
-    for k in ("sent", "owed", "stored", "missing", "duplicates", "outside_coverage")}
+    for k in ("sent", "sockets", "stored", "extra", "explained", "unexplained", "corrupt_frames",
+              "corrupt_frames_in_dlq")}
 
 
 def _others(f) -> str:

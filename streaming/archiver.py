@@ -33,10 +33,12 @@ from datetime import datetime, timezone
 
 from confluent_kafka import TopicPartition
 
+from common.codec import BadRecord
+from common.codec.raw import fallback_received_ns, read_raw_meta
 from common.kafka import make_consumer
 from common.models import ns_to_dt
 from common.s3 import make_s3_client, raw_archive_key
-from common.settings import get_settings
+from common.settings import get_settings, metrics_port
 from common.topics import EXCHANGES, exchange_of_topic, raw_topic
 from streaming.consumer_loop import (LagReporter, Metrics, StopFlag, backoff_delays, base_parser, commit_sync,
                                      log_consumer_errors, safe_reason, setup_logging, split_errors,
@@ -67,16 +69,14 @@ def _text(value: bytes | None) -> tuple[str | None, str]:
 
 
 def record_received_ns(headers: list | None, kafka_ts_ms: int) -> int:
-    for name, value in headers or ():
-        if name == "received_ns" and value:
-            try:
-                ns = int(value)
-            except ValueError:
-                break
-            if ns > 0:
-                return ns
-            break
-    return max(kafka_ts_ms, 0) * 1_000_000
+    """The receive time a raw record is filed under: its `received_ns` header, or, when that is
+    missing or unusable (not ours, or corrupt: the transformer dead-letters such a record), the
+    Kafka timestamp clamped into the epoch range. A pure function of the record, so a replay cuts
+    the same objects; the record itself is archived whatever its headers say (the archive is raw)."""
+    try:
+        return read_raw_meta(headers).received_ns
+    except BadRecord:
+        return fallback_received_ns(kafka_ts_ms)
 
 
 _quote = json.encoder.encode_basestring_ascii     # the C escaper json.dumps uses: ASCII-only output
@@ -118,6 +118,17 @@ def archive_line(topic: str, partition: int, offset: int, key: bytes | None, val
             + ',"offset":' + str(int(offset)) + ',"partition":' + str(int(partition))
             + ',"received_at":"' + _iso_z(received_ns) + '","received_ns":' + str(int(received_ns))
             + ',"topic":' + _quote(topic) + "}\n").encode("ascii")
+
+
+def fallback_line(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                  received_ns: int, exc: Exception) -> bytes:
+    """The line of a record that `archive_line` could not write: key and value base64, headers
+    left out (they are what failed), the reason kept. Deterministic for the same record."""
+    b64 = lambda b: None if b is None else base64.b64encode(b).decode("ascii")  # noqa: E731
+    return (json.dumps({"archive_error": safe_reason(f"{type(exc).__name__}: {exc}"), "frame": b64(value),
+                        "frame_encoding": "base64", "key": b64(key), "key_encoding": "base64",
+                        "offset": int(offset), "partition": int(partition), "received_ns": int(received_ns),
+                        "topic": topic}, sort_keys=True) + "\n").encode("ascii")
 
 
 def gzip_bytes(data: bytes) -> bytes:
@@ -246,11 +257,16 @@ class Archiver:
             topic, partition = m.topic(), m.partition()
             if (topic, partition) not in assigned:
                 continue
-            headers = m.headers()
-            _kind, ts_ms = m.timestamp()
-            received_ns = record_received_ns(headers, ts_ms)
             offset = m.offset()
-            line = archive_line(topic, partition, offset, m.key(), m.value(), headers, ts_ms, received_ns)
+            try:
+                headers = m.headers()
+                _kind, ts_ms = m.timestamp()
+                received_ns = record_received_ns(headers, ts_ms)
+                line = archive_line(topic, partition, offset, m.key(), m.value(), headers, ts_ms, received_ns)
+            except Exception as exc:  # noqa: BLE001 - no record may stop the archiver: keep its bytes
+                log.exception("archiving %s[%d]@%d the plain way failed; keeping its bytes", topic, partition, offset)
+                received_ns = fallback_received_ns(m.timestamp()[1])
+                line = fallback_line(topic, partition, offset, m.key(), m.value(), received_ns, exc)
             cut(topic, partition, offset, received_ns, line, generations.get((topic, partition), 0))
             per_topic[topic] = per_topic.get(topic, 0) + 1
         for topic, n in per_topic.items():
@@ -349,7 +365,8 @@ class Archiver:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser("cryptopipe archive", "raw topics -> S3 (gzip JSON lines)", DEFAULT_GROUP, DEFAULT_METRICS_PORT)
+    p = base_parser("cryptopipe archive", "raw topics -> S3 (gzip JSON lines)", DEFAULT_GROUP,
+                    metrics_port(DEFAULT_METRICS_PORT))
     p.add_argument("--topic-suffix", default="", help="suffix of every topic name (tests)")
     p.add_argument("--max-records", type=int, default=Rotation.max_records, help="records per object")
     p.add_argument("--max-bytes", type=int, default=Rotation.max_bytes, help="uncompressed bytes per object")

@@ -18,9 +18,10 @@ from collections.abc import Iterable
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from common.codec.dlq import safe_reason  # noqa: F401 - re-exported for the consumers' log lines
+
 log = logging.getLogger(__name__)
 
-REASON_MAX = 300  # cap on a DLQ reason header / logged reason
 
 
 # --------------------------------------------------------------------------- stopping
@@ -221,36 +222,6 @@ def log_consumer_errors(errors: list, component: str) -> None:
         if err.fatal():
             raise KafkaException(err)
         log.warning("%s: consumer error: %s", component, err)
-
-
-def header_dict(headers: list | None) -> dict[str, bytes]:
-    """Kafka headers -> {name: value}; the last value of a repeated name wins."""
-    out: dict[str, bytes] = {}
-    for name, value in headers or ():
-        out[name] = value if value is not None else b""
-    return out
-
-
-def received_ns_of(headers: dict[str, bytes], message) -> int:
-    """The extractor's receive time; falls back to the Kafka timestamp when the header is missing."""
-    raw = headers.get("received_ns")
-    if raw:
-        try:
-            value = int(raw)
-            if value > 0:
-                return value
-        except ValueError:
-            pass
-    _kind, ts_ms = message.timestamp()
-    return max(ts_ms, 0) * 1_000_000
-
-
-def safe_reason(reason: object, limit: int = REASON_MAX) -> str:
-    """A reason fit for a header or a log line: printable ASCII only, capped."""
-    text = str(reason)
-    text = text.encode("ascii", "backslashreplace").decode("ascii")
-    text = "".join(ch if 32 <= ord(ch) < 127 else f"\\x{ord(ch):02x}" for ch in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 _GROUP_MOVED = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,

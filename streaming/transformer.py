@@ -10,12 +10,12 @@ in the transaction fences zombies after a rebalance (KIP-447), so two instances 
 split the partitions without doubling a tick.
 
 Parsing is the exchange adapters' (`streaming.exchanges`); this module only routes:
-ticks -> `<ex>_transformed_data` (key = canonical symbol, headers = source coordinates),
-anything bad -> `<ex>_dlq` (value = the original bytes, headers = reason and coordinates).
+ticks -> `<ex>_transformed_data` (common.codec.ticks `ticks.v1`: one record per output partition
+per batch, every tick of a symbol in its symbol's partition, in order), anything bad ->
+`<ex>_dlq` (common.codec.dlq: the original bytes, the reason and coordinates in headers).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import socket
@@ -25,11 +25,16 @@ from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from common.codec import BadRecord
+from common.codec.dlq import dead_letter
+from common.codec.raw import read_raw_meta
+from common.codec.ticks import encode_batches, partition_for, tick_line
 from common.kafka import make_consumer, make_transactional_producer
+from common.settings import metrics_port
 from common.symbols import BinanceSymbolMap
 from common.topics import EXCHANGES, dlq_topic, exchange_of_topic, raw_topic, transformed_topic
 from streaming.consumer_loop import (LagReporter, Metrics, StopFlag, backoff_delays, base_parser,
-                                     log_consumer_errors, next_offsets, received_ns_of, safe_reason, setup_logging,
+                                     log_consumer_errors, next_offsets, safe_reason, setup_logging,
                                      split_errors, start_metrics_server, Watchdog)
 from streaming.exchanges.base import BadFrame, UnknownSymbol
 
@@ -135,8 +140,12 @@ class Router:
     """Turns one raw record into produce calls (ticks or one DLQ record). No transactions here."""
 
     def __init__(self, producer, metrics: Metrics, metadata: SymbolMetadata | None, topic_suffix: str = "",
-                 adapters: dict | None = None):
+                 adapters: dict | None = None, partitions=None):
         self.producer = producer
+        # partitions of an output topic (the symbol's partition: common.codec.ticks.partition_for)
+        self.partitions = partitions or self._topic_partitions
+        self._partition_counts: dict[str, int] = {}
+        self._lines: dict[tuple[str, int], list[str]] = {}      # (topic, partition) -> this batch's ticks
         self.metrics = metrics
         self.metadata = metadata
         self.suffix = topic_suffix
@@ -147,6 +156,26 @@ class Router:
         self.ticks_out = 0
         self.dlq_out = 0
         self.dlq_pending: dict[str, int] = {}   # DLQ records per topic since the last report
+
+    def _topic_partitions(self, topic: str) -> int:
+        n = self._partition_counts.get(topic)
+        if n is None:
+            meta = self.producer.list_topics(topic, timeout=30).topics.get(topic)
+            if meta is None or meta.error is not None or not meta.partitions:
+                raise KafkaException(f"output topic {topic} is not available: {getattr(meta, 'error', None)}")
+            n = self._partition_counts[topic] = len(meta.partitions)
+        return n
+
+    def flush(self) -> None:
+        """Produce the batch's ticks: one record per output partition (ticks.v1), in order."""
+        for (topic, partition), lines in self._lines.items():
+            for value, headers in encode_batches(lines):
+                self._produce(topic, value, None, headers, partition)
+        self._lines.clear()
+
+    def discard(self) -> None:
+        """Forget the batch's ticks not yet produced (the transaction was aborted)."""
+        self._lines.clear()
 
     def report_dead_letters(self) -> None:
         """Count the batch's DLQ records in the metrics (once per topic, not once per record)."""
@@ -172,35 +201,46 @@ class Router:
         return get_adapter(exchange, symbol_map=symbol_map)
 
     def route(self, message) -> None:
+        """Ticks of one raw record to the transformed topic, or the record to the DLQ with its
+        reason. Whatever goes wrong with one record (headers, frame, an adapter bug, encoding)
+        dead-letters that record and nothing else: no record can stop the transformer."""
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         exchange = exchange_of_topic(topic)
-        headers = dict(message.headers() or ())
-        received_ns = received_ns_of(headers, message)
         raw = message.value() or b""
+        received_ns = None
         try:
+            received_ns = read_raw_meta(message.headers()).received_ns
             ticks, rejects = self._parse(exchange, raw, received_ns)
+            # encode everything before keeping anything: a record is routed all or nothing
+            encoded = [(tick.symbol, tick_line(tick)) for tick in ticks]
+        except BadRecord as exc:
+            self._dead_letter(message, exchange, received_ns, exc.reason)
+            return
         except UnknownSymbol as exc:
-            self._dead_letter(message, exchange, received_ns, f"{exc.reason}: {exc.symbol!r:.60}")
+            # not a market we know (yet): no tracked symbol's data was lost, so no gap either
+            self._dead_letter(message, exchange, received_ns, f"{exc.reason}: {exc.symbol!r:.60}", known=True)
             return
         except BadFrame as exc:
-            self._dead_letter(message, exchange, received_ns, str(exc))
+            self._dead_letter(message, exchange, received_ns, str(exc),
+                              symbols=self._lost_symbols(exchange, raw, []))
             return
         except Exception as exc:  # an adapter bug must not stop the stream: the frame is kept in the DLQ
             log.exception("adapter %s failed on %s[%d]@%d", exchange, topic, partition, offset)
             self._dead_letter(message, exchange, received_ns, f"adapter_error: {type(exc).__name__}: {exc}")
             return
-        if ticks:
+        if encoded:
             out = self.out_topics[exchange]
-            source = [("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
-                      ("source_offset", str(offset).encode())]
-            for tick in ticks:
-                self._produce(out, tick.to_json(), tick.symbol.encode(), source)
-            self.ticks_out += len(ticks)
+            n = self.partitions(out)
+            for symbol, line in encoded:
+                self._lines.setdefault((out, partition_for(symbol, n)), []).append(line)
+            self.ticks_out += len(encoded)
         if rejects:
             first = rejects[0]
             indexes = ",".join(str(r.index) for r in rejects[:MAX_REJECT_INDEXES])
             reason = f"{len(rejects)} bad element(s); first [{first.index}] {first.error}"
-            self._dead_letter(message, exchange, received_ns, reason, [("rejected_elements", indexes.encode())])
+            unknown_only = all(isinstance(r.error, UnknownSymbol) for r in rejects)
+            self._dead_letter(message, exchange, received_ns, reason, [("rejected_elements", indexes.encode())],
+                              symbols=self._lost_symbols(exchange, raw, rejects), known=unknown_only)
 
     def _parse(self, exchange: str, raw: bytes, received_ns: int):
         rejects: list = []
@@ -212,35 +252,35 @@ class Router:
             ticks = self.adapter(exchange).parse_ticks(raw, received_ns, rejects)
         return ticks, rejects
 
-    def _dead_letter(self, message, exchange: str, received_ns: int, reason: str, extra: list | None = None) -> None:
-        topic = self.dlq_topics[exchange]
-        headers = [("reason", safe_reason(reason).encode()), ("source_topic", message.topic().encode()),
-                   ("source_partition", str(message.partition()).encode()),
-                   ("source_offset", str(message.offset()).encode()), ("exchange", exchange.encode()),
-                   ("received_ns", str(received_ns).encode())]
+    def _lost_symbols(self, exchange: str, raw: bytes, rejects: list) -> list[str]:
+        try:
+            return sorted(self.adapter(exchange).lost_symbols(raw, rejects))
+        except Exception:  # noqa: BLE001 - best effort: unknown symbols make the loss exchange-wide
+            return []
+
+    def _dead_letter(self, message, exchange: str, received_ns: int | None, reason: str,
+                     extra: list | None = None, symbols: list[str] | None = None, known: bool = False) -> None:
+        """`symbols`: whose data the record held (empty: unknown, i.e. exchange-wide); `known`:
+        the record held only data of markets we do not track (no gap to repair)."""
+        value, headers = dead_letter(
+            message.value(), reason=reason, stage="transform", exchange=exchange,
+            source_topic=message.topic(), source_partition=message.partition(), source_offset=message.offset(),
+            received_ns=received_ns, symbols=symbols, untracked=known)
         headers += extra or []
-        value = message.value() or b""
-        if len(value) > DLQ_MAX_VALUE_BYTES:
-            # a DLQ record must never be the next poison pill (a frame near Kafka's record limit
-            # plus headers would be refused and stop the transformer): keep a prefix, the size and
-            # the digest; the whole frame stays in the raw topic and the S3 archive (same offset)
-            headers += [("truncated", b"true"), ("original_bytes", str(len(value)).encode()),
-                        ("original_sha256", hashlib.sha256(value).hexdigest().encode())]
-            value = value[:DLQ_MAX_VALUE_BYTES]
+        topic = self.dlq_topics[exchange]
         self._produce(topic, value, message.key(), headers)
         self.dlq_pending[topic] = self.dlq_pending.get(topic, 0) + 1
         self.dlq_out += 1
 
-    def _produce(self, topic: str, value, key, headers) -> None:
+    def _produce(self, topic: str, value, key, headers, partition: int | None = None) -> None:
+        kwargs = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers)
+                self.producer.produce(topic, value=value, key=key, headers=headers, **kwargs)
                 return
             except BufferError:  # the producer queue is bounded: wait for deliveries
                 self.producer.poll(0.05)
 
-
-DLQ_MAX_VALUE_BYTES = 256 * 1024
 
 
 # --------------------------------------------------------------------------- the loop
@@ -282,6 +322,7 @@ class Transformer:
             for m in messages:
                 self.router.route(m)
                 per_topic[m.topic()] = per_topic.get(m.topic(), 0) + 1
+            self.router.flush()
             with Watchdog(self.SEND_OFFSETS_STUCK_AFTER_S, "send_offsets_to_transaction (librdkafka #5456)",
                           exit=self.watchdog_exit):
                 self.producer.send_offsets_to_transaction(next_offsets(messages),
@@ -293,6 +334,7 @@ class Transformer:
             if isinstance(err, KafkaError) and err.txn_requires_abort():
                 log.warning("transaction aborted (%s); re-reading the batch", err)
                 self.producer.abort_transaction()
+                self.router.discard()
                 self._rewind(messages)
                 self.router.ticks_out, self.router.dlq_out = ticks_before, dlq_before
                 self.router.dlq_pending.clear()      # aborted: those DLQ records do not exist
@@ -355,7 +397,7 @@ def default_transactional_id(group: str, instance: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = base_parser("cryptopipe transform", "raw topics -> normalized ticks (+ DLQ)", DEFAULT_GROUP,
-                    DEFAULT_METRICS_PORT)
+                    metrics_port(DEFAULT_METRICS_PORT))
     p.add_argument("--topic-suffix", default="", help="suffix of every topic name (tests)")
     p.add_argument("--exchanges", default=",".join(EXCHANGES), help="comma-separated exchanges to transform")
     p.add_argument("--instance", default="0",

@@ -7,30 +7,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.settings import REPO_ROOT, cache_home, stack_home
+from common.settings import REPO_ROOT, cache_home, port_offset, stack_home
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 
 
-def _port_offset() -> int:
-    """CRYPTOPIPE_PORT_OFFSET moves every port of the stack (for a second stack on one machine,
-    or when 5432/8080/9092 are taken). Remembered in $CRYPTOPIPE_HOME/port_offset by `stack up`,
-    so later commands on the same stack need not repeat it."""
-    raw = os.environ.get("CRYPTOPIPE_PORT_OFFSET")
-    remembered = stack_home() / "port_offset"
-    if raw is None and remembered.is_file():
-        raw = remembered.read_text().strip()
-    try:
-        offset = int(raw or 0)
-    except ValueError:
-        raise SystemExit(f"CRYPTOPIPE_PORT_OFFSET must be a whole number, got {raw[:20]!r}") from None
-    if not 0 <= offset <= 40000:
-        raise SystemExit(f"CRYPTOPIPE_PORT_OFFSET must be between 0 and 40000, got {offset}")
-    return offset
-
-
 # Ports of the local stack (all on 127.0.0.1), moved together by CRYPTOPIPE_PORT_OFFSET.
-PORT_OFFSET = _port_offset()
+PORT_OFFSET = port_offset()
 KAFKA_PORT = 9092 + PORT_OFFSET
 KAFKA_CONTROLLER_PORT = 9093 + PORT_OFFSET
 KAFKA_TOXI_PORT = 19092 + PORT_OFFSET          # Kafka's listener for network-fault tests

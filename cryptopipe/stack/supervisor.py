@@ -9,7 +9,7 @@ from pathlib import Path
 
 from common.supervisor_rpc import supervisor_proxy
 from cryptopipe.stack.component import StackContext
-from cryptopipe.stack.paths import repo_root
+from cryptopipe.stack.paths import PORT_OFFSET, repo_root
 from cryptopipe.stack.progress import StepFailed, wait_until
 
 PIPELINE_CONF = repo_root() / "streaming" / "supervisord.conf"
@@ -43,26 +43,6 @@ serverurl=unix://{p.supervisor_socket}
     return head + "\n".join(sections) + include
 
 
-def metrics_ports() -> dict[str, int]:
-    """Each streaming daemon's /metrics port, moved by CRYPTOPIPE_PORT_OFFSET like every other
-    port (two stacks on one machine would otherwise fight over 9101-9105). The defaults stay
-    where each daemon declares them."""
-    from cryptopipe.stack.paths import PORT_OFFSET
-    from streaming import archiver, loader, transformer
-    from streaming.extractor import cli as extract
-
-    ports = {f"extract-{ex}": port for ex, port in extract.DEFAULT_METRICS_PORT.items()}
-    ports.update({"transform": transformer.DEFAULT_METRICS_PORT, "load": loader.DEFAULT_METRICS_PORT,
-                  "archive": archiver.DEFAULT_METRICS_PORT})
-    return {name: port + PORT_OFFSET for name, port in ports.items()}
-
-
-def metrics_port_env() -> dict[str, str]:
-    """CRYPTOPIPE_METRICS_PORT_<PROGRAM> for streaming/supervisord.conf's commands."""
-    return {"CRYPTOPIPE_METRICS_PORT_" + name.upper().replace("-", "_"): str(port)
-            for name, port in metrics_ports().items()}
-
-
 def supervisord_env(ctx: StackContext) -> dict[str, str]:
     """A clean environment for supervisord and its children (not the caller's test variables)."""
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER",
@@ -72,7 +52,8 @@ def supervisord_env(ctx: StackContext) -> dict[str, str]:
     keep.update({"CRYPTOPIPE_HOME": str(ctx.paths.home), "CRYPTOPIPE_PYTHON": ctx.python,
                  "CRYPTOPIPE_REPO": str(repo_root()), "PYTHONPATH": str(repo_root()),
                  "CRYPTOPIPE_AUTOSTART": "false",  # the manager starts programs in order
-                 "PYTHONUNBUFFERED": "1", **metrics_port_env()})
+                 "CRYPTOPIPE_PORT_OFFSET": str(PORT_OFFSET),   # the daemons' metrics ports move too
+                 "PYTHONUNBUFFERED": "1"})
     return keep
 
 

@@ -79,7 +79,7 @@ class KafkaTail:
                         log.warning("kafka: %s", m.error())
                         continue
                     try:
-                        ticks.extend(ticks_of_record(m.value()))
+                        ticks.extend(ticks_of_record(m.value(), m.headers(), m.topic()))
                     except (ValueError, KeyError, TypeError) as exc:
                         if self.metrics is not None:
                             self.metrics.tail_bad.inc()

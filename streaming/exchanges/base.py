@@ -12,10 +12,10 @@ Hostile-input rules (every adapter):
   decimals must be strings, times and sequences ints, so a price never passes through float.
 - prices are the exchange's *strings* of plain decimal notation (`"67220"`, `"0.0000001141"`).
   Exponent notation (`"1e5"`), signs, `NaN`/`Infinity` strings, empty strings and strings longer
-  than `MAX_NUMBER_CHARS` are rejected: no recorded frame of either exchange uses them, and
+  than `MAX_NUMBER_CHARS` (or with more than 40 digits on a side) are rejected: no recorded frame of either exchange uses them, and
   `Decimal("1e999999999")` is a cheap way to make every later arithmetic step explode.
 - a price must be > 0; sizes/volumes must be >= 0.
-- event times must be integers (milliseconds) between 2009-01-01 and one day after `received_ns`.
+- event times must be integers (milliseconds) between 2009-01-03 and one day after `received_ns`.
 - symbols must come out canonical (`common.symbols.check_canonical`).
 """
 from __future__ import annotations
@@ -27,15 +27,16 @@ from itertools import accumulate
 from typing import Any
 
 from common import jsoncodec
+from common.codec.limits import (EPOCH_FLOOR_MS, INT64_MAX, MAX_EVENT_AHEAD_MS, MAX_NUMBER_CHARS,  # noqa: F401
+                                 PLAIN_DECIMAL)
 from common.models import Tick
 
 MAX_DEPTH = 8                      # deepest legit ticker frame: wrapper -> array -> object (3)
-MAX_NUMBER_CHARS = 64
-MIN_EVENT_MS = 1_230_768_000_000   # 2009-01-01T00:00:00Z
-MAX_FUTURE_MS = 86_400_000         # one day after the frame was received
-INT64_MAX = 2 ** 63 - 1
+# the limits every hop shares (common.codec.limits): decimals, times, int64
+MIN_EVENT_MS = EPOCH_FLOOR_MS
+MAX_FUTURE_MS = MAX_EVENT_AHEAD_MS
 
-_PLAIN_DECIMAL = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+_PLAIN_DECIMAL = re.compile(PLAIN_DECIMAL)
 _BRACKETS = b"[]{}"
 _DELTA = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 _ALL_BYTES = bytes(range(256))
@@ -90,6 +91,12 @@ class ExchangeAdapter:
         a `Reject` instead (frame-level faults - bad JSON, oversized - still raise).
         """
         raise NotImplementedError
+
+    def lost_symbols(self, raw: bytes, rejects: list[Reject]) -> set[str]:
+        """Best effort, never raises: the canonical symbols whose data a bad frame (or its
+        rejected elements) held, so a dead letter can name them; empty = unknown (the loss is
+        then taken as exchange-wide)."""
+        return set()
 
     # ------------------------------------------------------------------ shared guards
 
@@ -171,14 +178,14 @@ def _decimal(raw: Any, key: str, is_price: bool) -> Decimal:
         raise BadFrame(f"mistyped_field:{key}", f"expected a decimal string, got {type(raw).__name__}")
     if len(raw) > MAX_NUMBER_CHARS:
         raise BadFrame("oversized_number", f"{key}: {len(raw)} chars")
-    if _PLAIN_DECIMAL.match(raw):
+    if _PLAIN_DECIMAL.fullmatch(raw):
         return Decimal(raw)
     word = raw.strip().lower().lstrip("+-")
     if word in ("nan", "snan", "inf", "infinity"):
         raise BadFrame("non_finite_price" if is_price else "non_finite", f"{key}={raw!r:.40}")
-    if "e" in word and _PLAIN_DECIMAL.match(word.replace("e", "", 1).replace("-", "", 1).replace("+", "", 1)):
+    if "e" in word and _PLAIN_DECIMAL.fullmatch(word.replace("e", "", 1).replace("-", "", 1).replace("+", "", 1)):
         raise BadFrame("exponent_notation", f"{key}={raw!r:.40}")
-    if raw.startswith("-") and _PLAIN_DECIMAL.match(raw[1:]):
+    if raw.startswith("-") and _PLAIN_DECIMAL.fullmatch(raw[1:]):
         raise BadFrame("non_positive_price" if is_price else "negative_amount", f"{key}={raw!r:.40}")
     raise BadFrame(f"bad_number:{key}", f"{raw!r:.40}")
 

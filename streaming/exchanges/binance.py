@@ -36,6 +36,9 @@ class Binance(ExchangeAdapter):
 
     # exchange limits (web-socket-streams.md)
     MAX_STREAMS_PER_CONNECTION = 1024
+    # `!miniTicker@arr` pushes each changed symbol once a second, carrying its last trade: a tick's
+    # exchange time may precede its push by up to a second
+    PUSH_INTERVAL_MS = 1000
     MAX_MESSAGES_PER_SECOND = 5       # incoming control messages per connection
     CONNECTION_LIFETIME_S = 24 * 3600
     MAX_URL_CHARS = 8000              # beyond this, subscribe with SUBSCRIBE messages instead
@@ -149,6 +152,16 @@ class Binance(ExchangeAdapter):
         if self._is_control(obj):
             return []
         return [self._element(obj, received_ns)]
+
+    def lost_symbols(self, raw: bytes, rejects: list[Reject]) -> set[str]:
+        out = set()
+        for r in rejects:
+            name = r.element.get("s") if isinstance(r.element, dict) else None
+            canonical = self._symbols.get(name) if isinstance(name, str) else None
+            if canonical is None:
+                return set()          # one element we cannot name: the loss is exchange-wide
+            out.add(canonical)
+        return out
 
     def _parse_array(self, items: list, received_ns: int, rejects: list[Reject] | None) -> list[Tick]:
         ticks = []

@@ -62,6 +62,8 @@ class KuCoin(ExchangeAdapter):
     MAX_TOPICS_PER_CONNECTION = 300
     MAX_UPLINK_PER_10S = 100
     TOKEN_LIFETIME_S = 24 * 3600
+    # `/market/ticker:all` pushes a symbol's latest trade at most every 100 ms
+    PUSH_INTERVAL_MS = 100
 
     DEFAULT_TOPICS = ("/market/ticker:all",)
 
@@ -207,6 +209,17 @@ class KuCoin(ExchangeAdapter):
                 raise BadFrame("symbol_mismatch", f"topic {suffix!r:.40} data {data.get('symbol')!r:.40}")
             return [self._match(data, symbol, received_ns)]
         raise BadFrame(f"unsupported_topic:{prefix[:40]}")
+
+    def lost_symbols(self, raw: bytes, rejects: list[Reject]) -> set[str]:
+        # one tick per frame: its symbol is in `subject` (ticker:all) or after the topic's colon
+        try:
+            obj = self.decode(raw)
+            topic = obj.get("topic") if isinstance(obj, dict) else None
+            prefix, _, suffix = topic.partition(":") if isinstance(topic, str) else ("", "", "")
+            name = obj.get("subject") if suffix == "all" else suffix
+            return {self._symbol(name)} if prefix in ("/market/ticker", "/market/match") else set()
+        except (BadFrame, AttributeError):
+            return set()
 
     def _symbol(self, raw: Any) -> str:
         if not isinstance(raw, str) or not raw or len(raw) > _MAX_RAW_SYMBOL:

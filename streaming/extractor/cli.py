@@ -10,7 +10,7 @@ import signal
 import sys
 
 from common.kafka import make_producer
-from common.settings import get_settings, stack_home
+from common.settings import get_settings, metrics_port, stack_home
 
 from .events import Events
 from .metrics import Metrics
@@ -40,6 +40,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stall-seconds", type=float, default=15.0, help="no data frame for this long = stalled")
     p.add_argument("--rotate-after", type=float, default=23 * 3600.0,
                    help="seconds before a connection is replaced (the exchanges cut them at 24 h)")
+    p.add_argument("--rotation-overlap", type=float, default=5.0,
+                   help="seconds the old connection keeps reading after its replacement delivers")
     p.add_argument("--heartbeat-seconds", type=float, default=5.0)
     p.add_argument("--spool-dir", default=None, help="default $CRYPTOPIPE_HOME/spool/<exchange>")
     p.add_argument("--spool-max-bytes", type=int, default=1 << 30)
@@ -75,6 +77,7 @@ def build(args: argparse.Namespace):
     events = Events(exchange, sink, metrics, topic_suffix=args.topic_suffix)
     events_box.append(events)
     options = Options(stall_s=args.stall_seconds, rotate_after_s=args.rotate_after,
+                      rotation_overlap_s=args.rotation_overlap,
                       binance_ws_url=settings.binance_ws_url, kucoin_rest_url=settings.kucoin_rest_url,
                       topic_suffix=args.topic_suffix)
     extractor = Extractor(exchange, shards, sink, events, metrics, options, heartbeat_s=args.heartbeat_seconds,
@@ -101,7 +104,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    port = DEFAULT_METRICS_PORT[args.exchange] if args.metrics_port is None else args.metrics_port
+    port = metrics_port(DEFAULT_METRICS_PORT[args.exchange]) if args.metrics_port is None else args.metrics_port
     if port:
         from prometheus_client import start_http_server
 

@@ -1,9 +1,9 @@
 """Keeps an exchange streaming: one slot per shard, each slot keeping one live connection.
 
 - reconnect with jittered exponential backoff (full jitter, capped), reset after a healthy period;
-- rotation (age limit or Binance `serverShutdown`): open the new connection first, close the old
-  one only once the new one delivers data, so coverage has no gap (duplicates are removed
-  downstream);
+- rotation (age limit or Binance `serverShutdown`): open the new connection first; the old one
+  keeps reading until the new one has delivered for a while (`rotation_overlap_s`), so coverage
+  has no gap and nothing the old socket had in flight is lost (duplicates are removed downstream);
 - heartbeats per live connection, sink polling, clean stop on SIGTERM.
 """
 from __future__ import annotations
@@ -133,18 +133,26 @@ class Slot:
         await self._close_all("shutdown")
 
     async def _rotate(self, old: Connection) -> None:
-        """New connection first; the old one closes once the new one delivers."""
+        """New connection first; the old one keeps reading until the new one has delivered for
+        `rotation_overlap_s` (or until the exchange closes it), then closes. Both sockets' frames
+        go to Kafka (their ticks are the same, duplicates vanish downstream), so every tick the old
+        socket had in flight when the new one started is read, and the two sessions' coverage
+        overlaps: no time falls between them."""
         reason = "server_shutdown" if old.rotate_wanted.is_set() else "lifetime"
         log.info("%s: rotating (%s)", old.conn_id, reason)
         new = self.x.new_connection(self.spec, self.index).start()
         self.rotating = new
         await _first(new.delivering.wait(), new.done, self.x.stop.wait(),
                      asyncio.sleep(self.x.options.extra.get("rotation_timeout_s", 60.0)))
-        self.rotating = None
         if new.delivering.is_set() and not new.done.done():
-            await old.close("rotated")
-            self.current = new
-            return
+            old.rotating_out = True
+            await _first(old.done, new.done, self.x.stop.wait(), asyncio.sleep(self.x.options.rotation_overlap_s))
+            self.rotating = None
+            if not new.done.done():
+                await old.close("rotated")
+                self.current = new
+                return
+        self.rotating = None
         # the new connection did not come up: keep the old one (if alive) and retry after a pause
         await new.close("rotation_failed")
         if old.done.done():
@@ -251,4 +259,4 @@ class Extractor:
                 for conn in self.live_connections():
                     self.events.emit("heartbeat", conn.conn_id, frames=conn.frames,
                                      last_data_age_s=round(now - conn.last_data_mono, 3) if conn.last_data_mono
-                                     else None)
+                                     else None, **conn.coverage_detail())

@@ -32,6 +32,8 @@ from .spool import Record, Spool, encode
 
 log = logging.getLogger("cryptopipe.extractor")
 
+SAFE_ALL = 2 ** 63 - 1      # safe_through_ns when nothing is in flight
+
 
 class KafkaSink:
     def __init__(self, producer, spool: Spool, metrics=None, *, max_pending: int = 50_000,
@@ -217,6 +219,15 @@ class KafkaSink:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    def safe_through_ns(self) -> int:
+        """Receive time up to which every frame handed over is safe from a kill -9: acknowledged by
+        Kafka or on disk in the spool. Frames produced but not yet acknowledged live only in
+        librdkafka's memory; the oldest of them bounds it (records are produced in receive order)."""
+        for record, from_spool, _ in self._pending.values():
+            if not from_spool and record.received_ns:
+                return record.received_ns - 1
+        return SAFE_ALL
 
     # ------------------------------------------------------------------ shutdown
 

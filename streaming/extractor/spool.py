@@ -29,6 +29,9 @@ class Record:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    # when the frame was read (0: not a frame, e.g. an event); kept in memory only, to know up to
+    # when everything read is safe (see KafkaSink.safe_through_ns)
+    received_ns: int = 0
 
     def size(self) -> int:
         return len(self.value) + (len(self.key) if self.key else 0) + 64

@@ -20,12 +20,18 @@ import aiohttp
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from common.codec.raw import raw_headers
 from common.topics import raw_topic
 from streaming.exchanges import Binance, KuCoin
 
 from .spool import Record
 
 log = logging.getLogger("cryptopipe.extractor")
+
+# A tick's exchange time may precede the moment its frame reaches us by the exchange's push
+# interval (the adapters' PUSH_INTERVAL_MS) plus the network's latency; a connection's coverage ends
+# this much before its last safe frame, so whatever was lost after it lies inside the gap.
+LATENCY_ALLOWANCE_MS = 1000
 
 # A frame must fit one Kafka record (producer message.max.bytes defaults to 1,000,000, headers and
 # key included). A bigger one closes the connection (1009, reason `frame_too_big`): that span is
@@ -53,6 +59,9 @@ class Options:
     binance_ws_url: str = ""
     kucoin_rest_url: str = ""
     topic_suffix: str = ""          # private topics (benchmarks, tests): <exchange>_raw_data<suffix>
+    # a rotation keeps the old socket reading this long after the new one delivers: longer than the
+    # coverage margin (push interval + LATENCY_ALLOWANCE_MS), so the two sessions' coverage overlaps
+    rotation_overlap_s: float = 5.0
     extra: dict = field(default_factory=dict)
 
 
@@ -77,6 +86,7 @@ class RateLimiter:
 
 class Connection:
     exchange = ""
+    push_interval_ms = 0
 
     def __init__(self, spec: list[str], sink, events, metrics, options: Options, stop: asyncio.Event,
                  label: str = "", scope: list[str] | None = None):
@@ -96,11 +106,13 @@ class Connection:
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
         self.opened_mono = 0.0
         self.last_data_mono = 0.0
+        self.last_data_ns = 0          # receive time of the newest data frame
+        self.rotating_out = False      # its replacement delivers: it reads on until it closes
+        self._frame_ns = 0
         self.frames = 0
         self.ws = None
         self._task: asyncio.Task | None = None
         self._close_reason: str | None = None
-        self._headers_base = [("conn_id", self.conn_id.encode()), ("exchange", self.exchange.encode())]
 
     def _scope_detail(self) -> dict:
         return {} if self.scope is None else {"symbols": list(self.scope)}
@@ -129,6 +141,7 @@ class Connection:
 
     async def _run(self) -> None:
         reason = "closed"
+        clean_end = False               # the exchange closed it: its close frame came after all its data
         try:
             await self._open()
             self.opened_mono = self.last_data_mono = time.monotonic()
@@ -141,6 +154,7 @@ class Connection:
             reason = exc.reason
         except ConnectionClosed as exc:
             rcvd, sent = exc.rcvd, exc.sent
+            clean_end = rcvd is not None and self._close_reason is None and (sent is None or sent.code != 1009)
             if sent is not None and sent.code == 1009:
                 reason = "frame_too_big"
             else:
@@ -157,12 +171,15 @@ class Connection:
             if self._close_reason is not None and (reason.startswith("server_closed:100") or reason in
                                                    ("closed", "cancelled", "connection_lost")):
                 reason = self._close_reason
+            elif self.rotating_out and reason.startswith("server_closed:100"):
+                reason = "rotated"        # the exchange ended it during the overlap: the planned end
             if self.ws is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.ws.close(), 2.0)
             if self.connected.is_set():
                 self.events.emit("disconnected", self.conn_id, reason, frames=self.frames,
-                                 seconds=round(time.monotonic() - self.opened_mono, 3))
+                                 seconds=round(time.monotonic() - self.opened_mono, 3),
+                                 **self.coverage_detail(time.time_ns() if clean_end else None))
             self.metrics.reconnect(reason)
             if not self.done.done():
                 self.done.set_result(reason)
@@ -191,7 +208,7 @@ class Connection:
             if isinstance(raw, str):       # defensive: binary frames arrive as bytes already
                 raw = raw.encode()
             record = Record(self.topic, self.conn_id.encode(), raw,
-                            [("received_ns", str(received_ns).encode()), *self._headers_base])
+                            raw_headers(received_ns, self.conn_id, self.exchange), received_ns)
             if not self.sink.offer(record):
                 # spool full: the frame in hand takes the events' reserve (it was received, it is
                 # never dropped); then this connection stops reading and ends, so the uncovered
@@ -201,7 +218,26 @@ class Connection:
                 self.frames += 1
                 raise ConnectionEnded("spool_full")
             self.frames += 1
+            self._frame_ns = received_ns
             self._on_frame(raw, received_ns)
+
+    def coverage_detail(self, clean_end_ns: int | None = None) -> dict:
+        """`covered_until_ns` for this connection's events: every tick the exchange sent on it
+        with an exchange time before that is in Kafka or the spool.
+
+        While the socket lives, or when it ended any other way, what was in flight after the
+        newest frame read may be lost, and those ticks' exchange times can precede that frame's
+        receipt by the push interval plus latency: the coverage ends that much earlier
+        (LATENCY_ALLOWANCE_MS). When the exchange closed it (`clean_end_ns`: its close frame
+        arrived, after every data frame it sent), it covered until then. Either way never past
+        what is safe from a kill -9 (KafkaSink.safe_through_ns). Empty before the first data frame
+        (the session then covers nothing it can vouch for)."""
+        if not self.last_data_ns:
+            return {}
+        if clean_end_ns is not None:
+            return {"covered_until_ns": min(clean_end_ns, self.sink.safe_through_ns())}
+        safe = min(self.last_data_ns, self.sink.safe_through_ns())
+        return {"covered_until_ns": safe - (self.push_interval_ms + LATENCY_ALLOWANCE_MS) * 1_000_000}
 
     # exchange specifics
     async def _open(self) -> None:
@@ -215,6 +251,7 @@ class Connection:
 
     def _data(self, ticks: int, size: int) -> None:
         self.last_data_mono = time.monotonic()
+        self.last_data_ns = self._frame_ns
         self.metrics.frame(size, ticks)
         if not self.delivering.is_set():
             self.delivering.set()
@@ -229,6 +266,7 @@ class BinanceConnection(Connection):
     echoes the ping's payload); `serverShutdown` asks the runner for a rotation."""
 
     exchange = "binance"
+    push_interval_ms = Binance.PUSH_INTERVAL_MS
 
     async def _open(self) -> None:
         url = Binance.combined_url(self.options.binance_ws_url, self.spec)
@@ -278,6 +316,7 @@ class KuCoinConnection(Connection):
     pingTimeout kills the connection; `error` 401 = token expired -> reconnect with a new token."""
 
     exchange = "kucoin"
+    push_interval_ms = KuCoin.PUSH_INTERVAL_MS
 
     def __init__(self, *args, http: aiohttp.ClientSession | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -308,7 +347,7 @@ class KuCoinConnection(Connection):
         raw = await asyncio.wait_for(self.ws.recv(decode=False), self.options.welcome_timeout_s)
         received_ns = time.time_ns()
         await self.sink.put(Record(self.topic, self.conn_id.encode(), raw,
-                                   [("received_ns", str(received_ns).encode()), *self._headers_base]), self.stop)
+                                   raw_headers(received_ns, self.conn_id, self.exchange), received_ns), self.stop)
         self.frames += 1
         ctl = KuCoin.classify(raw)
         if ctl.kind == "error":

@@ -88,7 +88,9 @@ def ticks(binance):
     return adapter.parse_ticks(frame, RECEIVED_NS, [])
 
 
-def test_tick_to_json_batch(benchmark, ticks):
-    out = benchmark(lambda: [t.to_json() for t in ticks])
+def test_tick_to_wire_batch(benchmark, ticks):
+    from common.codec.ticks import line_tick, tick_line
+
+    out = benchmark(lambda: [tick_line(t) for t in ticks])
     assert len(out) == len(ticks)
-    assert Tick.from_json(out[0]) == ticks[0]
+    assert line_tick(out[0]) == ticks[0]

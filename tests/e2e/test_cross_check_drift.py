@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from tests.e2e.conftest import SCREENSHOTS
 from tests.e2e.test_api_stream_truth import api_url, wait_api_streaming
 
 pytestmark = pytest.mark.e2e
@@ -60,6 +61,9 @@ def test_a_drifting_exchange_is_found_by_the_cross_check_and_marked(live_pipelin
     badge = page.locator(f'tr[data-symbol="{SYMBOL}"] .badge')
     badge.wait_for(timeout=30_000)
     assert f"{Decimal(w['max_bps'])}" in badge.inner_text()
+    page.locator("#filter").fill("USD")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "prices-page-divergence.png"))
 
 
 def check(start, end) -> dict:

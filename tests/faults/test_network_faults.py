@@ -121,6 +121,7 @@ class NetChain(PipelineHandle):
         self.raw_topics = tuple(t + suffix for t in RAW_TOPICS)
         self.transformed_topics = tuple(t + suffix for t in TRANSFORMED_TOPICS)
         self.events_topic = PIPELINE_EVENTS + suffix
+        self.only_symbols = private_symbols()        # the shared `ticks` table holds others' rows too
 
     def coverage(self, pg, exchange: str) -> list[tuple[int, int]]:
         with pg.cursor() as cur:

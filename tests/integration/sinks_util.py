@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from common import kafka
 from common.kafka import make_producer
+from common.codec.raw import raw_headers  # noqa: F401 - the extractor's headers, for tests
 from common.settings import get_settings
 from common.topics import DLQ_TOPICS, PIPELINE_EVENTS, RAW_TOPICS, TRANSFORMED_TOPICS
 
@@ -50,9 +51,26 @@ def produce(topic: str, records: list[tuple], partition: int | None = None) -> N
     assert p.flush(60) == 0
 
 
-def raw_headers(received_ns: int, conn_id: str, exchange: str) -> list:
-    return [("received_ns", str(received_ns).encode()), ("conn_id", conn_id.encode()),
-            ("exchange", exchange.encode())]
+def ticks_records(ticks, partitions: int = 3, per_record: int = 100) -> list[tuple[int, bytes, list]]:
+    """[(partition, value, headers)]: ticks.v1 records as the transformer writes them (every tick
+    of a symbol in its partition, in order; at most `per_record` ticks a record)."""
+    from common.codec.ticks import encode_batches, partition_for, tick_line
+
+    by_partition: dict[int, list[str]] = {}
+    for t in ticks:
+        by_partition.setdefault(partition_for(t.symbol, partitions), []).append(tick_line(t))
+    out = []
+    for partition, lines in sorted(by_partition.items()):
+        for i in range(0, len(lines), per_record):
+            out += [(partition, v, h) for v, h in encode_batches(lines[i:i + per_record])]
+    return out
+
+
+def produce_ticks(topic: str, ticks, partitions: int = 3, per_record: int = 100) -> None:
+    p = make_producer()
+    for partition, value, headers in ticks_records(ticks, partitions, per_record):
+        p.produce(topic, value=value, headers=headers, partition=partition)
+    assert p.flush(60) == 0
 
 
 def read_topic(topic: str, timeout: float = 60.0) -> list:

@@ -75,13 +75,3 @@ def test_the_prices_server_is_in_the_pipeline_image_and_the_native_stack():
     env = COMPOSE["services"]["pipeline"]["environment"]
     assert env["API_PORT"] == str(paths.API_PORT - paths.PORT_OFFSET)
 
-
-def test_daemon_metrics_ports_are_set_for_every_supervisord_command():
-    from cryptopipe.stack.supervisor import metrics_port_env, metrics_ports
-
-    conf = (ROOT / "streaming" / "supervisord.conf").read_text()
-    used = set(re.findall(r"%\(ENV_(CRYPTOPIPE_METRICS_PORT_\w+)\)s", conf))
-    assert used == set(metrics_port_env())
-    env = COMPOSE["services"]["pipeline"]["environment"]
-    assert {k: int(env[k]) for k in used} == {k: int(v) - paths.PORT_OFFSET for k, v in metrics_port_env().items()}
-    assert metrics_ports()["transform"] == 9103 + paths.PORT_OFFSET

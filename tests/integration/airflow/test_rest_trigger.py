@@ -42,3 +42,33 @@ def test_rest_trigger_of_an_impossible_window_fails_validate_readably(api):
     log = api.task_log("crypto_backfill", run["dag_run_id"], "validate")
     assert (f"invalid backfill parameters: end ({end:%Y-%m-%d %H:%M} UTC) must be after start "
             f"({start:%Y-%m-%d %H:%M} UTC)") in log
+
+
+def test_a_failed_manual_trigger_leaves_the_gaps_it_named_repairable(api, pg):
+    """A person's bad parameters fail the run with its message; the gaps named in its conf stay
+    open (not failed, not permanent), so the next detection run still plans their repair."""
+    from plugins.backfill_tasks import backfill_triggers
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    gap_start, gap_end = now - timedelta(days=3, hours=2), now - timedelta(days=3, hours=1)
+    with pg.cursor() as cur:
+        cur.execute("DELETE FROM gaps WHERE exchange = 'kucoin' AND symbol = 'BTC-USDT' AND gap_start = %s", (gap_start,))
+        cur.execute("INSERT INTO gaps (exchange, symbol, gap_start, gap_end, status, kind) "
+                    "VALUES ('kucoin', 'BTC-USDT', %s, %s, 'open', 'manual') RETURNING id", (gap_start, gap_end))
+        gap_id = cur.fetchone()[0]
+    try:
+        status, run = api.trigger("crypto_backfill", {"exchange": "kucoin", "symbols": ["BTC-USDT"],
+                                                      "start": gap_end.isoformat(), "end": gap_start.isoformat(),
+                                                      "gap_ids": [gap_id]})
+        assert status == 200, run
+        done = api.wait_run("crypto_backfill", run["dag_run_id"])
+        assert done["state"] == "failed"
+        assert "invalid backfill parameters: end" in api.task_log("crypto_backfill", run["dag_run_id"], "validate")
+        with pg.cursor() as cur:
+            cur.execute("SELECT status, attempts, permanent, error FROM gaps WHERE id = %s", (gap_id,))
+            assert cur.fetchone() == ("open", 0, False, None)
+        planned = backfill_triggers(1000, "test", now=now, known_symbols={"BTC-USDT"})
+        assert any(gap_id in r["conf"]["gap_ids"] for r in planned), planned
+    finally:
+        with pg.cursor() as cur:
+            cur.execute("DELETE FROM gaps WHERE id = %s", (gap_id,))

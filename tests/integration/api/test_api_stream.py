@@ -22,6 +22,7 @@ UTC = timezone.utc
 def produce(api_server, stack, clean_db):
     """send(ticks): produce ticks to the server's topics, keyed by symbol like the transformer.
     clean_db: the symbols the tests subscribe to are known (latest_prices) and nothing else."""
+    from common.codec.ticks import encode_batches, partition_for, tick_line
     from common.kafka import make_producer
     from common.topics import transformed_topic
 
@@ -31,8 +32,14 @@ def produce(api_server, stack, clean_db):
     producer = make_producer()
 
     def send(ticks):
+        # as the transformer writes them: ticks.v1 batches, a symbol's ticks on its own partition
+        batches: dict[tuple[str, int], list[str]] = {}
         for t in ticks:
-            producer.produce(transformed_topic(t.exchange) + api_server.suffix, t.to_json(), key=t.symbol.encode())
+            batches.setdefault((t.exchange, partition_for(t.symbol, 3)), []).append(tick_line(t))
+        for (exchange, partition), lines in batches.items():
+            for value, headers in encode_batches(lines):
+                producer.produce(transformed_topic(exchange) + api_server.suffix, value, partition=partition,
+                                 headers=headers)
         producer.flush(30)
     return send
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from confluent_kafka import TopicPartition
 
 from common.kafka import make_consumer
+from common.codec.events import decode_event
 from common.models import PipelineEvent
 from common.topics import PIPELINE_EVENTS, raw_topic
 from streaming.exchanges import BadFrame, get_adapter
@@ -111,7 +112,8 @@ class Run:
 
     def events(self) -> list[PipelineEvent]:
         recs = read_since(PIPELINE_EVENTS, self.events_start, self.prefix)
-        out = [PipelineEvent.from_json(r[3]) for r in recs]
+        now_ns = time.time_ns()
+        out = [decode_event(r[3], now_ns) for r in recs]
         return [e for e in out if e.exchange == self.exchange]
 
 
@@ -209,7 +211,9 @@ def compare_with_truth(exchange: str, sim, records: list, tail_ms: int | None = 
 
 
 def covered_spans(events: list[PipelineEvent]) -> list[tuple[int, int, str]]:
-    """[start_ns, end_ns, conn] per connection: from `subscribed` to `disconnected` (or last heartbeat)."""
+    """[start_ns, end_ns, conn] per connection, as gap detection reads them: from `subscribed` to
+    `disconnected` (or the last heartbeat), but never past the newest `covered_until_ns` an event
+    of the connection reported (what its extractor read and made safe)."""
     by_conn: dict[str, dict] = defaultdict(dict)
     for e in events:
         d = by_conn[e.conn_id]
@@ -219,15 +223,20 @@ def covered_spans(events: list[PipelineEvent]) -> list[tuple[int, int, str]]:
             d["end"] = e.at_ns
         elif e.kind == "heartbeat":
             d["beat"] = max(d.get("beat", 0), e.at_ns)
+        covered = e.detail.get("covered_until_ns")
+        if covered is not None:
+            d["covered"] = max(d.get("covered", 0), covered)
     spans = []
     for conn, d in by_conn.items():
         if "start" in d:
-            spans.append((d["start"], d.get("end", d.get("beat", d["start"])), conn))
+            end = d.get("end", d.get("beat", d["start"]))
+            spans.append((d["start"], min(end, d.get("covered", end)), conn))
     return sorted(spans)
 
 
 def gaps(spans: list[tuple[int, int, str]]) -> list[tuple[int, int]]:
     out = []
+    spans = [s for s in spans if s[1] > s[0]]     # a connection that vouched for nothing covers nothing
     if not spans:
         return out
     reach = spans[0][1]

@@ -7,8 +7,8 @@ import pytest
 
 from common.models import PipelineEvent, Tick
 from tests.integration.sinks_util import (stop_leftover_daemons, topics,  # noqa: F401
-                                          Daemon, committed, end_offsets,
-                                          produce, wait_until)
+                                          Daemon, committed, end_offsets, ticks_records,
+                                          produce, produce_ticks, read_topic, wait_until)
 
 pytestmark = pytest.mark.integration
 
@@ -17,15 +17,15 @@ PER_SYMBOL = 600
 BASE_MS = 1_764_000_000_000
 
 
-def tick_records(symbols, duplicate_every=7):
-    records = []
+def symbol_ticks(symbols, duplicate_every=7):
+    ticks = []
     for s in symbols:
         for i in range(PER_SYMBOL):
             t = Tick("binance", s, BASE_MS + i * 250, Decimal(1000 + i) / 100, (BASE_MS + i * 250) * 10**6, sequence=i)
-            records.append((s.encode(), t.to_json(), None))
-            if i % duplicate_every == 0:          # an upstream replay: the same tick twice
-                records.append((s.encode(), t.to_json(), None))
-    return records
+            ticks.append(t)
+            if i % duplicate_every == 0:          # an upstream duplicate: the same tick twice (two sockets)
+                ticks.append(t)
+    return ticks
 
 
 def db_count(pg, symbols):
@@ -55,7 +55,7 @@ def loader_args(suffix, group, batch=300):
 def test_kill9_mid_batch_then_restart_loses_and_doubles_nothing(pg, topics, tmp_path):
     symbols = [f"K{uuid.uuid4().hex[:7].upper()}-USDT" for _ in range(N_SYMBOLS)]
     topic = "binance_transformed_data" + topics
-    produce(topic, tick_records(symbols))
+    produce_ticks(topic, symbol_ticks(symbols))
     group = "loader-test-" + uuid.uuid4().hex
     first = Daemon(loader_args(topics, group), tmp_path, "load-1").start()
     wait_until(lambda: db_count(pg, symbols)[0] >= 2000, 120, "the first batches", [first])
@@ -75,7 +75,7 @@ def test_two_instances_split_partitions_and_store_everything_once(pg, topics, tm
     topic = "binance_transformed_data" + topics
     group = "loader-test-" + uuid.uuid4().hex
     conn_id = "conn-" + uuid.uuid4().hex
-    produce(topic, tick_records(symbols))
+    produce_ticks(topic, symbol_ticks(symbols))
     produce("pipeline_events" + topics, [
         (b"binance", PipelineEvent("binance", conn_id, "connected", BASE_MS * 10**6).to_json(), None),
         (b"binance", PipelineEvent("binance", conn_id, "disconnected", BASE_MS * 10**6 + 9, reason="x").to_json(), None)])
@@ -89,3 +89,65 @@ def test_two_instances_split_partitions_and_store_everything_once(pg, topics, tm
     with pg.cursor() as cur:
         cur.execute("SELECT reason, disconnected_at IS NOT NULL FROM stream_sessions WHERE conn_id = %s", (conn_id,))
         assert cur.fetchall() == [("x", True)]
+
+
+def test_poison_records_go_to_the_dlq_and_dead_letters_are_recorded_for_gap_detection(pg, topics, tmp_path):
+    """Whatever a transformed record or a pipeline event holds, the loader keeps running: a bad one
+    goes to its exchange's DLQ with its reason (value capped), and every dead letter (the
+    transformer's and its own) is read back into dlq_records, once, however often it is replayed."""
+    from common.codec.dlq import DLQ_MAX_VALUE_BYTES, dead_letter
+
+    symbol = f"P{uuid.uuid4().hex[:7].upper()}-USDT"
+    good_tick = Tick("binance", symbol, BASE_MS, Decimal("1.5"), BASE_MS * 10**6, sequence=1)
+    ((_, good, good_headers),) = ticks_records([good_tick], partitions=1)
+    future_ns = (BASE_MS + 10**12) * 10**6                          # the year 2057
+    poison_ticks = [(b"\xff\xfe", b"x" * 900_000, None),            # non-UTF-8 key, 900 kB of garbage
+                    (symbol.encode(), b'["a", "list"]', None),      # JSON of the wrong type
+                    (symbol.encode(), good.replace(b"\t1.5\t", b"\t1e5\t"), good_headers)]
+    poison_events = [(b"binance", b'{"exchange":"binance","conn_id":"forged","kind":"connected","at_ns":%d}'
+                      % future_ns, None),
+                     (b"kucoin", b"\x00" * 10, None)]
+    value, headers = dead_letter(b"frame", reason="malformed_json", stage="transform", exchange="kucoin",
+                                 source_topic="kucoin_raw_data", source_partition=0, source_offset=41,
+                                 received_ns=BASE_MS * 10**6, symbols=[symbol])
+    produce("binance_transformed_data" + topics, poison_ticks + [(None, good, good_headers)], partition=0)
+    produce("pipeline_events" + topics, poison_events)
+    produce("kucoin_dlq" + topics, [(b"conn", value, headers), (b"junk", b"junk", [("received_ns", b"\xff")])])
+    group = "loader-test-" + uuid.uuid4().hex
+    loader = Daemon(loader_args(topics, group), tmp_path, "load-poison").start()
+
+    def recorded():
+        with pg.cursor() as cur:
+            cur.execute("SELECT dlq_topic, stage, reason, source_offset, symbols, untracked FROM dlq_records "
+                        "WHERE dlq_topic LIKE %s ORDER BY dlq_topic, dlq_offset", (f"%{topics}",))
+            return cur.fetchall()
+    wait_until(lambda: len(recorded()) == 7, 120, "7 dead letters recorded", [loader])
+    assert loader.alive()
+    rows = recorded()
+    binance_rows = [r for r in rows if r[0].startswith("binance_dlq")]
+    kucoin_rows = [r for r in rows if r[0].startswith("kucoin_dlq")]
+    assert [r[1] for r in binance_rows] == ["load"] * 4
+    reasons = " | ".join(sorted(r[2] for r in binance_rows))
+    for expected in ("unknown_format", "bad_line:0:price", "at_ns_in_the_future"):
+        assert expected in reasons, reasons                         # (the last: the forged event)
+    assert kucoin_rows[0][1:5] == ("transform", "malformed_json", 41, [symbol])   # the first record produced
+    rest = sorted(r[1:3] for r in kucoin_rows[1:])
+    assert rest[0][0] == "load" and rest[0][1].startswith("loader: malformed_event")   # the \x00 event, by its key
+    assert rest[1] == ("unknown", "unreadable_dead_letter:reason")     # junk in a DLQ: recorded, never re-sent
+    dlq = read_topic("binance_dlq" + topics)
+    assert max(len(m.value()) for m in dlq) == DLQ_MAX_VALUE_BYTES      # the 900 kB value, capped
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM ticks WHERE exchange = 'binance' AND symbol = %s", (symbol,))
+        assert cur.fetchone()[0] == 1                                 # the good tick still flows
+        cur.execute("SELECT count(*) FROM stream_sessions WHERE conn_id = 'forged'")
+        assert cur.fetchone()[0] == 0
+    assert loader.term() == 0
+    # a second group replays every topic: the transformer's dead letter is the same record, recorded once
+    replay = "loader-test-" + uuid.uuid4().hex
+    second = Daemon(loader_args(topics, replay), tmp_path, "load-replay").start()
+    wait_until(drained(replay, "kucoin_dlq" + topics, 1), 120, "the replay of kucoin_dlq", [second])
+    assert second.term() == 0
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM dlq_records WHERE dlq_topic = %s AND source_offset = 41",
+                    ("kucoin_dlq" + topics,))
+        assert cur.fetchone()[0] == 1

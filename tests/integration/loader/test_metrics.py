@@ -7,7 +7,8 @@ import pytest
 
 from common.models import Tick
 from tests.integration.sinks_util import (stop_leftover_daemons,  # noqa: F401
-                                          Daemon, create_topics, delete_topics, new_suffix, produce, wait_until)
+                                          Daemon, create_topics, delete_topics, new_suffix, produce, ticks_records,
+                                          wait_until)
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +35,10 @@ def test_loader_metrics_count_records_batches_and_dlq(stack, tmp_path):
     try:
         topic = "kucoin_transformed_data" + suffix
         sym = f"M{uuid.uuid4().hex[:7].upper()}-USDT"
-        good = [(sym.encode(), Tick("kucoin", sym, 1_795_000_000_000 + i, Decimal("1.5"), 1_795_000_000_000_000_000,
-                                    sequence=i).to_json(), None) for i in range(10)]
-        produce(topic, good + [(b"x", b"not json", None)], partition=0)
+        good = [Tick("kucoin", sym, 1_795_000_000_000 + i, Decimal("1.5"), 1_795_000_000_000_000_000, sequence=i)
+                for i in range(10)]
+        records = [(None, v, h) for _, v, h in ticks_records(good, partitions=1, per_record=1)]  # 10 records
+        produce(topic, records + [(b"x", b"not ticks", None)], partition=0)
         port = free_port()
         d = Daemon(["load", "--group", "m-" + uuid.uuid4().hex, "--topic-suffix", suffix, "--metrics-port", str(port),
                     "--retention-days", "0"], tmp_path, "load-metrics").start()

@@ -96,12 +96,12 @@ def test_validate_task_normalizes_a_good_request():
     assert all_["request"]["symbols"] == sorted(KNOWN)
 
 
-def test_invalid_gap_triggered_request_marks_its_gap_failed(monkeypatch):
+def test_an_invalid_request_leaves_the_gaps_it_names_as_they_were(monkeypatch):
     marked = []
     monkeypatch.setattr(backfill.gaps, "mark", lambda gid, status, **kw: marked.append((gid, status, kw["error"])))
     with pytest.raises(InvalidParams):
         validate_params(params(symbols=["NOPE-USDT"], gap_ids=[41]), now=NOW, known_symbols=KNOWN)
-    assert marked == [(41, "failed", "invalid backfill parameters: kucoin has no active spot market NOPE-USDT")]
+    assert marked == []     # bad parameters are the run's fault: the gap stays repairable
 
 
 def test_claims_only_gaps_it_gets(monkeypatch):

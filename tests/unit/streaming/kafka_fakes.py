@@ -23,12 +23,21 @@ class FakeMessage:
 class FakeProducer:
     def __init__(self):
         self.records = []            # (topic, value, key, headers)
+        self.partitions = []         # the partition asked for, per record (None: the partitioner's)
 
-    def produce(self, topic, value=None, key=None, headers=None):
+    def produce(self, topic, value=None, key=None, headers=None, partition=None):
         self.records.append((topic, value, key, list(headers or [])))
+        self.partitions.append(partition)
 
     def poll(self, _timeout=0):
         return 0
+
+    def list_topics(self, topic=None, timeout=None):
+        """Metadata as confluent-kafka shapes it: every topic has 3 partitions."""
+        from types import SimpleNamespace
+
+        meta = SimpleNamespace(error=None, partitions={p: None for p in range(3)})
+        return SimpleNamespace(topics={topic: meta})
 
     def flush(self, _timeout=None):
         return 0

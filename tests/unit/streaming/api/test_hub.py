@@ -22,12 +22,19 @@ def sent(c, n=10_000):
 
 
 def test_wire_form_is_exact_and_utc():
-    t = Tick("kucoin", "SHIB-USDT", 1764057600123, Decimal("0.0000001141"), 0)
+    from common.codec.ticks import encode_batches, tick_line
+
+    t = Tick("kucoin", "SHIB-USDT", 1764057600123, Decimal("0.0000001141"), 1764057600200000000, sequence=7)
     assert tick_wire(t) == {"exchange": "kucoin", "symbol": "SHIB-USDT", "price": "0.0000001141",
                             "event_time": "2025-11-25T08:00:00.123Z"}
-    assert ticks_of_record(t.to_json()) == [t]
-    with pytest.raises(ValueError):
-        ticks_of_record(b'{"exchange": "kucoin", "symbol": "X-Y", "event_time_ms": 1, "received_ns": 1, "price": 1.5}')
+    [(value, headers)] = encode_batches([tick_line(t), tick_line(t)])
+    assert ticks_of_record(value, headers, "kucoin_transformed_data") == [t, t]
+    assert ticks_of_record(value, headers, "kucoin_transformed_data_bench1") == [t, t]
+    with pytest.raises(ValueError):         # a JSON record of the old format is refused, not misread
+        ticks_of_record(b'{"exchange": "kucoin", "symbol": "X-Y", "event_time_ms": 1, "received_ns": 1, '
+                        b'"price": "1.5"}', [], "kucoin_transformed_data")
+    with pytest.raises(ValueError):         # a binance tick on the kucoin topic
+        ticks_of_record(value, headers, "binance_transformed_data")
 
 
 def test_subscriptions_route_ticks_to_their_clients_only():

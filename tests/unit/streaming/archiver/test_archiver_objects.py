@@ -43,9 +43,25 @@ def test_same_records_give_the_same_bytes():
 
 
 def test_received_time_falls_back_to_kafka_timestamp():
-    assert record_received_ns([("received_ns", b"123")], 9) == 123
-    assert record_received_ns([("received_ns", b"junk")], 9) == 9_000_000
-    assert record_received_ns(None, 9) == 9_000_000
+    ts_ms = T0 // 1_000_000 + 7
+    assert record_received_ns([("received_ns", str(T0).encode())], ts_ms) == T0
+    assert record_received_ns([("received_ns", b"junk")], ts_ms) == ts_ms * 1_000_000
+    assert record_received_ns(None, ts_ms) == ts_ms * 1_000_000
+
+
+@pytest.mark.parametrize("headers, ts_ms", [
+    ([("received_ns", str(2 ** 64).encode())], 0),          # beyond int64, and no usable Kafka time
+    ([("received_ns", b"123")], -5),                        # 1970, negative Kafka time
+    ([("received_ns", b"1")], 10 ** 15),                    # Kafka time in the year 33658
+    ([("received_ns", b"1"), ("received_ns", b"2")], 10 ** 12),
+])
+def test_a_poison_receive_time_is_filed_inside_the_epoch_range(headers, ts_ms):
+    from common.codec.limits import EPOCH_CEILING_NS, EPOCH_FLOOR_NS
+
+    ns = record_received_ns(headers, ts_ms)
+    assert EPOCH_FLOOR_NS <= ns < EPOCH_CEILING_NS
+    line = archive_line(TOPIC, 0, 1, b"\xff", b"\xfe", headers, ts_ms, ns)     # and it archives
+    assert json.loads(line)["received_ns"] == ns
 
 
 def cut(records, rotation, start=0, clock=None):
@@ -173,3 +189,21 @@ def test_giving_up_at_shutdown_never_commits_past_the_missing_object(monkeypatch
     arch.stop.set()                           # shutting down: give up after the grace period
     arch.flush_closed()
     assert s3.objects == {} and consumer.commits == []
+
+
+class UnreadableHeaders(FakeMessage):
+    def headers(self):
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")   # what a bad header name does
+
+
+def test_a_record_whose_headers_cannot_be_read_is_still_archived_with_its_bytes():
+    import base64
+
+    arch = make_archiver(FakeConsumer(), None, Rotation(max_records=2))
+    bad = UnreadableHeaders(TOPIC, 0, 5, b"\x00frame", b"key", None, T0 // 1_000_000)
+    good = FakeMessage(TOPIC, 0, 6, b"frame", b"k", hdrs(T0 + 1), T0 // 1_000_000)
+    arch.add([bad, good])
+    (obj,) = arch.cutter.take_closed()
+    first, second = (json.loads(line) for line in obj.lines)
+    assert base64.b64decode(first["frame"]) == b"\x00frame" and "UnicodeDecodeError" in first["archive_error"]
+    assert (first["offset"], second["offset"], second["frame"]) == (5, 6, "frame")

@@ -6,7 +6,10 @@ import pytest
 
 from common.models import PipelineEvent, Tick
 from streaming.consumer_loop import Metrics, StopFlag
-from streaming.loader import BadRecord, Loader, merge_events, parse_event, tick_copy_line
+from common.codec import BadRecord
+from common.codec.events import decode_event
+from common.codec.ticks import encode_batches, tick_line
+from streaming.loader import Loader, merge_events
 from tests.unit.streaming.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
 
 NS = 1_764_000_000_000_000_000
@@ -18,83 +21,6 @@ def tick(**kw):
                 received_ns=NS + 5, sequence=7, bid=Decimal("0.0000001141"), volume_24h=Decimal("12.5"))
     base.update(kw)
     return Tick(**base)
-
-
-def test_copy_line_keeps_exact_decimals_and_nulls():
-    line = tick_copy_line(tick().to_json(), "binance")
-    fields = line.split("\t")
-    assert fields[:5] == ["binance", "BTC-USDT", str(MS), "7", "67220.01"]
-    assert Decimal(fields[5]) == Decimal("0.0000001141")     # bid, exact
-    assert fields[6] == "\\N"                                 # bid_size absent -> NULL
-    assert Decimal(fields[13]) == Decimal("12.5")             # volume_24h
-    assert fields[-1] == str(NS + 5)
-
-
-@pytest.mark.parametrize("value, reason", [
-    (b"", "empty"),
-    (b"{not json", "malformed JSON"),
-    (b"[1,2]", "not a JSON object"),
-    (b'{"exchange":"ftx"}', "unknown exchange"),
-    (b'{"exchange":"kucoin","symbol":"BTC-USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"1"}',
-     "on the binance topic"),
-    (b'{"exchange":"binance","symbol":"BTC/USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"1"}',
-     "canonical"),
-    (b'{"exchange":"binance","symbol":"BTC-USDT\\t","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"1"}',
-     "canonical"),
-    (b'{"exchange":"binance","symbol":["BTC-USDT"],"event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"1"}',
-     "canonical"),
-    (b'{"exchange":"binance","symbol":{"a":1},"event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"1"}',
-     "canonical"),
-    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":"1764000000000","received_ns":1764000000000000000,"price":"1"}',
-     "event_time_ms is not an integer"),
-    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":99,"received_ns":1764000000000000000,"price":"1"}',
-     "event_time_ms out of range"),
-    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000}',
-     "missing price"),
-    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"NaN"}',
-     "not a finite decimal"),
-    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"0"}',
-     "not positive"),
-    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"-1"}',
-     "not positive"),
-    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":1.5}',
-     "not a finite decimal"),
-    (b'{"exchange":"binance","symbol":"BTC-USDT","event_time_ms":1764000000000,"received_ns":1764000000000000000,"price":"1","bid":"1\\t2"}',
-     "bid is not a finite decimal"),
-])
-def test_bad_transformed_records_are_rejected_with_a_reason(value, reason):
-    with pytest.raises(BadRecord, match=reason):
-        tick_copy_line(value, "binance")
-
-
-@pytest.mark.parametrize("price, ok", [("0.000", False), ("0E+5", False), ("00", False), ("1e-3", True),
-                                       ("0.0000001141", True), ("10", True), ("-0.5", False), ("+1", False),
-                                       ("1.", False), (".5", False), ("Infinity", False), ("1_000", False)])
-def test_price_must_be_a_positive_finite_decimal(price, ok):
-    value = json.dumps({"exchange": "binance", "symbol": "BTC-USDT", "event_time_ms": MS, "received_ns": NS,
-                        "price": price}).encode()
-    if ok:
-        assert tick_copy_line(value).split("\t")[4] == price
-    else:
-        with pytest.raises(BadRecord, match="price"):
-            tick_copy_line(value)
-
-
-@pytest.mark.parametrize("field, value", [("price", "1\n"), ("symbol", "BTC-USDT\n"), ("price", "1\t2"),
-                                          ("bid", "2\n"), ("ask", "1\t2")])
-def test_no_newline_or_tab_reaches_the_copy_text(field, value):
-    # `$` matches before a trailing newline: the checks must hold for the whole string
-    record = {"exchange": "binance", "symbol": "BTC-USDT", "event_time_ms": MS, "received_ns": NS, "price": "1"}
-    record[field] = value
-    with pytest.raises(BadRecord, match=field):
-        tick_copy_line(json.dumps(record).encode())
-
-
-def test_bool_is_not_an_integer():
-    value = json.dumps({"exchange": "binance", "symbol": "BTC-USDT", "event_time_ms": MS, "received_ns": NS,
-                        "price": "1", "sequence": True}).encode()
-    with pytest.raises(BadRecord, match="sequence is not an integer"):
-        tick_copy_line(value)
 
 
 def test_events_merge_per_connection_with_first_disconnect_reason():
@@ -111,8 +37,8 @@ def test_events_merge_per_connection_with_first_disconnect_reason():
 
 
 def test_a_sharded_connection_keeps_its_symbols():
-    evs = [parse_event(PipelineEvent("binance", "c1", "connected", NS, detail={"symbols": ["AAA-USDT", "BB-USDT"]})
-                       .to_json()),
+    evs = [decode_event(PipelineEvent("binance", "c1", "connected", NS, detail={"symbols": ["AAA-USDT", "BB-USDT"]})
+                        .to_json(), NS),
            PipelineEvent("binance", "c1", "heartbeat", NS + 5),
            PipelineEvent("binance", "c2", "connected", NS + 1, detail={"streams": 1})]
     s = merge_events(evs)
@@ -127,38 +53,72 @@ def test_spool_events_are_not_sessions():
 
 
 @pytest.mark.parametrize("value, reason", [
-    (b"{}", "malformed"),
-    (b'{"exchange":"x","conn_id":"c","kind":"connected","at_ns":1764000000000000000}', "unknown exchange"),
-    (b'{"exchange":"binance","conn_id":"c","kind":"exploded","at_ns":1764000000000000000}', "unknown event kind"),
-    (b'{"exchange":"binance","conn_id":"","kind":"connected","at_ns":1764000000000000000}', "bad conn_id"),
-    (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":5}', "out of range"),
+    (b"{}", "unknown_exchange"),
+    (b"[1]", "not_an_object"),
+    (b"{nope", "malformed_event:json"),
+    (b'{"exchange":"x","conn_id":"c","kind":"connected","at_ns":1764000000000000000}', "unknown_exchange"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"exploded","at_ns":1764000000000000000}', "unknown_event_kind"),
+    (b'{"exchange":"binance","conn_id":"","kind":"connected","at_ns":1764000000000000000}', "bad_conn_id"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":5}', "before_2009"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":"1764000000000000000"}', "at_ns_not_integer"),
+    # a forged "connected" event far in the future (or year 2099) claims coverage that never existed
+    (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":1764000600000000001}', "in_the_future"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":4070908800000000000}', "in_the_future"),
     (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":1764000000000000000,"detail":[1]}',
-     "detail is not an object"),
+     "detail_not_an_object"),
     (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":1764000000000000000,'
-     b'"detail":{"symbols":"BTC-USDT"}}', "detail.symbols"),
+     b'"detail":{"symbols":"BTC-USDT"}}', "symbols_not_canonical"),
     (b'{"exchange":"binance","conn_id":"c","kind":"connected","at_ns":1764000000000000000,'
-     b'"detail":{"symbols":["BTC-USDT","x\');DROP TABLE ticks;--"]}}', "detail.symbols"),
+     b'"detail":{"symbols":["BTC-USDT","x\');DROP TABLE ticks;--"]}}', "symbols_not_canonical"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"heartbeat","at_ns":1764000000000000000,'
+     b'"detail":{"covered_until_ns":1764000000000000001}}', "covered_after_event"),
+    (b'{"exchange":"binance","conn_id":"c","kind":"heartbeat","at_ns":1764000000000000000,'
+     b'"detail":{"covered_until_ns":"1"}}', "covered_until_ns_not_integer"),
+    (b"{" + b" " * (1 << 20) + b"}", "oversized_event"),
 ])
 def test_bad_events_are_rejected(value, reason):
+    # the loader's clock: NS (+ the 5 minutes an event may run ahead of it)
     with pytest.raises(BadRecord, match=reason):
-        parse_event(value)
+        decode_event(value, NS)
+
+
+def test_an_event_slightly_ahead_of_the_loader_clock_is_accepted():
+    ev = decode_event(b'{"exchange":"binance","conn_id":"c","kind":"heartbeat","at_ns":1764000299000000000,'
+                      b'"detail":{"covered_until_ns":1764000298000000000}}', NS)
+    assert ev.at_ns == NS + 299 * 10**9 and merge_events([ev])["c"].covered_until_ns == NS + 298 * 10**9
+
+
+def ticks_record(*ticks):
+    """The value and headers of one ticks.v1 record."""
+    ((value, headers),) = encode_batches([tick_line(t) for t in ticks])
+    return value, headers
+
+
+def ticks_message(partition, offset, *ticks):
+    value, headers = ticks_record(*ticks)
+    return FakeMessage("binance_transformed_data", partition, offset, value, None, headers)
 
 
 class RecordingWriter:
     def __init__(self):
         self.calls = []
+        self.offsets = []
 
-    def write(self, lines, days, sessions):
+    def write(self, batch, offsets=None):
         from streaming.loader import BatchResult
-        self.calls.append((list(lines), set(days), dict(sessions)))
-        return BatchResult(ticks_in=len(lines), ticks_inserted=len(lines), sessions=len(sessions))
+        self.calls.append((list(batch.lines), set(batch.days), dict(batch.sessions)))
+        self.offsets.append(offsets)
+        return BatchResult(ticks_in=len(batch.lines), ticks_inserted=len(batch.lines), sessions=len(batch.sessions))
+
+    def stored_offsets(self, group, partitions):
+        return {}
 
     def close(self):
         pass
 
 
 def test_batch_routes_good_rows_to_db_bad_ones_to_dlq_then_commits():
-    good = FakeMessage("binance_transformed_data", 1, 10, tick().to_json(), b"BTC-USDT")
+    good = ticks_message(1, 10, tick())
     bad = FakeMessage("kucoin_transformed_data", 0, 4, b"garbage", b"X")
     ev = FakeMessage("pipeline_events", 0, 3, PipelineEvent("binance", "c9", "connected", NS).to_json())
     keyed = FakeMessage("pipeline_events", 0, 5, b"\x00garbage", b"binance")
@@ -171,7 +131,7 @@ def test_batch_routes_good_rows_to_db_bad_ones_to_dlq_then_commits():
     dlq = producer.by_topic("kucoin_dlq")
     assert [r[1] for r in dlq] == [b"garbage", bad_ev.value()]
     headers = dict(dlq[0][3])
-    assert headers["reason"].startswith(b"loader: malformed JSON")
+    assert headers["reason"].startswith(b"loader: unknown_format")          # no ticks.v1 header
     assert (headers["source_topic"], headers["source_partition"], headers["source_offset"]) == \
         (b"kucoin_transformed_data", b"0", b"4")
     assert [r[1] for r in producer.by_topic("binance_dlq")] == [b"\x00garbage"]    # routed by its key
@@ -185,20 +145,20 @@ def test_db_outage_is_retried_without_committing_until_it_succeeds():
     class FlakyWriter(RecordingWriter):
         fails = 2
 
-        def write(self, lines, days, sessions):
+        def write(self, batch, offsets=None):
             if self.fails:
                 self.fails -= 1
                 raise psycopg2.OperationalError("server closed the connection")
-            return super().write(lines, days, sessions)
+            return super().write(batch, offsets)
 
     consumer = FakeConsumer(assignment=[("binance_transformed_data", 0)])
     writer = FlakyWriter()
     loader = Loader(consumer, FakeProducer(), writer, Metrics("load"), StopFlag())
-    import streaming.loader as mod
+    import streaming.loader.loop as mod
     mod_backoff = mod.backoff_delays
     mod.backoff_delays = lambda *a, **k: iter([0.0] * 10)
     try:
-        loader.process([FakeMessage("binance_transformed_data", 0, 0, tick().to_json())])
+        loader.process([ticks_message(0, 0, tick())])
     finally:
         mod.backoff_delays = mod_backoff
     assert len(writer.calls) == 1

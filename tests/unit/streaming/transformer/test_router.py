@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 
+from common.codec.ticks import decode_ticks, partition_for
 from common.models import Tick
 from common.symbols import BinanceSymbolMap
 from streaming.consumer_loop import Metrics
@@ -30,11 +31,20 @@ def make_router(symbols=None, loader=None):
 
     meta = SymbolMetadata(load, min_interval_s=60, clock=lambda: 1000.0 + len(calls) * 100)
     meta.load()
-    return Router(FakeProducer(), Metrics("transform"), meta), calls
+    return Router(FakeProducer(), Metrics("transform"), meta, partitions=lambda topic: PARTITIONS), calls
 
 
-def ticks_of(producer, topic):
-    return [(Tick.from_json(v), k, dict(h)) for t, v, k, h in producer.records if t == topic]
+PARTITIONS = 3
+
+
+def ticks_of(router, topic):
+    """(tick, partition, record headers) of every tick the router produced to `topic` (ticks.v1)."""
+    router.flush()
+    out = []
+    for (t, v, _k, h), partition in zip(router.producer.records, router.producer.partitions):
+        if t == topic:
+            out += [(tick, partition, dict(h)) for tick in decode_ticks(v, h, topic.split("_")[0])]
+    return out
 
 
 def sample_lines(name):
@@ -45,15 +55,15 @@ def test_binance_mini_ticker_array_field_by_field():
     router, _ = make_router()
     frame = (SAMPLES / "binance-miniTicker-arr-2022-10-14.json").read_bytes().strip()
     router.route(msg("binance_raw_data", frame, offset=17, partition=2))
-    out = ticks_of(router.producer, "binance_transformed_data")
+    out = ticks_of(router, "binance_transformed_data")
     by_symbol = {t.symbol: (t, k, h) for t, k, h in out}
-    t, key, headers = by_symbol["BTC-USDT"]
-    assert key == b"BTC-USDT"
+    t, partition, headers = by_symbol["BTC-USDT"]
+    assert partition == partition_for("BTC-USDT", PARTITIONS)          # every tick of a symbol: one partition
     assert (t.exchange, t.event_time_ms, t.price) == ("binance", 1665778598188, Decimal("19182.10000000"))
     assert (t.open_24h, t.high_24h, t.low_24h) == (Decimal("19478.02"), Decimal("19951.87"), Decimal("19100.01"))
     assert (t.volume_24h, t.quote_volume_24h) == (Decimal("363872.29609"), Decimal("7119945056.1549644"))
     assert t.received_ns == RECEIVED_NS and t.bid is None
-    assert headers == {"source_topic": b"binance_raw_data", "source_partition": b"2", "source_offset": b"17"}
+    assert headers["fmt"] == b"ticks.v1" and int(headers["count"]) >= 1
     eth_btc = by_symbol["ETH-BTC"][0]
     assert (eth_btc.price, eth_btc.event_time_ms) == (Decimal("0.06778"), 1665778598150)
     # symbols the trimmed exchangeInfo does not list are dead-lettered in one record with the frame
@@ -66,7 +76,7 @@ def test_binance_combined_trade_and_control_frames():
     router, _ = make_router()
     for i, frame in enumerate(sample_lines("binance-ws-unicorn-fy-2020.jsonl")[:3]):
         router.route(msg("binance_raw_data", frame, offset=i))
-    out = [t for t, _, _ in ticks_of(router.producer, "binance_transformed_data")]
+    out = [t for t, _, _ in ticks_of(router, "binance_transformed_data")]
     assert router.producer.by_topic("binance_dlq") == []      # the SUBSCRIBE reply is a control frame
     agg, trade = out
     assert (agg.symbol, agg.price, agg.sequence, agg.last_size, agg.event_time_ms) == \
@@ -79,15 +89,16 @@ def test_kucoin_ticker_all_and_symbol_topic_field_by_field():
     frames = sample_lines("kucoin-ws-live-2026-10-03.jsonl")
     for i, frame in enumerate(frames[:2]):
         router.route(msg("kucoin_raw_data", frame, offset=i))
-    (mog, k1, _), (eth, k2, _) = ticks_of(router.producer, "kucoin_transformed_data")
-    assert (k1, k2) == (b"MOG-USDT", b"ETH-USDT")
+    by_symbol = {t.symbol: (t, p, h) for t, p, h in ticks_of(router, "kucoin_transformed_data")}
+    (mog, k1, _), (eth, k2, _) = by_symbol["MOG-USDT"], by_symbol["ETH-USDT"]
+    assert (k1, k2) == (partition_for("MOG-USDT", PARTITIONS), partition_for("ETH-USDT", PARTITIONS))
     assert (mog.exchange, mog.price, mog.event_time_ms, mog.sequence) == \
         ("kucoin", Decimal("0.0000001141"), 1790983975701, 1226485690)
     assert (mog.bid, mog.bid_size, mog.ask, mog.ask_size) == \
         (Decimal("0.000000114"), Decimal("110091671"), Decimal("0.0000001143"), Decimal("10171660581"))
     assert (eth.price, eth.last_size, eth.sequence) == (Decimal("2667.64"), Decimal("0.002"), 23242050174)
     # the exact price survives the wire form
-    assert b'"price":"0.0000001141"' in router.producer.by_topic("kucoin_transformed_data")[0][1]
+    assert any(b"\t0.0000001141\t" in r[1] for r in router.producer.by_topic("kucoin_transformed_data"))
 
 
 K_OK = {"topic": "/market/ticker:all", "type": "message", "subject": "BTC-USDT",
@@ -128,13 +139,13 @@ def test_every_bad_input_class_goes_to_the_dlq_with_reason_and_source(frame, rea
     assert (h["source_topic"], h["source_partition"], h["source_offset"], h["exchange"]) == \
         (b"kucoin_raw_data", b"1", b"99", b"kucoin")
     assert h["received_ns"] == str(RECEIVED_NS).encode()
-    assert len(router.producer.by_topic("kucoin_transformed_data")) == 1
+    assert len(ticks_of(router, "kucoin_transformed_data")) == 1
 
 
 def test_an_oversized_bad_frame_is_dead_lettered_truncated_with_its_size_and_digest():
     import hashlib
 
-    from streaming.transformer import DLQ_MAX_VALUE_BYTES
+    from common.codec.dlq import DLQ_MAX_VALUE_BYTES
 
     frame = kucoin()[:-1] + b',"pad":"' + b"x" * (2 << 20) + b'"}'
     router, _ = make_router()
@@ -159,7 +170,7 @@ def test_unknown_symbol_triggers_one_refresh_then_parses():
     state["map"]["NEWUSDT"] = "NEW-USDT"                  # listed after our last load
     router.route(msg("binance_raw_data", binance_mini("NEWUSDT")))
     assert len(calls) == 2
-    assert [t.symbol for t, _, _ in ticks_of(router.producer, "binance_transformed_data")] == ["NEW-USDT"]
+    assert [t.symbol for t, _, _ in ticks_of(router, "binance_transformed_data")] == ["NEW-USDT"]
 
 
 def test_symbol_still_unknown_after_refresh_is_dead_lettered_and_refresh_is_rate_limited():
@@ -180,7 +191,7 @@ def test_partly_bad_array_keeps_good_ticks_and_dead_letters_the_frame_once():
         {"e": "24hrMiniTicker", "E": 1665778598150, "s": "BTCUSDT", "c": "-1", "o": "1", "h": "2", "l": "1", "v": "1", "q": "1"},
     ]).encode()
     router.route(msg("binance_raw_data", frame))
-    assert len(ticks_of(router.producer, "binance_transformed_data")) == 1
+    assert len(ticks_of(router, "binance_transformed_data")) == 1
     (_, value, _, headers), = router.producer.by_topic("binance_dlq")
     assert value == frame and dict(headers)["rejected_elements"] == b"1"
     assert b"non_positive_price" in dict(headers)["reason"]
@@ -229,4 +240,53 @@ def test_scheduled_refresh_runs_in_the_background_and_the_router_picks_it_up():
     thread.join(30)
     meta.attempted_at = meta.clock()           # no on-demand refresh: the scheduled one must suffice
     router.route(msg("binance_raw_data", binance_mini("NEWUSDT")))
-    assert [t.symbol for t, _, _ in ticks_of(router.producer, "binance_transformed_data")] == ["NEW-USDT"]
+    assert [t.symbol for t, _, _ in ticks_of(router, "binance_transformed_data")] == ["NEW-USDT"]
+
+
+# --- poison records: whatever a raw record's headers or key hold, it is dead-lettered, never a crash
+
+POISON_HEADERS = [
+    ([("received_ns", str(2 ** 63 + 5).encode())], "bad_header:received_ns:out_of_range"),
+    ([("received_ns", b"99999999999999999999999999")], "bad_header:received_ns"),
+    ([("received_ns", b"-5")], "bad_header:received_ns"),
+    ([("received_ns", b"12ab")], "bad_header:received_ns"),
+    ([("received_ns", b"\xff\xfe")], "bad_header:received_ns"),
+    ([("received_ns", b"5")], "bad_header:received_ns:out_of_range"),          # 1970
+    ([("received_ns", b"4102444800000000000")], "bad_header:received_ns:out_of_range"),   # 2100
+    ([], "missing_header:received_ns"),
+    ([("received_ns", str(RECEIVED_NS).encode())] * 2, "bad_header:repeated:received_ns"),
+    ([("received_ns", str(RECEIVED_NS).encode()), ("conn_id", b"x" * 5000)], "bad_header:oversized:conn_id"),
+    ([("received_ns", str(RECEIVED_NS).encode()), ("conn_id", "é".encode())], "bad_header:conn_id:not_ascii"),
+]
+
+
+@pytest.mark.parametrize("headers, reason", POISON_HEADERS)
+def test_a_raw_record_with_poison_headers_is_dead_lettered(headers, reason):
+    router, _ = make_router()
+    poison = FakeMessage("kucoin_raw_data", 0, 9, kucoin(), b"\xff\x00not-utf8", headers)
+    good = msg("kucoin_raw_data", kucoin(), offset=10)
+    router.route(poison)
+    router.route(good)
+    (_topic, value, key, dlq_headers), = router.producer.by_topic("kucoin_dlq")
+    h = dict(dlq_headers)
+    assert h["reason"] == reason.encode() and h["stage"] == b"transform"
+    assert (h["source_topic"], h["source_offset"], value, key) == (b"kucoin_raw_data", b"9", kucoin(), b"\xff\x00not-utf8")
+    assert "received_ns" not in h                    # never copied from a header that failed
+    assert len(ticks_of(router, "kucoin_transformed_data")) == 1     # the good record still flows
+
+
+def test_a_bad_frame_names_the_symbol_it_held_so_its_minute_becomes_that_symbols_gap():
+    router, _ = make_router()
+    frame = kucoin(price="-5")
+    router.route(msg("kucoin_raw_data", frame, offset=3))
+    (_t, _v, _k, headers), = router.producer.by_topic("kucoin_dlq")
+    h = dict(headers)
+    assert h["symbols"] == json.loads(kucoin())["subject"].encode()
+    assert h["received_ns"] == str(RECEIVED_NS).encode() and "untracked" not in h
+
+
+def test_an_unknown_binance_symbol_is_dead_lettered_as_untracked():
+    router, _ = make_router(symbols={"BTCUSDT": "BTC-USDT"})
+    router.route(msg("binance_raw_data", binance_mini("NEWCOINUSDT")))
+    (_t, _v, _k, headers), = router.producer.by_topic("binance_dlq")
+    assert dict(headers)["untracked"] == b"true"
