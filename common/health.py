@@ -156,7 +156,8 @@ def coverage(cur, exchange: str, hours: int = 24, bucket_min: int = COVERAGE_BUC
         gap_minutes.setdefault(b, {})[status] = round(float(minutes), 1)
     cur.execute("""
         SELECT date_bin(make_interval(mins => %(step)s), open_time, %(since)s) AS b,
-               split_part(symbol, '-', 2) AS grp, count(*) AS candles, count(DISTINCT open_time) AS minutes
+               split_part(symbol, '-', 2) AS grp, count(*) AS candles, count(DISTINCT open_time) AS minutes,
+               min(open_time) AS first
           FROM candles_1m WHERE exchange = %(ex)s AND open_time >= %(since)s
          GROUP BY 1, 2""", {"ex": exchange, "since": since, "step": bucket_min})
     per_bucket = cur.fetchall()
@@ -164,7 +165,7 @@ def coverage(cur, exchange: str, hours: int = 24, bucket_min: int = COVERAGE_BUC
                     WHERE exchange = %s AND open_time >= %s GROUP BY 1""", (exchange, since))
     group_symbols = dict(cur.fetchall())
     candle_minutes: dict = {}
-    for b, _grp, _n, minutes in per_bucket:
+    for b, _grp, _n, minutes, _first in per_bucket:
         candle_minutes[b] = max(candle_minutes.get(b, 0), minutes)
     strip = [{"start": iso_utc(b), "streamed": round(streamed.get(b, 0.0), 3),
               "gap_minutes": gap_minutes.get(b, {}), "candle_minutes": candle_minutes.get(b, 0)} for b in starts]
@@ -186,9 +187,9 @@ def _heatmap(per_bucket, group_symbols: dict[str, int], since: datetime, now: da
         t += timedelta(hours=1)
     # hours before the exchange's first stored candle in the window are "no history yet", not
     # missing: the strip and the page say so instead of painting them red
-    first = min((b for b, _g, _n, _m in per_bucket), default=now)
+    first = min((f for _b, _g, _n, _m, f in per_bucket), default=now)
     stored: dict = {}
-    for b, grp, n, _m in per_bucket:
+    for b, grp, n, _m, _f in per_bucket:
         key = (group_of.get(grp, "other"), b.replace(minute=0, second=0, microsecond=0))
         stored[key] = stored.get(key, 0) + n
     cells = []

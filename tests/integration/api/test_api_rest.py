@@ -163,6 +163,10 @@ def test_health_reports_what_is_stored(api_server, rows):
     assert max(streamed) == 1.0 and min(streamed) == 0.0      # b1 and b2 left a 1-minute hole; nothing a day ago
     assert any(x["gap_minutes"].get("open") for x in cov["buckets"])
     assert cov["heatmap"]["groups"] == ["USDT"] and cov["heatmap"]["group_symbols"] == [1]
+    hours, shares = cov["heatmap"]["hours"], cov["heatmap"]["stored_share"][0]
+    at = hours.index(HOUR.strftime("%Y-%m-%dT%H:00:00.000Z"))
+    assert shares[at] == round(5 / 60, 3)                     # 5 of the hour's 60 minutes stored
+    assert all(x is None for x in shares[:at])                # before the first candle: no history yet
     assert "consumer_lag" in h and ("groups" in h["consumer_lag"] or "error" in h["consumer_lag"])
     assert h["stream"]["kafka_assigned"] in (True, False)
 
