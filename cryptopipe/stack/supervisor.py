@@ -13,7 +13,7 @@ from cryptopipe.stack.paths import PORT_OFFSET, repo_root
 from cryptopipe.stack.progress import StepFailed, wait_until
 
 PIPELINE_CONF = repo_root() / "streaming" / "supervisord.conf"
-PIPELINE_PROGRAMS = ("extract-binance", "extract-kucoin", "transform", "load", "archive")
+PIPELINE_PROGRAMS = ("extract-binance", "extract-kucoin", "transform", "load", "archive", "api")
 
 
 def render_conf(ctx: StackContext, sections: list[str]) -> str:

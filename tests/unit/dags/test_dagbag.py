@@ -56,10 +56,10 @@ def parsed(tmp_path_factory):
     return result
 
 
-def test_four_dags_no_import_errors(parsed):
+def test_five_dags_no_import_errors(parsed):
     assert parsed["errors"] == {}
-    assert sorted(parsed["dags"]) == ["crypto_backfill", "crypto_gap_detection", "crypto_reconcile",
-                                      "crypto_stream_supervisor"]
+    assert sorted(parsed["dags"]) == ["crypto_backfill", "crypto_cross_check", "crypto_gap_detection",
+                                      "crypto_reconcile", "crypto_stream_supervisor"]
 
 
 def test_dag_files_do_nothing_heavy_at_import(parsed):
@@ -98,3 +98,10 @@ def test_reconcile_schedule_follows_its_setting(tmp_path_factory):
     result = parse(tmp_path_factory, ROOT / "dags" / "crypto_reconcile.py", RECONCILE_INTERVAL_MINUTES="7")
     assert result["errors"] == {}
     assert "0:07:00" in result["dags"]["crypto_reconcile"]["schedule"]
+
+
+def test_cross_check_dag_shape(parsed):
+    d = parsed["dags"]["crypto_cross_check"]
+    assert "1:00:00" in d["schedule"] and d["max_active_runs"] == 1 and d["catchup"] is False
+    assert d["tasks"] == ["check"]
+    assert set(d["params"]) == {"threshold_bps", "min_minutes", "hours", "lookback_hours"}
