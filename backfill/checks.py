@@ -2,8 +2,9 @@
 
 A ticker stream samples the trades (Binance `!miniTicker@arr` carries the last trade of each
 second, KuCoin throttles each symbol's pushes), so a candle built from it misses the trades in
-between: its open, high, low and close can differ from the exchange's 1-minute candle, and it has
-no volume at all. Whenever a REST candle replaces what the stream stored (reconciliation, or a
+between: its open, high, low and close can differ from the exchange's 1-minute candle, and its
+volume is only the sizes of the trades its tickers carried (KuCoin; Binance's miniTicker carries
+none, so a Binance stream candle has no volume to compare). Whenever a REST candle replaces what the stream stored (reconciliation, or a
 backfill that covers streamed minutes), the store compares the two here, in the same transaction
 as the write, and adds the result to `candle_checks` (one row per exchange and minute). A stream
 candle is replaced once, so it is counted once, however often a chunk is retried.
@@ -62,7 +63,7 @@ class MinuteCheck:
         differs = False
         for name, mine in zip(FIELDS, stream):
             theirs = getattr(rest, name)
-            if mine is None:            # stream candles carry no volume: nothing to hold it against
+            if mine is None:            # no volume in the stream candle (Binance): nothing to hold it against
                 continue
             differs |= mine != theirs
             diff = relative_difference(mine, theirs)
