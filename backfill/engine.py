@@ -248,6 +248,7 @@ def run_backfill(request: BackfillRequest, progress: Callable[[ChunkResult], Non
             try:
                 result = future.result()
             except Exception as e:  # a bug or a database error: report the chunk, keep the others going
+                _log_chunk_error(futures[future], e)
                 result = ChunkResult(chunk=futures[future].to_dict(), status="failed",
                                      error=f"{type(e).__name__}: {str(e)[:300]}")
             summary.add(result)
@@ -255,3 +256,14 @@ def run_backfill(request: BackfillRequest, progress: Callable[[ChunkResult], Non
                 progress(result)
     summary.elapsed_s = round(time.monotonic() - t0, 3)
     return summary
+
+
+def _log_chunk_error(chunk: Chunk, error: Exception) -> None:
+    """A chunk that raised instead of ending `failed`: its traceback logged, the error counted."""
+    import logging
+
+    from backfill.metrics import count_handled
+
+    count_handled("engine.run_chunk", error)
+    logging.getLogger("backfill.engine").error("chunk %s %s %s .. %s raised %s", chunk.exchange, chunk.symbol,
+                                               chunk.start, chunk.end, type(error).__name__, exc_info=error)
