@@ -76,6 +76,20 @@ def test_findings_merge_with_their_kinds():
     assert got == [((t(10, 10), t(10, 18)), {"missing_candles", "uncovered"}), ((t(10, 30), t(10, 31)), {"uncovered"})]
 
 
+def test_silences_widen_by_a_minute_each_side_and_spans_carry_their_kinds():
+    from backfill.intervals import label_spans, silences
+
+    # silent 10:05 and 10:06: 10:04 and 10:07 were heard only in part; clipped to the horizon
+    assert silences([t(10, 5), t(10, 6)], t(10, 0), t(11, 0)) == [(t(10, 4), t(10, 8))]
+    assert silences([t(10, 0)], t(10, 0), t(11, 0)) == [(t(10, 0), t(10, 2))]
+    assert silences([], t(10, 0), t(11, 0)) == []
+    uncovered = [(t(10, 0), t(10, 5)), (t(10, 30), t(10, 31))]
+    silent = [(t(10, 4), t(10, 8)), (t(10, 40), t(10, 42))]
+    assert label_spans(uncovered, silent) == [((t(10, 0), t(10, 8)), {"uncovered", "silence"}),
+                                              ((t(10, 30), t(10, 31)), {"uncovered"}),
+                                              ((t(10, 40), t(10, 42)), {"silence"})]
+
+
 # -- the detection horizon: no minute between the lookback and the first session is lost -------
 
 def test_horizon_is_the_lookback_window_whenever_the_stream_began():
