@@ -24,7 +24,8 @@ backfill.engine
         common.s3.backfill_response_key(...); candles upserted into candles_1m with source 'rest'
         (a REST candle replaces a stream candle); chunk recorded in backfill_chunks.
         status: done | skipped | partial (minutes too recent to confirm, not recorded) | failed.
-    run_backfill(request, progress=None, *, workers=4, force=False, dry_run=False) -> Summary
+    run_backfill(request, progress=None, *, workers=4, force=False, dry_run=False) -> Summary   (the fetch-and-write
+        stage; callers start a backfill with backfill.fill.fill, which also settles its gaps)
     Chunk / ChunkResult / Summary: .to_dict() is plain JSON (XCom); Chunk.from_dict(d).
     Summary.ok is True when no chunk failed.
 
