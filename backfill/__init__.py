@@ -24,32 +24,50 @@ backfill.engine
         common.s3.backfill_response_key(...); candles upserted into candles_1m with source 'rest'
         (a REST candle replaces a stream candle); chunk recorded in backfill_chunks.
         status: done | skipped | partial (minutes too recent to confirm, not recorded) | failed.
-    run_backfill(request, progress=None, *, workers=4, force=False, dry_run=False) -> Summary
+    run_backfill(request, progress=None, *, workers=4, force=False, dry_run=False) -> Summary   (the fetch-and-write
+        stage; callers start a backfill with backfill.fill.fill, which also settles its gaps)
     Chunk / ChunkResult / Summary: .to_dict() is plain JSON (XCom); Chunk.from_dict(d).
     Summary.ok is True when no chunk failed.
 
-backfill.gaps
-    detect_gaps(now=None, *, lookback=6h, settle=60s, stale_after=30s, exchanges=None, listed=None) -> list[Gap]
-        Records into `gaps` (kinds uncovered | silence | missing_candles); returns gaps created
-        or extended by this run; never duplicates. See the module docstring for the rules.
-    listed_markets(exchanges=None) -> dict[str, set[str]]   markets per exchange (network; unreachable ones left out)
-    open_gaps(exchange=None, limit=100) -> list[Gap]      oldest first
-    list_gaps(status=None, exchange=None, limit=100) -> list[Gap]   newest first
-    claim(gap_id) -> bool                                  open|failed -> backfilling (atomic)
-    mark(gap_id, status, *, rows_filled=None, error=None) -> Gap
+backfill.fill                                           the one entry of every backfill
+    fill(request, *, listed=None, owned=(), chunks=None, progress=None, workers=4, force=False,
+         dry_run=False, purpose="backfill", settle_gaps=True) -> FillResult
+        plan chunks -> fetch within the rate-limit budget -> write -> settle the gaps it covers.
+        Used by the CLI, the crypto_backfill tasks (its stages spread over tasks), gap filling and
+        reconciliation. FillResult(summary, settled) .complete, .to_dict().
+    settle(request, *, complete, listed, owned=(), rows_written=0, reason="") -> Settled(filled, failed, reopened)
     request_for_gap(gap, *, now=None, known_symbols=None) -> BackfillRequest
         an exchange-wide gap asks for gap_symbols(listed): every listed symbol, within SYMBOLS
-    fill_gap(gap | id, *, workers=4, progress=None) -> Summary | None   claim+backfill+mark
-    mark_covered(request, summary=None, listed=None) -> list[int]     gaps inside a successful backfill -> filled
+    fill_gap(gap | id, *, workers=4, progress=None) -> Summary | None   claim + fill + settle
+
+backfill.detect                                         detection queries
+    detect_gaps(now=None, *, lookback=6h, settle=60s, stale_after=30s, exchanges=None, listed=None) -> list[Gap]
+        Records into `gaps` (kinds uncovered | silence | dlq | missing_candles); returns gaps
+        created or extended by this run; never duplicates. See the module docstring for the rules.
     tracked_symbols(exchange, start, end) -> list[str]
+
+backfill.gap_store                                      the gaps table
+    open_gaps(exchange=None, limit=100) -> list[Gap]      oldest first
+    list_gaps(status=None, exchange=None, limit=100) -> list[Gap]   newest first
+    get_gap(id) -> Gap; reopen_failed(now=None) -> list[int]
+    claim(gap_id) -> bool                                  open|failed -> backfilling (atomic)
+    mark(gap_id, status, *, rows_filled=None, error=None, permanent=False) -> Gap
+    mark_covered(request, listed) -> list[int]   gaps inside a complete backfill -> filled (no network)
     Gap(id, exchange, symbol|None, gap_start, gap_end, status, kind, detected_at, filled_at,
         rows_filled, error) with .to_dict()
+
+backfill.intervals                                      pure interval arithmetic of detection
+backfill.markets
+    listed_markets(exchanges=None) -> dict[str, set[str]]   markets per exchange (network; unreachable ones left out)
+    gap_symbols(listed) -> list[str]                        the symbols an exchange-wide gap is about
+backfill.metrics    count_handled(where, error): every error caught and gone on after is logged and counted
+backfill.gaps       a facade re-exporting the names above (older imports keep working)
 
 backfill.reconcile
     reconcile_exchange(exchange, *, now=None, listed=None, settle=None, max_minutes=None, ...) -> ReconcileResult
     run_reconcile(now=None, *, exchanges=None, ...) -> list[ReconcileResult]
         Every minute closed RECONCILE_SETTLE_SECONDS ago and not reconciled yet becomes the
-        exchange's candle (the engine with purpose="reconcile"); reconcile_state records how
+        exchange's candle (fill with purpose="reconcile"); reconcile_state records how
         far; see the module docstring for where a run starts and how much it does.
     plan_window(now, *, reconciled_until, first_session, settle, lookback, max_minutes) -> (start, end) | None
 
@@ -93,7 +111,7 @@ Notes for callers
   overwrites a 'rest' row), so backfilling a minute the stream saw is safe and makes it exact.
 - Coverage (a) is per exchange, and per shard when an extractor spreads its symbols over several
   connections: a shard down while the others stream leaves per-symbol `uncovered` gaps for its
-  symbols (stream_sessions.symbols, `gaps.scoped_uncovered`). Silence (b) stays per exchange; a
+  symbols (stream_sessions.symbols, `intervals.scoped_uncovered`). Silence (b) stays per exchange; a
   shard that is connected but silent is caught by the extractor's stall detector (it reconnects,
   which ends the session) and by (c).
 """

@@ -55,13 +55,12 @@ def backfill_main(argv: list[str] | None = None) -> int:
         print(f"cryptopipe backfill: cannot check the symbols with {args.exchange}: {e}", file=sys.stderr)
         return 1
 
-    from backfill.engine import plan_chunks, run_backfill
-    from backfill.gaps import mark_covered
+    from backfill.engine import plan_chunks
+    from backfill.fill import fill
 
     chunks = plan_chunks(request)
     if args.dry_run:
-        summary = run_backfill(request, dry_run=True, chunks=chunks)
-        _print_summary(summary, args.json)
+        _print_summary(fill(request, dry_run=True, chunks=chunks).summary, args.json)
         return 0
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -78,10 +77,9 @@ def backfill_main(argv: list[str] | None = None) -> int:
             rows += result.rows_written
             bar.update(task, advance=1, rows=rows)
 
-        summary = run_backfill(request, progress, workers=args.workers, force=args.force, chunks=chunks)
-    filled = mark_covered(request, summary) if summary.ok and summary.chunks_partial == 0 else []
-    _print_summary(summary, args.json, filled)
-    return 0 if summary.ok and summary.chunks_partial == 0 else 1
+        done = fill(request, progress=progress, workers=args.workers, force=args.force, chunks=chunks)
+    _print_summary(done.summary, args.json, done.settled.filled)
+    return 0 if done.complete else 1
 
 
 def _print_summary(summary, as_json: bool, filled: list[int] | None = None) -> None:
@@ -107,10 +105,14 @@ def _print_summary(summary, as_json: bool, filled: list[int] | None = None) -> N
 
 
 def gaps_main(argv: list[str] | None = None) -> int:
-    from backfill import gaps
+    from backfill import gap_store
+    from backfill.detect import detect_gaps
+    from backfill.fill import fill_gap
+    from backfill.markets import listed_markets
+    from backfill.metrics import count_handled
 
     p = _Parser(prog="cryptopipe gaps", description="List gaps in the stored 1-minute history and their status.")
-    p.add_argument("--status", choices=gaps.STATUSES)
+    p.add_argument("--status", choices=gap_store.STATUSES)
     p.add_argument("--exchange", choices=EXCHANGES)
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--detect", action="store_true", help="run gap detection first")
@@ -127,15 +129,16 @@ def gaps_main(argv: list[str] | None = None) -> int:
     code = 0
     if args.detect:
         exchanges = [args.exchange] if args.exchange else None
-        found = gaps.detect_gaps(lookback=timedelta(hours=args.lookback_hours), exchanges=exchanges,
-                                 listed=gaps.listed_markets(exchanges))
+        found = detect_gaps(lookback=timedelta(hours=args.lookback_hours), exchanges=exchanges,
+                            listed=listed_markets(exchanges))
         if not args.json:
             print(f"detection: {len(found)} gap(s) new or extended")
     if args.fill:
-        for gap in gaps.open_gaps(args.exchange, limit=args.limit):
+        for gap in gap_store.open_gaps(args.exchange, limit=args.limit):
             try:
-                summary = gaps.fill_gap(gap)
+                summary = fill_gap(gap)
             except Exception as e:  # recorded on the gap as failed; keep filling the others
+                count_handled("cli.gaps_fill", e)
                 print(f"gap {gap.id}: failed: {e}", file=sys.stderr)
                 code = 1
                 continue
@@ -144,7 +147,7 @@ def gaps_main(argv: list[str] | None = None) -> int:
                       f"({summary.rows_written} rows, {summary.chunks_failed} failed chunk(s))")
             if summary is not None and not summary.ok:
                 code = 1
-    rows = gaps.list_gaps(args.status, args.exchange, args.limit)
+    rows = gap_store.list_gaps(args.status, args.exchange, args.limit)
     if args.json:
         print(json.dumps([g.to_dict() for g in rows], indent=2))
         return code

@@ -215,6 +215,7 @@ def run_chunk(chunk: "Chunk | dict", *, force: bool = False, raise_on_error: boo
             result.s3_key = store.archive_responses(_s3(), get_settings().s3_bucket, chunk.exchange,
                                                     chunk.symbol, chunk.start, chunk.end, fetched.responses)
         except Exception as e:  # botocore errors: the chunk is not done until its evidence is kept
+            _log_chunk_error(chunk, e, "engine.archive_responses", trace=False)
             result.error = f"could not keep the REST responses in S3: {type(e).__name__}: {str(e)[:300]}"
             store.record_failure(conn, chunk.exchange, chunk.symbol, chunk.start, chunk.end, result.error,
                                  fetched.requests)
@@ -248,6 +249,7 @@ def run_backfill(request: BackfillRequest, progress: Callable[[ChunkResult], Non
             try:
                 result = future.result()
             except Exception as e:  # a bug or a database error: report the chunk, keep the others going
+                _log_chunk_error(futures[future], e, "engine.run_chunk", trace=True)
                 result = ChunkResult(chunk=futures[future].to_dict(), status="failed",
                                      error=f"{type(e).__name__}: {str(e)[:300]}")
             summary.add(result)
@@ -255,3 +257,16 @@ def run_backfill(request: BackfillRequest, progress: Callable[[ChunkResult], Non
                 progress(result)
     summary.elapsed_s = round(time.monotonic() - t0, 3)
     return summary
+
+
+def _log_chunk_error(chunk: Chunk, error: Exception, where: str, *, trace: bool) -> None:
+    """A chunk that ends `failed` on an error it caught: logged (with the traceback when it is
+    a bug's) and counted (backfill.metrics), besides the reason its result and backfill_chunks keep."""
+    import logging
+
+    from backfill.metrics import count_handled
+
+    count_handled(where, error)
+    logging.getLogger("backfill.engine").error("chunk %s %s %s .. %s failed at %s: %s: %s", chunk.exchange,
+                                               chunk.symbol, chunk.start, chunk.end, where, type(error).__name__,
+                                               str(error)[:300], exc_info=error if trace else None)

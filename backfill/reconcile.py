@@ -3,13 +3,13 @@
 A candle the loader builds from tickers is provisional: tickers sample the trades, so its open,
 high, low and close can miss the trades between two pushes, and it has no volume. For every
 minute closed at least RECONCILE_SETTLE_SECONDS (120) ago and not reconciled yet, a run fetches
-the exchange's candles of every listed symbol (within SYMBOLS: `gaps.gap_symbols`) through the
-backfill engine (`run_backfill(purpose="reconcile")`: its chunks, its S3 keeping of the REST
-responses, its rate limits with reconciliation's 25 % share of the exchange's weight), which
-stores them with `source = 'rest'` (a minute without a trade: confirmed empty, and it stays so)
-and adds to `candle_checks` how far each replaced stream candle was (backfill.checks). The gaps
-inside the window are then filled (`gaps.mark_covered`) and `reconcile_state.reconciled_until`
-advances.
+the exchange's candles of every listed symbol (within SYMBOLS: `markets.gap_symbols`) through the
+one backfill service (`backfill.fill.fill(purpose="reconcile")`: its chunks, its S3 keeping of
+the REST responses, its rate limits with reconciliation's 25 % share of the exchange's weight),
+which stores them with `source = 'rest'` (a minute without a trade: confirmed empty, and it stays
+so), adds to `candle_checks` how far each replaced stream candle was (backfill.checks) and fills
+the gaps inside the window (with the listed symbols read before); then
+`reconcile_state.reconciled_until` advances.
 
 Where a run starts (`plan_window`, pure): at `reconciled_until`. An exchange's first run starts
 at the minute of its first stream session (that partly seen minute included; gap detection fills
@@ -26,7 +26,7 @@ One run per exchange at a time (a session advisory lock; another run waits `wait
 
 - `reconcile_exchange(exchange, *, now=None, listed=None, ...) -> ReconcileResult`
 - `run_reconcile(now=None, *, exchanges=None, ...) -> list[ReconcileResult]`
-- `read_state(exchange, conn=None) -> dict | None`
+- `read_state(exchange) -> dict | None`
 """
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from backfill.metrics import count_handled
 from backfill.validation import floor_minute
+from common.db import connect, cursor
 from common.topics import EXCHANGES
 
 UTC = timezone.utc
@@ -87,22 +89,12 @@ def plan_window(now: datetime, *, reconciled_until: datetime | None, first_sessi
 
 # -- state ----------------------------------------------------------------------------------
 
-def _connect(conn):
-    from common.db import connect
-    return (conn, False) if conn is not None else (connect(), True)
-
-
-def read_state(exchange: str, conn=None) -> dict | None:
+def read_state(exchange: str) -> dict | None:
     """{"reconciled_until", "started_at", "updated_at", "last_run"} of `exchange`, or None."""
-    conn, own = _connect(conn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute("SELECT reconciled_until, started_at, updated_at, last_run FROM reconcile_state "
-                        "WHERE exchange = %s", (exchange,))
-            row = cur.fetchone()
-    finally:
-        if own:
-            conn.close()
+    with cursor() as cur:
+        cur.execute("SELECT reconciled_until, started_at, updated_at, last_run FROM reconcile_state "
+                    "WHERE exchange = %s", (exchange,))
+        row = cur.fetchone()
     return None if row is None else dict(zip(("reconciled_until", "started_at", "updated_at", "last_run"), row))
 
 
@@ -161,8 +153,7 @@ def reconcile_exchange(exchange: str, *, now: datetime | None = None, listed: It
     lookback = timedelta(hours=s.reconcile_lookback_hours) if lookback is None else lookback
     max_minutes = s.reconcile_max_minutes if max_minutes is None else int(max_minutes)
 
-    from common.db import connect
-
+    # a session-level lock on a connection of its own: released when it closes, whatever happens
     lock_conn = connect()
     lock_conn.autocommit = True
     try:
@@ -174,19 +165,15 @@ def reconcile_exchange(exchange: str, *, now: datetime | None = None, listed: It
 
 
 def _reconcile_locked(exchange, now, listed, settle, lookback, max_minutes, workers, on_plan, on_chunk):
-    from backfill.engine import plan_chunks, run_backfill
-    from backfill.gaps import gap_symbols, mark_covered
+    from backfill.engine import plan_chunks
+    from backfill.fill import failure_reason, fill
+    from backfill.markets import gap_symbols
     from backfill.validation import validate_request
-    from common.db import connect
 
     now = (now or datetime.now(UTC)).astimezone(UTC)
     state = read_state(exchange)
-    conn = connect()
-    try:
-        with conn, conn.cursor() as cur:
-            first = _first_session(cur, exchange)
-    finally:
-        conn.close()
+    with cursor() as cur:
+        first = _first_session(cur, exchange)
     until = state["reconciled_until"] if state else None
     window = plan_window(now, reconciled_until=until, first_session=first, settle=settle, lookback=lookback,
                          max_minutes=max_minutes)
@@ -201,6 +188,8 @@ def _reconcile_locked(exchange, now, listed, settle, lookback, max_minutes, work
         try:
             listed = known_symbols(exchange, "reconcile")
         except FetchError as e:
+            count_handled("reconcile.markets", e)
+            log.warning("%s markets unavailable: %s; %s .. %s left for the next run", exchange, e, start, end)
             return ReconcileResult(exchange, "failed", start, end, until,
                                    message=f"{exchange} markets unavailable: {e}")
     symbols = gap_symbols(listed)
@@ -212,16 +201,14 @@ def _reconcile_locked(exchange, now, listed, settle, lookback, max_minutes, work
         if on_plan is not None:
             on_plan(exchange, request, chunks)
         progress = (lambda r: on_chunk(exchange, r)) if on_chunk is not None else None
-        summary = run_backfill(request, progress, workers=workers, chunks=chunks, purpose="reconcile")
-        result.summary = summary.to_dict()
-        if not summary.ok or summary.chunks_partial:
+        done = fill(request, listed=listed, chunks=chunks, progress=progress, workers=workers, purpose="reconcile")
+        result.summary = done.summary.to_dict()
+        if not done.complete:
             result.status = "incomplete"
-            result.message = ("; ".join(f"{f['symbol']} {f['start']}: {f['error']}" for f in summary.failures[:3])
-                              or f"{summary.chunks_partial} chunk(s) not settled yet") + \
-                " — the next run retries this window (chunks already done are skipped)"
+            result.message = (failure_reason(done.summary)
+                              + " — the next run retries this window (chunks already done are skipped)")
             log.warning("%s %s .. %s not reconciled: %s", exchange, start, end, result.message)
             return result
-        mark_covered(request, summary, listed=listed)
     else:
         log.warning("%s lists none of the configured SYMBOLS: minutes %s .. %s have nothing to reconcile",
                     exchange, start, end)
@@ -230,12 +217,8 @@ def _reconcile_locked(exchange, now, listed, settle, lookback, max_minutes, work
                 **{k: result.summary.get(k, 0) for k in ("chunks_total", "requests", "rows_written",
                                                          "stream_compared", "stream_differing",
                                                          "stream_missing", "elapsed_s")}}
-    conn = connect()
-    try:
-        with conn, conn.cursor() as cur:
-            result.reconciled_until = _advance(cur, exchange, start, end, last_run)
-    finally:
-        conn.close()
+    with cursor() as cur:
+        result.reconciled_until = _advance(cur, exchange, start, end, last_run)
     log.info("%s reconciled %s .. %s: %d symbols, %s", exchange, start, end, len(symbols), last_run)
     return result
 
@@ -249,6 +232,7 @@ def run_reconcile(now: datetime | None = None, *, exchanges: Iterable[str] | Non
         try:
             out.append(reconcile_exchange(exchange, now=now, listed=mine, **kw))
         except Exception as e:  # a database or S3 error on one exchange: report it, do the other
+            count_handled("reconcile.run", e)
             log.exception("reconciling %s failed", exchange)
             out.append(ReconcileResult(exchange, "failed", message=f"{type(e).__name__}: {str(e)[:300]}"))
     return out

@@ -1,5 +1,6 @@
 """crypto_backfill — fill 1-minute candles from the exchanges' REST APIs (manual or triggered by
-crypto_gap_detection). Validate → plan chunks → one mapped task per chunk (or batch) → summary.
+crypto_gap_detection). Validate → plan chunks → one mapped task per chunk (or batch) → summary:
+the stages of the one backfill service (backfill.fill), the gaps settled once at the end.
 
 The trigger form validates types (Params); `validate` checks the rest on the server and fails the
 run with a message a person understands (end after start, window within the configured maximum,
