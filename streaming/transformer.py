@@ -29,8 +29,8 @@ from common.codec import BadRecord
 from common.codec.dlq import dead_letter
 from common.codec.raw import frames_of, read_raw_meta
 from common.codec.ticks import encode_batches, partition_for, tick_line
-from common.kafka import make_consumer, make_transactional_producer
 from common.exchanges import BadFrame, UnknownSymbol, get_adapter, plug
+from common.kafka import make_consumer, make_transactional_producer
 from common.settings import metrics_port
 from common.topics import EXCHANGES, dlq_topic, exchange_of_topic, raw_topic, transformed_topic
 from streaming.consumer_loop import (LagReporter, Metrics, StopFlag, backoff_delays, base_parser,
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                         "transactional.id that lets a restart fence its crashed predecessor at once")
     for name in EXCHANGES:
         if plug(name).NEEDS_SYMBOL_MAP:
-            p.add_argument(f"--{name}-symbols-file", dest=f"symbols_file_{name}", default=None,
+            p.add_argument(f"--{name}-symbols-file", dest=f"symbols_file_{name}", default=None, metavar="PATH",
                            help=f"{name}'s saved market listing or a {{raw: canonical}} map instead of loading "
                                 "markets via ccxt")
     p.add_argument("--metadata-refresh", type=float, default=3600.0, help="seconds between symbol refreshes")

@@ -32,7 +32,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("exchange", choices=EXCHANGES)
     p.add_argument("--symbols", type=_csv, default=None,
                    help="canonical symbols (BTC-USDT,...); default $SYMBOLS, empty = the all-market stream")
-    p.add_argument("--streams", "--topics", dest="extra", type=_csv, default=[],
+    p.add_argument("--streams", "--topics", dest="extra", type=_csv, default=[], metavar="NAMES",
                    help="extra subscriptions in the exchange's own words (binance streams: btcusdt@trade,...; "
                         "kucoin topics: /market/match:BTC-USDT,...)")
     p.add_argument("--per-connection", type=int, default=0,

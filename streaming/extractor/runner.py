@@ -3,7 +3,8 @@
 - reconnect with jittered exponential backoff (full jitter, capped), reset after a healthy period;
 - rotation (age limit, or the exchange asks, e.g. Binance `serverShutdown`): open the new
   connection first; the old one keeps reading until the new one has delivered for a while
-  (`rotation_overlap_s`), so coverage has no gap and nothing the old socket had in flight is lost (duplicates are removed downstream);
+  (`rotation_overlap_s`), so coverage has no gap and nothing the old socket had in flight is
+  lost (duplicates are removed downstream);
 - heartbeats per live connection, sink polling, clean stop on SIGTERM.
 """
 from __future__ import annotations

@@ -118,7 +118,8 @@ def test_oversized_frame_ends_the_connection_on_record_and_streaming_resumes(sim
         sink = CollectingSink()
         metrics = Metrics("kucoin")
         options = Options(stall_s=10, urls={"kucoin_rest_url": sim.url("KUCOIN_REST_URL")})
-        x = Extractor("kucoin", KuCoin.plan_shards([], [], 300), sink, Events("kucoin", sink, metrics), metrics, options,
+        shards = KuCoin.plan_shards([], [], 300)
+        x = Extractor("kucoin", shards, sink, Events("kucoin", sink, metrics), metrics, options,
                       heartbeat_s=1, label="big", backoff={"base_s": 0.1, "cap_s": 0.5})
         task = asyncio.create_task(x.run())
         await asyncio.sleep(2)
