@@ -45,25 +45,45 @@ backfill.gaps
     Gap(id, exchange, symbol|None, gap_start, gap_end, status, kind, detected_at, filled_at,
         rows_filled, error) with .to_dict()
 
+backfill.reconcile
+    reconcile_exchange(exchange, *, now=None, listed=None, settle=None, max_minutes=None, ...) -> ReconcileResult
+    run_reconcile(now=None, *, exchanges=None, ...) -> list[ReconcileResult]
+        Every minute closed RECONCILE_SETTLE_SECONDS ago and not reconciled yet becomes the
+        exchange's candle (the engine with purpose="reconcile"); reconcile_state records how
+        far; see the module docstring for where a run starts and how much it does.
+    plan_window(now, *, reconciled_until, first_session, settle, lookback, max_minutes) -> (start, end) | None
+
+backfill.checks
+    What a REST write says about the stream candle it replaces, added to candle_checks in the
+    write's transaction (store.write_chunk); relative_difference, MinuteCheck, minute_checks.
+
 backfill.rest
-    known_symbols(exchange) -> set[str]   active spot markets, canonical, cached 10 min
+    known_symbols(exchange, purpose="backfill") -> set[str]   active spot markets, canonical, cached 10 min
     RestFetcher(exchange).fetch_minutes(symbol, start, end) -> FetchResult   (one per thread)
 
 backfill.ratelimit
-    budget_for(exchange) -> ExchangeBudget   one per exchange per process, shared by threads:
-        acquire(weight), observe(status, headers, body), pause(seconds), backoff(attempt)
+    budget_for(exchange, purpose="backfill") -> ExchangeBudget   one per exchange and purpose per
+        process, shared by threads, capped at SHARES[purpose] of the exchange's limit (backfill
+        80 %, reconcile 25 %): acquire(weight), observe(status, headers, body), pause(seconds), backoff(attempt)
 
 backfill.cli
     backfill_main(argv) -> int   `cryptopipe backfill --exchange --symbols --start --end
                                   [--dry-run] [--force] [--workers N] [--json]`; exit 2 = bad params
     gaps_main(argv) -> int       `cryptopipe gaps [--status] [--exchange] [--detect] [--fill] [--json]`
+    reconcile_main(argv) -> int  `cryptopipe reconcile [--exchange] [--status] [--settle-seconds N]
+                                  [--max-minutes N] [--workers N] [--json]`
 
-Tables: candles_1m, gaps (001), backfill_chunks (003_backfill.sql).
+Tables: candles_1m, gaps (001), backfill_chunks (003_backfill.sql), reconcile_state and
+candle_checks (007_reconcile.sql; read side and Prometheus collector: common/candle_checks.py).
 
 Notes for callers
 -----------------
-- Tracked symbols (what an exchange-wide gap is backfilled for, and whose minutes (c) checks):
-  the symbols with candles on that exchange in the window, restricted to SYMBOLS when set.
+- Tracked symbols (whose minutes (c) checks): the symbols with candles on that exchange in the
+  window and every listed market, restricted to SYMBOLS when set. An exchange-wide gap is
+  backfilled for every listed symbol (gap_symbols).
+- Detection's horizon is always the lookback window: the time before an exchange's first
+  session is uncovered, so the first detection after a fresh start fills the lookback before
+  the stream began, and the partly seen first minute, with REST candles.
 - Keep the detector's `settle` >= 60 s (> backfill.rest.SETTLE_S = 30 s): then every minute of a
   detected gap is old enough for a missing REST row to count as confirmed-empty, and backfills
   of detected gaps never end `partial`.

@@ -11,9 +11,11 @@
   record the chunk in `backfill_chunks`. Safe to repeat and to kill at any point: a killed chunk
   was not recorded, so the re-run fetches it again, and the upsert writes no duplicate.
   With raise_on_error=True a failed chunk raises `ChunkFailed` (for Airflow task retries).
-- `run_backfill(request, progress=None, *, workers=4, force=False, dry_run=False) -> Summary`:
-  runs every chunk on a thread pool (one ccxt client per thread, one shared rate budget per
-  exchange); `progress(result)` is called after each chunk; dry_run only plans.
+- `run_backfill(request, progress=None, *, workers=4, force=False, dry_run=False,
+  purpose="backfill") -> Summary`: runs every chunk on a thread pool (one ccxt client per
+  thread, one shared rate budget per exchange and purpose: `purpose="reconcile"` spends at most
+  the reconciliation's share of the exchange's weight, backfill.ratelimit.SHARES);
+  `progress(result)` is called after each chunk; dry_run only plans.
 
 `Chunk`, `ChunkResult`, `Summary` have `to_dict()` (plain JSON: ISO-8601 times, ints, strings)
 and `from_dict()` where a DAG needs to pass them through XCom; `run_chunk` also accepts the dict.
@@ -71,6 +73,9 @@ class ChunkResult:
     status: str                    # done | skipped | partial | failed
     rows_written: int = 0          # candles inserted or changed
     empty_minutes: int = 0         # minutes recorded as confirmed-empty
+    stream_compared: int = 0       # stream candles replaced, held against the exchange's (candle_checks)
+    stream_differing: int = 0      # of those, different from the exchange's
+    stream_missing: int = 0        # minutes traded with no stream candle
     requests: int = 0
     retries: int = 0
     rate_limit_waits: int = 0
@@ -93,6 +98,9 @@ class Summary:
     minutes: int = 0               # symbol-minutes requested
     rows_written: int = 0
     empty_minutes: int = 0
+    stream_compared: int = 0
+    stream_differing: int = 0
+    stream_missing: int = 0
     requests: int = 0
     retries: int = 0
     rate_limit_waits: int = 0
@@ -105,8 +113,8 @@ class Summary:
 
     def add(self, r: ChunkResult) -> None:
         setattr(self, f"chunks_{r.status}", getattr(self, f"chunks_{r.status}") + 1)
-        self.rows_written += r.rows_written
-        self.empty_minutes += r.empty_minutes
+        for counter in ("rows_written", "empty_minutes", "stream_compared", "stream_differing", "stream_missing"):
+            setattr(self, counter, getattr(self, counter) + getattr(r, counter))
         self.requests += r.requests
         self.retries += r.retries
         self.rate_limit_waits += r.rate_limit_waits
@@ -137,13 +145,15 @@ _s3_lock = threading.Lock()
 _s3_client = None
 
 
-def _fetcher(exchange: str) -> RestFetcher:
+def _fetcher(exchange: str, purpose: str = "backfill") -> RestFetcher:
+    from backfill.ratelimit import budget_for
+
     fetchers = getattr(_local, "fetchers", None)
     if fetchers is None:
         fetchers = _local.fetchers = {}
-    if exchange not in fetchers:
-        fetchers[exchange] = RestFetcher(exchange)
-    return fetchers[exchange]
+    if (exchange, purpose) not in fetchers:
+        fetchers[(exchange, purpose)] = RestFetcher(exchange, budget=budget_for(exchange, purpose))
+    return fetchers[(exchange, purpose)]
 
 
 def reset_clients() -> None:
@@ -177,7 +187,7 @@ def _wait_until_settled(end: datetime, sleep=time.sleep) -> float:
 
 def run_chunk(chunk: "Chunk | dict", *, force: bool = False, raise_on_error: bool = False,
               fetcher: RestFetcher | None = None, now: datetime | None = None,
-              wait_for_settle: bool = True) -> ChunkResult:
+              wait_for_settle: bool = True, purpose: str = "backfill") -> ChunkResult:
     from common.db import connect
     from common.settings import get_settings
     from backfill import store
@@ -189,7 +199,7 @@ def run_chunk(chunk: "Chunk | dict", *, force: bool = False, raise_on_error: boo
         if not force and store.chunk_done(conn, chunk.exchange, chunk.symbol, chunk.start, chunk.end):
             result.status = "skipped"
             return result
-        fetcher = fetcher or _fetcher(chunk.exchange)
+        fetcher = fetcher or _fetcher(chunk.exchange, purpose)
         if wait_for_settle and now is None:
             _wait_until_settled(chunk.end)
         try:
@@ -212,9 +222,11 @@ def run_chunk(chunk: "Chunk | dict", *, force: bool = False, raise_on_error: boo
             if raise_on_error:
                 raise ChunkFailed(result.error) from e
             return result
-        result.rows_written, result.empty_minutes = store.write_chunk(
-            conn, chunk.exchange, chunk.symbol, chunk.start, chunk.end, fetched.candles,
-            s3_key=result.s3_key, requests=fetched.requests, record_done=fetched.complete)
+        written = store.write_chunk(conn, chunk.exchange, chunk.symbol, chunk.start, chunk.end, fetched.candles,
+                                    s3_key=result.s3_key, requests=fetched.requests, record_done=fetched.complete)
+        result.rows_written, result.empty_minutes = written.rows, written.empty
+        result.stream_compared, result.stream_differing = written.stream_compared, written.stream_differing
+        result.stream_missing = written.stream_missing
         result.status = "done" if fetched.complete else "partial"
         return result
     finally:
@@ -223,7 +235,7 @@ def run_chunk(chunk: "Chunk | dict", *, force: bool = False, raise_on_error: boo
 
 def run_backfill(request: BackfillRequest, progress: Callable[[ChunkResult], None] | None = None, *,
                  workers: int = 4, force: bool = False, dry_run: bool = False,
-                 chunks: list[Chunk] | None = None) -> Summary:
+                 chunks: list[Chunk] | None = None, purpose: str = "backfill") -> Summary:
     t0 = time.monotonic()
     chunks = plan_chunks(request) if chunks is None else chunks
     summary = Summary(request=request.to_dict(), dry_run=dry_run, chunks_total=len(chunks),
@@ -232,7 +244,7 @@ def run_backfill(request: BackfillRequest, progress: Callable[[ChunkResult], Non
         return summary
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(chunks))),
                             thread_name_prefix=f"backfill-{request.exchange}") as pool:
-        futures = {pool.submit(run_chunk, c, force=force): c for c in chunks}
+        futures = {pool.submit(run_chunk, c, force=force, purpose=purpose): c for c in chunks}
         for future in as_completed(futures):
             try:
                 result = future.result()

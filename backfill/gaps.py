@@ -1,12 +1,15 @@
 """Gap detection over Postgres and the life of a gap: open -> backfilling -> filled | failed.
 
 Detection (`detect_gaps(now=None, *, lookback=6 h, settle=60 s, stale_after=30 s,
-exchanges=None) -> list[Gap]`) looks at [horizon_start, horizon_end) per exchange, where
-horizon_end = start of the minute `settle` before now (the loader may still be writing the
-newest ticks) and horizon_start = max(now - lookback, the start of the exchange's first stream
-session; an exchange never streamed has no gaps). It finds:
+exchanges=None) -> list[Gap]`) looks at the horizon [now - lookback, now - settle) per exchange
+(`detection_horizon`, whole minutes: the loader may still be writing the newest ticks). The
+horizon is always the whole lookback window, whenever the stream began: the time before an
+exchange's first session is time no session covered, so the minutes before the stream began and
+the partly seen minute the first session began in are found like any other uncovered time, by
+whichever run sees them first (a run before the first session and the runs after it leave no
+minute between their horizons). It finds:
 
-(a) `uncovered`: time no websocket session covered. A session covers
+(a) `uncovered`: time no websocket session covered (`uncovered_minutes`). A session covers
     [coalesce(subscribed_at, connected_at), least(disconnected_at or last_seen_at, covered_until)):
     `covered_until` is reported by the extractor (the newest receive time up to which everything
     read is in Kafka or its spool, minus the exchange's push interval and a latency allowance), so
@@ -23,9 +26,8 @@ session; an exchange never streamed has no gaps). It finds:
 (d) `dlq`: minutes whose data went to a dead-letter topic instead of `ticks` (`dlq_records`,
     written by the loader): for the symbols the dead letter names, exchange-wide when it names
     none; from DEAD_LETTER_SLACK before its receive time to the end of that minute.
-(c) `missing_candles`: for each tracked symbol, minutes with no `candles_1m` row in
-    [horizon_start, horizon_end) (horizon_start = now - lookback if the exchange never streamed).
-    Islands closer than MERGE_TOLERANCE are merged.
+(c) `missing_candles`: for each tracked symbol, minutes of the horizon with no `candles_1m`
+    row. Islands closer than MERGE_TOLERANCE are merged.
     Tracked symbols = symbols with candles on that exchange within the window (`tracked_symbols`)
     and, when the caller passes `listed` (the DAG and the CLI do), every market the exchange
     lists; restricted to the SYMBOLS setting when it is set.
@@ -35,8 +37,11 @@ SYMBOLS when set), not only the tracked ones: a market that did not trade around
 still gets its minutes (REST candles or confirmed-empty minutes).
 
 Edges: a gap spans whole minutes; a minute only partly seen by the stream belongs to the gap
-(uncovered intervals are widened to whole minutes; a silence is widened by one minute on each
-side), because its stream candle is incomplete and must be replaced by the REST one.
+(uncovered intervals are widened to whole minutes, the minute the first session began in
+included; a silence is widened by one minute on each side), because its stream candle is
+incomplete and must be replaced by the REST one. Reconciliation (backfill.reconcile) replaces
+every stream candle after its minute settled anyway; these edges keep the stored history right
+when it is off (RECONCILE=off).
 
 Recording: (a) and (b) merge into exchange-wide gaps (`symbol` NULL, `kind` e.g.
 'silence,uncovered'); (c) gives per-symbol gaps minus the exchange-wide ones. Time already in a
@@ -214,14 +219,23 @@ def scoped_uncovered(sessions: list[tuple[datetime, datetime, list[str] | None]]
     return out
 
 
+def detection_horizon(now: datetime, lookback: timedelta, settle: timedelta) -> Interval:
+    """[lo, hi) in whole minutes: from the minute `lookback` before now to the start of the minute
+    `settle` before now. It does not depend on when the stream began, so two runs less than
+    lookback - settle apart see overlapping horizons and no minute falls between them."""
+    return floor_minute(now - lookback), floor_minute(now - settle)
+
+
+def uncovered_minutes(lo: datetime, hi: datetime, coverage: Iterable[Interval]) -> list[Interval]:
+    """The whole minutes of [lo, hi) that the sessions' `coverage` does not fully cover (pure):
+    time before the first session, between sessions and after the last, each partly covered
+    minute at their edges included."""
+    return clip(widen_to_minutes(subtract_intervals([(lo, hi)], coverage)), lo, hi)
+
+
 def _coverage(cur, exchange: str, lo: datetime, now: datetime, stale_after: timedelta):
-    """(first session start ever or None, coverage intervals overlapping [lo, now),
-    the same per session with its symbols: [(start, end, symbols | None)])."""
-    cur.execute("SELECT min(coalesce(subscribed_at, connected_at)) FROM stream_sessions WHERE exchange = %s",
-                (exchange,))
-    first = cur.fetchone()[0]
-    if first is None:
-        return None, [], []
+    """(coverage intervals overlapping [lo, now), the same per session with its symbols:
+    [(start, end, symbols | None)])."""
     # a session covers up to what its extractor read and made safe (covered_until, see
     # streaming/extractor/transport.py), not to when it noticed the socket was gone; a live one
     # (fresh heartbeat) covers up to now
@@ -238,7 +252,7 @@ def _coverage(cur, exchange: str, lo: datetime, now: datetime, stale_after: time
                 {"ex": exchange, "lo": lo, "now": now, "fresh": now - stale_after})
     sessions = [(s, e, syms) for s, e, syms in cur.fetchall() if e > s]
     # a session of a shard that carries no ticker (syms == []) covers no symbol
-    return first, merge_intervals((s, e) for s, e, syms in sessions if syms != []), sessions
+    return merge_intervals((s, e) for s, e, syms in sessions if syms != []), sessions
 
 
 # A tick's exchange time precedes the moment our extractor read its frame by at most the exchange's
@@ -343,7 +357,7 @@ def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(
     backfill) instead of staying untracked."""
     from common.settings import get_settings
     now = (now or datetime.now(UTC)).astimezone(UTC)
-    hi = floor_minute(now - settle)
+    lo, hi = detection_horizon(now, lookback, settle)
     conn, own = _connect(conn)
     changed: list[Gap] = []
     try:
@@ -353,17 +367,15 @@ def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(
             if reopened:
                 log.info("retrying failed gaps %s", reopened)
             for exchange in (exchanges or EXCHANGES):
-                lo_window = floor_minute(now - lookback)
-                first, coverage, sessions = _coverage(cur, exchange, lo_window, now, stale_after)
+                coverage, sessions = _coverage(cur, exchange, lo, now, stale_after)
                 wide: list[tuple[Interval, set[str]]] = []
                 per_symbol: dict[str, list[tuple[Interval, set[str]]]] = {}
-                if first is not None and first < hi:
-                    lo = max(lo_window, first)
-                    uncovered = clip(widen_to_minutes(subtract_intervals([(lo, hi)], coverage)), lo_window, hi)
-                    covered_minutes = subtract_intervals([(ceil_minute(lo), hi)], uncovered)
+                if lo < hi:
+                    uncovered = uncovered_minutes(lo, hi, coverage)
+                    covered_minutes = subtract_intervals([(lo, hi)], uncovered)
                     silent = _silent_minutes(cur, exchange, covered_minutes)
                     silences = clip(merge_intervals((s - MINUTE, e + MINUTE)
-                                                    for s, e in minutes_to_intervals(silent)), lo_window, hi)
+                                                    for s, e in minutes_to_intervals(silent)), lo, hi)
                     spans = merge_intervals(uncovered + silences)
                     configured = get_settings().symbols
                     for symbol, gaps in scoped_uncovered(sessions, lo, hi, configured).items():
@@ -376,19 +388,18 @@ def detect_gaps(now: datetime | None = None, *, lookback: timedelta = timedelta(
                         if any(ss < e and se > s for ss, se in silences):
                             kinds.add("silence")
                         wide.append(((s, e), kinds))
-                dlq_wide, dlq_symbols = _dead_letter_findings(cur, exchange, lo_window, hi)
+                dlq_wide, dlq_symbols = _dead_letter_findings(cur, exchange, lo, hi)
                 wide = merge_findings(wide + [(span, {"dlq"}) for span in dlq_wide])
                 for symbol, spans in dlq_symbols.items():
                     per_symbol.setdefault(symbol, []).extend((span, {"dlq"}) for span in spans)
-                existing = _existing(cur, exchange, lo_window - timedelta(days=1), hi + timedelta(days=1))
+                existing = _existing(cur, exchange, lo - timedelta(days=1), hi + timedelta(days=1))
                 changed += _record(cur, exchange, None, wide, existing)
 
-                symbols = tracked_symbols(exchange, lo_window, hi, conn=conn)
+                symbols = tracked_symbols(exchange, lo, hi, conn=conn)
                 if listed and listed.get(exchange):
                     symbols = sorted(set(symbols) | set(gap_symbols(listed[exchange])))
                 wide_spans = [(s, e) for (s, e), _ in wide]
-                lo_symbols = ceil_minute(max(lo_window, first)) if first is not None else lo_window
-                for symbol, minutes in _missing_candle_minutes(cur, exchange, symbols, lo_symbols, hi).items():
+                for symbol, minutes in _missing_candle_minutes(cur, exchange, symbols, lo, hi).items():
                     spans = subtract_intervals(minutes_to_intervals(minutes, MERGE_TOLERANCE), wide_spans)
                     per_symbol.setdefault(symbol, []).extend((span, {"missing_candles"}) for span in spans)
                 for symbol in sorted(per_symbol):
@@ -508,7 +519,7 @@ def claim(gap_id: int, conn=None) -> bool:
             conn.close()
 
 
-def listed_markets(exchanges: Iterable[str] | None = None) -> dict[str, set[str]]:
+def listed_markets(exchanges: Iterable[str] | None = None, purpose: str = "backfill") -> dict[str, set[str]]:
     """Every active spot market of each exchange (backfill.rest.known_symbols, cached); an
     exchange that cannot be reached now is left out with a warning (detection then tracks its
     symbols by their candles alone)."""
@@ -517,7 +528,7 @@ def listed_markets(exchanges: Iterable[str] | None = None) -> dict[str, set[str]
     out: dict[str, set[str]] = {}
     for exchange in exchanges or EXCHANGES:
         try:
-            out[exchange] = known_symbols(exchange)
+            out[exchange] = known_symbols(exchange, purpose)
         except Exception as e:  # noqa: BLE001 - reported; detection goes on without it
             log.warning("%s markets unavailable (%s: %s); tracking its symbols by their candles only",
                         exchange, type(e).__name__, str(e)[:200])

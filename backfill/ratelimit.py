@@ -1,6 +1,9 @@
 """One REST request budget per exchange, shared by every worker thread of the process.
 
-`budget_for(exchange) -> ExchangeBudget` returns the process-wide budget. Workers call
+`budget_for(exchange, purpose="backfill") -> ExchangeBudget` returns the process-wide budget of
+that purpose: each purpose may spend its own share of the exchange's limit (SHARES: gap
+backfills 80 %, reconciliation 25 %), so that reconciling never takes more than a quarter of
+the exchange's weight whatever the backfills do. Workers call
 `acquire(weight)` before each request (blocks while the local sliding-window budget is spent or
 while the exchange told us to stop) and `observe(status, headers, body)` after each response, so
 that what the server says reaches every worker at once:
@@ -32,6 +35,11 @@ from collections import deque
 from dataclasses import dataclass
 
 from common.exchanges import plug
+
+# The share of an exchange's limit (its plug's REST_LIMITS) each purpose may spend: headroom for
+# the streaming side (KuCoin's bullet-public) and other processes on the same IP; reconciliation,
+# which runs all the time, takes at most a quarter.
+SHARES = {"backfill": 0.8, "reconcile": 0.25}
 
 
 def _header(headers, name: str):
@@ -70,11 +78,11 @@ class ExchangeBudget:
                  share: float | None = None, clock=time.monotonic, wall=time.time, sleep=time.sleep,
                  rng: random.Random | None = None, max_pause_s: float = 900.0):
         self.plug = plug(exchange)
-        limits = self.plug.REST_LIMITS        # the exchange's limit per window and the share we use
+        limits = self.plug.REST_LIMITS        # the exchange's weight limit per window
         self.exchange = exchange
         self.server_limit = limit or limits.server_limit
         self.window_s = window_s or limits.window_s
-        self.capacity = max(1, int(self.server_limit * (share or limits.share)))
+        self.capacity = max(1, int(self.server_limit * (share or SHARES["backfill"])))
         self.max_pause_s = max_pause_s
         self._clock, self._wall, self._sleep = clock, wall, sleep
         self._rng = rng or random.Random()
@@ -183,16 +191,18 @@ class ExchangeBudget:
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
 
-_BUDGETS: dict[str, ExchangeBudget] = {}
+_BUDGETS: dict[tuple[str, str], ExchangeBudget] = {}
 _BUDGETS_LOCK = threading.Lock()
 
 
-def budget_for(exchange: str) -> ExchangeBudget:
-    """The process-wide budget of `exchange` (created on first use)."""
+def budget_for(exchange: str, purpose: str = "backfill") -> ExchangeBudget:
+    """The process-wide budget of `exchange` for `purpose` (a key of SHARES; created on first use)."""
+    if purpose not in SHARES:
+        raise ValueError(f"unknown budget purpose {purpose!r:.40}; choose one of {', '.join(SHARES)}")
     with _BUDGETS_LOCK:
-        budget = _BUDGETS.get(exchange)
+        budget = _BUDGETS.get((exchange, purpose))
         if budget is None:
-            budget = _BUDGETS[exchange] = ExchangeBudget(exchange)
+            budget = _BUDGETS[(exchange, purpose)] = ExchangeBudget(exchange, share=SHARES[purpose])
         return budget
 
 

@@ -1,7 +1,7 @@
 """REST access for backfill: ccxt clients, spot markets, 1-minute candles with exact decimals.
 
-- `known_symbols(exchange) -> set[str]`: canonical symbols of the exchange's active spot
-  markets (cached per process for MARKETS_TTL_S).
+- `known_symbols(exchange, purpose="backfill") -> set[str]`: canonical symbols of the
+  exchange's active spot markets (cached per process for MARKETS_TTL_S).
 - `RestFetcher(exchange)`: one per worker thread (ccxt clients are not shared between threads);
   all fetchers of an exchange share `backfill.ratelimit.budget_for(exchange)`.
   `fetch_minutes(symbol, start, end, now=None) -> FetchResult`: every minute of [start, end)
@@ -141,9 +141,10 @@ def _markets(exchange: str, client=None, budget: ExchangeBudget | None = None) -
         return markets
 
 
-def known_symbols(exchange: str) -> set[str]:
-    """Canonical BASE-QUOTE of every active spot market of `exchange`."""
-    return set(plug(exchange).symbol_map(_markets(exchange)).values())
+def known_symbols(exchange: str, purpose: str = "backfill") -> set[str]:
+    """Canonical BASE-QUOTE of every active spot market of `exchange` (a reload is paid from the
+    budget of `purpose`, backfill.ratelimit.SHARES)."""
+    return set(plug(exchange).symbol_map(_markets(exchange, budget=budget_for(exchange, purpose))).values())
 
 
 def forget_markets() -> None:

@@ -124,7 +124,8 @@ def run_batch(request: dict, batch: Sequence[dict], workers: int = 2) -> dict:
 
 
 _COUNTERS = ("chunks_total", "chunks_done", "chunks_skipped", "chunks_partial", "chunks_failed", "rows_written",
-             "empty_minutes", "requests", "retries", "rate_limit_waits")
+             "empty_minutes", "stream_compared", "stream_differing", "stream_missing", "requests", "retries",
+             "rate_limit_waits")
 
 
 def summarize(validated: dict, stats: dict, results: Sequence[dict | None], batches_planned: int) -> dict:

@@ -96,12 +96,11 @@ class Session:
 
 @dataclass(frozen=True)
 class RestLimits:
-    """An exchange's REST budget: `server_limit` weight per `window_s`, of which backfill uses
-    `share` (headroom for the streaming side and other processes on the same IP), and the weight
-    of each request backfill makes (`ohlcv`, `markets`)."""
+    """An exchange's REST budget: `server_limit` weight per `window_s` (each purpose spends its
+    share of it: backfill.ratelimit.SHARES), and the weight of each request backfill makes
+    (`ohlcv`, `markets`)."""
     server_limit: int
     window_s: float
-    share: float
     weights: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -150,7 +149,7 @@ class Exchange:
     CANDLES_PER_REQUEST: ClassVar[int] = 0
     CANDLE_COLUMNS: ClassVar[tuple[int, int, int, int, int]] = (1, 2, 3, 4, 5)   # open, high, low, close, volume
     CANDLE_TIME_UNIT_MS: ClassVar[int] = 1           # a row's time is in ms (1) or seconds (1000)
-    REST_LIMITS: ClassVar[RestLimits] = RestLimits(1, 1.0, 1.0)
+    REST_LIMITS: ClassVar[RestLimits] = RestLimits(1, 1.0)
     RATE_HEADERS: ClassVar[tuple[str, ...]] = ()     # response headers kept with the archived REST answers
 
     def __init__(self, symbol_map: Mapping[str, str] | None = None):

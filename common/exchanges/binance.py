@@ -70,7 +70,7 @@ class Binance(Exchange):
     LIVE_REST_URL = "https://api.binance.com"
     CCXT_ID = "binance"
     CANDLES_PER_REQUEST = 1000
-    REST_LIMITS = RestLimits(server_limit=6000, window_s=60.0, share=0.8, weights={"ohlcv": 2, "markets": 20})
+    REST_LIMITS = RestLimits(server_limit=6000, window_s=60.0, weights={"ohlcv": 2, "markets": 20})
     RATE_HEADERS = ("x-mbx-used-weight", "x-mbx-used-weight-1m")
 
     def __init__(self, symbol_map=None):

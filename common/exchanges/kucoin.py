@@ -76,7 +76,7 @@ class KuCoin(Exchange):
     CANDLES_PER_REQUEST = 1500
     CANDLE_COLUMNS = (1, 3, 4, 2, 5)         # [time, open, close, high, low, volume, turnover]
     CANDLE_TIME_UNIT_MS = 1000
-    REST_LIMITS = RestLimits(server_limit=2000, window_s=30.0, share=0.8, weights={"ohlcv": 3, "markets": 15})
+    REST_LIMITS = RestLimits(server_limit=2000, window_s=30.0, weights={"ohlcv": 3, "markets": 15})
     RATE_HEADERS = ("gw-ratelimit-limit", "gw-ratelimit-remaining", "gw-ratelimit-reset")
 
     # ------------------------------------------------------------------ symbols

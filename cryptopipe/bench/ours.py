@@ -80,6 +80,12 @@ def _profile_summary(path: Path, top: int = 15) -> list[dict]:
     return rows
 
 
+def exchange_env(urls: dict[str, str]) -> dict[str, str]:
+    """The exchange endpoint variables (the plugs' settings fields) among a simulator's URLs."""
+    names = {name.upper() for e in EXCHANGES for name in plug(e).url_settings()}
+    return {k: v for k, v in urls.items() if k in names}
+
+
 def run_ours(cfg: RunConfig, settings, log=print) -> dict:
     run_id = uuid.uuid4().hex[:8]
     suffix = f"_bench{run_id}"
@@ -99,8 +105,7 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
     try:
         sim = SimProc("sim", sim_argv(cfg), logs / "sim.log").start()
         procs.append(sim)
-        endpoints = {name.upper() for e in EXCHANGES for name in plug(e).url_settings()}
-        sim_env = {k: v for k, v in sim.urls.items() if k in endpoints}
+        sim_env = exchange_env(sim.urls)
         groups = {name: f"bench-{run_id}-{name}" for name in ("transform", "load", "archive")}
         ports: dict[str, int] = {}
 

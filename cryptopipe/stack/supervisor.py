@@ -14,7 +14,7 @@ from cryptopipe.stack.paths import PORT_OFFSET, repo_root
 from cryptopipe.stack.progress import StepFailed, wait_until
 
 PIPELINE_CONF = repo_root() / "streaming" / "supervisord.conf"
-PIPELINE_PROGRAMS = (*(f"extract-{e}" for e in EXCHANGES), "transform", "load", "archive")
+PIPELINE_PROGRAMS = (*(f"extract-{e}" for e in EXCHANGES), "transform", "load", "archive", "api")
 
 
 def render_conf(ctx: StackContext, sections: list[str]) -> str:

@@ -306,8 +306,11 @@ class Connection:
     # ------------------------------------------------------------------ the Link a session drives
 
     async def connect(self, url: str) -> None:
+        # the connection id rides along as a header exchanges ignore: a server that logs it (the
+        # simulator does) ties each socket it served to the session this extractor recorded
         self.ws = await connect(url, max_size=MAX_WS_FRAME, open_timeout=self.options.open_timeout_s,
-                                close_timeout=2, ping_interval=None, max_queue=64, compression=None)
+                                close_timeout=2, ping_interval=None, max_queue=64, compression=None,
+                                additional_headers={"X-Cryptopipe-Conn-Id": self.conn_id})
 
     async def recv_handshake(self, timeout_s: float) -> bytes:
         """One frame before the read loop starts (e.g. a welcome), kept like every frame."""

@@ -74,3 +74,40 @@ def test_findings_merge_with_their_kinds():
     got = merge_findings([((t(10, 11), t(10, 16)), {"missing_candles"}), ((t(10, 10), t(10, 17)), {"uncovered"}),
                           ((t(10, 17), t(10, 18)), {"missing_candles"}), ((t(10, 30), t(10, 31)), {"uncovered"})])
     assert got == [((t(10, 10), t(10, 18)), {"missing_candles", "uncovered"}), ((t(10, 30), t(10, 31)), {"uncovered"})]
+
+
+# -- the detection horizon: no minute between the lookback and the first session is lost -------
+
+def test_horizon_is_the_lookback_window_whenever_the_stream_began():
+    from backfill.gaps import detection_horizon
+
+    assert detection_horizon(t(20, 3, 19), timedelta(hours=6), timedelta(seconds=60)) == (t(14, 3), t(20, 2))
+    # two runs less than lookback - settle apart see horizons that overlap: nothing falls between
+    for gap in (timedelta(minutes=15), timedelta(hours=5, minutes=58)):
+        lo1, hi1 = detection_horizon(t(20, 3, 19), timedelta(hours=6), timedelta(seconds=60))
+        lo2, hi2 = detection_horizon(t(20, 3, 19) + gap, timedelta(hours=6), timedelta(seconds=60))
+        assert lo2 <= hi1 and hi2 > hi1
+
+
+def test_the_run_after_the_first_session_finds_the_minute_before_it_and_its_partly_seen_minute():
+    """Issue 13: the first detection ran at 20:03:19, before the first session (20:03:24). It
+    found 14:03..20:02 (no session: all uncovered). The next run, at 20:18:19, must find the
+    minutes before the session it has not seen yet, 20:02 and the partly seen 20:03."""
+    from backfill.gaps import detection_horizon, uncovered_minutes
+
+    lo, hi = detection_horizon(t(20, 3, 19), timedelta(hours=6), timedelta(seconds=60))
+    first_run = uncovered_minutes(lo, hi, [])
+    assert first_run == [(t(14, 3), t(20, 2))]
+    lo, hi = detection_horizon(t(20, 18, 19), timedelta(hours=6), timedelta(seconds=60))
+    second_run = uncovered_minutes(lo, hi, [(t(20, 3, 24), t(20, 18, 19))])
+    assert second_run == [(t(14, 18), t(20, 4))]
+    # together (detection never records a minute twice) they leave no minute of the window out
+    assert merge_intervals(first_run + second_run) == [(t(14, 3), t(20, 4))]
+
+
+def test_every_partly_seen_minute_at_a_gap_edge_is_uncovered():
+    from backfill.gaps import uncovered_minutes
+
+    coverage = [(t(10, 0, 30), t(10, 5, 10)), (t(10, 7, 50), t(10, 20))]
+    assert uncovered_minutes(t(10, 0), t(10, 20), coverage) == [(t(10, 0), t(10, 1)), (t(10, 5), t(10, 8))]
+    assert uncovered_minutes(t(10, 0), t(10, 20), [(t(9, 0), t(11, 0))]) == []

@@ -30,7 +30,7 @@ def test_each_plug_fills_the_interface(name):
     missing = [m for m in OVERRIDDEN if getattr(p, m) is getattr(Exchange, m)]
     assert not missing, f"{name} does not implement {missing}"
     assert p.CCXT_ID and p.CANDLES_PER_REQUEST > 0 and p.PUSH_INTERVAL_MS > 0 and p.MAX_PER_CONNECTION > 0
-    assert {"ohlcv", "markets"} <= set(p.REST_LIMITS.weights) and 0 < p.REST_LIMITS.share <= 1
+    assert {"ohlcv", "markets"} <= set(p.REST_LIMITS.weights) and p.REST_LIMITS.server_limit > 0
     assert sorted(p.CANDLE_COLUMNS) == [1, 2, 3, 4, 5]
     assert all(h == h.lower() for h in p.RATE_HEADERS)
 
