@@ -9,7 +9,8 @@ from common.codec.ticks import decode_ticks, partition_for
 from common.models import Tick
 from common.exchanges import Binance
 from streaming.consumer_loop import Metrics
-from streaming.transformer import Router, SymbolMetadata, symbol_map_from_file
+from streaming.symbol_metadata import SymbolMetadata, symbol_map_from_file
+from streaming.transformer import Router
 from tests.conftest import SAMPLES
 from tests.unit.streaming.kafka_fakes import FakeMessage, FakeProducer
 
