@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import aiohttp
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from common.codec.raw import raw_headers
@@ -308,9 +308,9 @@ class Connection:
     async def connect(self, url: str) -> None:
         # the connection id rides along as a header exchanges ignore: a server that logs it (the
         # simulator does) ties each socket it served to the session this extractor recorded
-        self.ws = await connect(url, max_size=MAX_WS_FRAME, open_timeout=self.options.open_timeout_s,
-                                close_timeout=2, ping_interval=None, max_queue=64, compression=None,
-                                additional_headers={"X-Cryptopipe-Conn-Id": self.conn_id})
+        self.ws = await ws_connect(url, max_size=MAX_WS_FRAME, open_timeout=self.options.open_timeout_s,
+                                   close_timeout=2, ping_interval=None, max_queue=64, compression=None,
+                                   additional_headers={"X-Cryptopipe-Conn-Id": self.conn_id})
 
     async def recv_handshake(self, timeout_s: float) -> bytes:
         """One frame before the read loop starts (e.g. a welcome), kept like every frame."""
