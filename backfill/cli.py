@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 def _backfill_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cryptopipe backfill",
                 description="Fill 1-minute candles of candles_1m from the exchange's REST API (source 'rest').")
-    p.add_argument("--exchange", required=True, help="binance or kucoin")
+    p.add_argument("--exchange", required=True, help=" or ".join(EXCHANGES))
     p.add_argument("--symbols", required=True, help="comma-separated BASE-QUOTE symbols, or ALL")
     p.add_argument("--start", required=True, help="ISO 8601 UTC, e.g. 2024-05-01T12:00Z (floored to the minute)")
     p.add_argument("--end", required=True, help="ISO 8601 UTC, exclusive (ceiled to the minute)")

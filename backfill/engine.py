@@ -1,7 +1,7 @@
 """The backfill engine: plan a request into chunks, run chunks (idempotent, resumable), summarize.
 
-- `plan_chunks(request) -> list[Chunk]`: per symbol, [start, end) cut on a grid of
-  MAX_LIMIT[exchange] minutes counted from the epoch (Binance 1000, KuCoin 1500), so each chunk
+- `plan_chunks(request) -> list[Chunk]`: per symbol, [start, end) cut on a grid of the plug's
+  CANDLES_PER_REQUEST minutes counted from the epoch (Binance 1000, KuCoin 1500), so each chunk
   is one REST request and overlapping requests produce the same chunk cells.
 - `run_chunk(chunk, *, force=False, raise_on_error=False) -> ChunkResult`: skip if a finished
   chunk already covers it (unless force); a chunk that ended less than backfill.rest.SETTLE_S
@@ -29,8 +29,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from backfill.rest import MAX_LIMIT, FetchError, RestFetcher
+from backfill.rest import FetchError, RestFetcher
 from backfill.validation import BackfillRequest
+from common.exchanges import EXCHANGES, plug
 
 UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -60,7 +61,7 @@ class Chunk:
         if isinstance(d, Chunk):
             return d
         from backfill.validation import normalize_symbol, parse_time
-        if d.get("exchange") not in MAX_LIMIT:
+        if d.get("exchange") not in EXCHANGES:
             raise ValueError(f"chunk has an unknown exchange: {str(d.get('exchange'))[:40]!r}")
         return cls(exchange=d["exchange"], symbol=normalize_symbol(d["symbol"]),
                    start=parse_time(d["start"], "chunk start"), end=parse_time(d["end"], "chunk end"))
@@ -125,7 +126,7 @@ class Summary:
 
 
 def plan_chunks(request: BackfillRequest) -> list[Chunk]:
-    size = MAX_LIMIT[request.exchange]
+    size = plug(request.exchange).CANDLES_PER_REQUEST
     chunks = []
     for symbol in request.symbols:
         t = request.start

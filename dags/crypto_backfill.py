@@ -12,6 +12,8 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from common.exchanges import EXCHANGES
+
 SYMBOL_PATTERN = r"^(ALL|[A-Za-z0-9]{1,20}[-/][A-Za-z0-9]{1,20})$"
 
 
@@ -23,7 +25,7 @@ SYMBOL_PATTERN = r"^(ALL|[A-Za-z0-9]{1,20}[-/][A-Za-z0-9]{1,20})$"
     tags=["cryptopipe", "backfill"],
     doc_md=__doc__,
     params={
-        "exchange": Param("binance", type="string", enum=["binance", "kucoin"], title="Exchange"),
+        "exchange": Param(EXCHANGES[0], type="string", enum=list(EXCHANGES), title="Exchange"),
         "symbols": Param(["ALL"], type="array", minItems=1, maxItems=2000,
                          items={"type": "string", "pattern": SYMBOL_PATTERN},
                          title="Symbols", description="BASE-QUOTE symbols such as BTC-USDT, one per line, "

@@ -64,7 +64,9 @@ def _config(args, rate: float):
     from cryptopipe.bench.ours import RunConfig
 
     exchanges = tuple(e.strip() for e in args.exchanges.split(",") if e.strip())
-    bad = [e for e in exchanges if e not in ("binance", "kucoin")]
+    from common.exchanges import EXCHANGES
+
+    bad = [e for e in exchanges if e not in EXCHANGES]
     if bad or not exchanges:
         raise SystemExit(f"cryptopipe bench: unknown exchange(s) {bad or exchanges}")
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="cryptopipe-bench-"))

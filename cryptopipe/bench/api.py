@@ -21,6 +21,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from common.exchanges import EXCHANGES, plug
+
+# tick -> client latency is timed on the exchange that pushes soonest after a trade (KuCoin, at
+# most 100 ms): its ticks' delay is the pipeline's and the server's, not the exchange's batching
+LATENCY_EXCHANGE = min(EXCHANGES, key=lambda e: plug(e).PUSH_INTERVAL_MS)
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cryptopipe bench-api", description=__doc__.split("\n\n")[0],
@@ -58,7 +64,7 @@ def run(args) -> dict:
     from common.kafka import create_topics, delete_topics
     from common.settings import get_settings
     from cryptopipe.bench.measure import metric_sum, scrape
-    from cryptopipe.bench.ours import env_summary
+    from cryptopipe.bench.ours import env_summary, exchange_env
     from cryptopipe.bench.procs import Proc, SimProc, free_port, python
 
     from cryptopipe.stack.manager import ensure_core
@@ -69,7 +75,7 @@ def run(args) -> dict:
     suffix = f"_benchapi{run_id}"
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="cryptopipe-bench-api-"))
     topics = {f"{e}_{kind}{suffix}": (settings.topic_partitions if kind != "dlq" else 1)
-              for e in ("binance", "kucoin") for kind in ("raw_data", "transformed_data", "dlq")}
+              for e in EXCHANGES for kind in ("raw_data", "transformed_data", "dlq")}
     topics[f"pipeline_events{suffix}"] = 1
     create_topics(topics)
     procs: list[Proc] = []
@@ -79,7 +85,7 @@ def run(args) -> dict:
                               str(args.symbols), "--seed", str(args.seed), "--truth-max", "2000000",
                               "--log-level", "WARNING"], work / "sim.log").start()
         procs.append(sim)
-        env = {k: v for k, v in sim.urls.items() if k in ("BINANCE_WS_URL", "BINANCE_REST_URL", "KUCOIN_REST_URL")}
+        env = exchange_env(sim.urls)
         api_port = free_port()
         procs.append(Proc("transform", [python(), "-m", "cryptopipe", "transform", "--topic-suffix", suffix, "--group",
                                         f"benchapi-{run_id}", "--instance", run_id, "--metrics-port", str(free_port()),
@@ -93,7 +99,7 @@ def run(args) -> dict:
                            "--log-level", "WARNING"], work / "api.log",
                    env={**env, "API_MAX_CONNECTIONS": str(args.clients + 100)}).start()
         procs.append(api)
-        for ex in ("binance", "kucoin"):
+        for ex in EXCHANGES:
             procs.append(Proc(f"extract-{ex}", [python(), "-m", "cryptopipe.bench.extract_isolated", suffix, ex,
                                                 "--metrics-port", str(free_port()), "--spool-dir", str(work / f"spool-{ex}"),
                                                 "--label", f"benchapi{run_id}", "--log-level", "WARNING"],
@@ -109,7 +115,7 @@ def run(args) -> dict:
         from common.db import connect
         from sim.control import SimControl
 
-        listed = {s["symbol"] for ex in ("binance", "kucoin")
+        listed = {s["symbol"] for ex in EXCHANGES
                   for s in SimControl(sim.urls["SIM_CONTROL_URL"]).symbols(ex) if s.get("status") == "TRADING"}
         conn = connect()
         try:
@@ -118,7 +124,8 @@ def run(args) -> dict:
                 symbols = sorted(r[0] for r in cur.fetchall())
         finally:
             conn.close()
-        spec = client_spec(symbols, args.clients, args.all_share, args.slow, args.duration)
+        spec = {**client_spec(symbols, args.clients, args.all_share, args.slow, args.duration),
+                "latency_exchange": LATENCY_EXCHANGE}
         (work / "spec.json").write_text(json.dumps(spec))
         clients = Proc("clients", [python(), "-m", "cryptopipe.bench.ws_clients", f"ws://127.0.0.1:{api_port}",
                                    str(work / "spec.json"), str(work / "clients.json")], work / "clients.log").start()
@@ -140,7 +147,7 @@ def run(args) -> dict:
         t1_ms = int(time.time() * 1000)
         after = scrape(api_port)
         result_clients = json.loads((work / "clients.json").read_text())
-        truth = SimControl(sim.urls["SIM_CONTROL_URL"]).truth(exchange="kucoin", since_ms=t0_ms, until_ms=t1_ms,
+        truth = SimControl(sim.urls["SIM_CONTROL_URL"]).truth(exchange=LATENCY_EXCHANGE, since_ms=t0_ms, until_ms=t1_ms,
                                                               by="sent")
         delays = sorted(int(r["sent_ms"]) - int(r["event_ms"]) for r in truth)
 

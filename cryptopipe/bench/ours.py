@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from common.exchanges import EXCHANGES, plug
 from common.kafka import create_topics, delete_topics
 from cryptopipe.bench.measure import (CommitClock, LagProbe, lag_is_bounded, latency_percentiles, measure_window,
                                       metric_sum, scrape, slope)
@@ -29,7 +30,7 @@ class RunConfig:
     warmup: float = 5.0               # after the first ticks arrive, before the window opens
     rate: float = 5000.0              # simulator trades/s per exchange
     symbols: int = 500                # simulator symbols per exchange
-    exchanges: tuple[str, ...] = ("binance", "kucoin")
+    exchanges: tuple[str, ...] = EXCHANGES
     seed: int = 7
     sample_interval: float = 1.0      # counters, lag, RSS
     commit_clock_interval: float = 0.02
@@ -79,15 +80,21 @@ def _profile_summary(path: Path, top: int = 15) -> list[dict]:
     return rows
 
 
+def exchange_env(urls: dict[str, str]) -> dict[str, str]:
+    """The exchange endpoint variables (the plugs' settings fields) among a simulator's URLs."""
+    names = {name.upper() for e in EXCHANGES for name in plug(e).url_settings()}
+    return {k: v for k, v in urls.items() if k in names}
+
+
 def run_ours(cfg: RunConfig, settings, log=print) -> dict:
     run_id = uuid.uuid4().hex[:8]
     suffix = f"_bench{run_id}"
     logs = cfg.work_dir / f"ours-{run_id}"
     logs.mkdir(parents=True, exist_ok=True)
     parts = settings.topic_partitions
-    topics = {f"{e}_raw_data{suffix}": parts for e in ("binance", "kucoin")}
-    topics.update({f"{e}_transformed_data{suffix}": parts for e in ("binance", "kucoin")})
-    topics.update({f"{e}_dlq{suffix}": 1 for e in ("binance", "kucoin")})
+    topics = {f"{e}_raw_data{suffix}": parts for e in EXCHANGES}
+    topics.update({f"{e}_transformed_data{suffix}": parts for e in EXCHANGES})
+    topics.update({f"{e}_dlq{suffix}": 1 for e in EXCHANGES})
     topics[f"pipeline_events{suffix}"] = 1
     create_topics(topics)
     log(f"ours: run {run_id}, topics *{suffix}, logs in {logs}")
@@ -98,7 +105,7 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
     try:
         sim = SimProc("sim", sim_argv(cfg), logs / "sim.log").start()
         procs.append(sim)
-        sim_env = {k: v for k, v in sim.urls.items() if k in ("BINANCE_WS_URL", "BINANCE_REST_URL", "KUCOIN_REST_URL")}
+        sim_env = exchange_env(sim.urls)
         groups = {name: f"bench-{run_id}-{name}" for name in ("transform", "load", "archive")}
         ports: dict[str, int] = {}
 

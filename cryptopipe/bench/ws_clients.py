@@ -1,7 +1,8 @@
 """`python -m cryptopipe.bench.ws_clients URL SPEC.json OUT.json`: the websocket client load of
 `cryptopipe bench-api`, in one asyncio process.
 
-SPEC: {"clients": [{"query": "...", "slow": bool}], "seconds": float, "slow_read_interval_s": float}.
+SPEC: {"clients": [{"query": "...", "slow": bool}], "seconds": float, "slow_read_interval_s": float,
+"latency_exchange": "kucoin"}.
 A fast client reads as fast as it can; a slow one reads one frame per `slow_read_interval_s` and,
 when the server drops it, connects again (as a real slow client would). For every KuCoin tick a
 fast client receives, (receipt time - the tick's exchange time) goes into a 1-ms histogram per
@@ -37,6 +38,7 @@ class Stats:
         self.closes = Counter()
         self.connects = Counter()
         self.refused = 0
+        self.latency_exchange = ""        # whose ticks the histograms time (SPEC latency_exchange)
 
 
 async def client(url: str, query: str, slow: bool, cls: str, stats: Stats, until: float, interval: float):
@@ -64,7 +66,7 @@ async def client(url: str, query: str, slow: bool, cls: str, stats: Stats, until
                         continue
                     h = stats.hist[cls]
                     for t in ticks:
-                        if t["exchange"] == "kucoin":
+                        if t["exchange"] == stats.latency_exchange:
                             h[int(now - _ms(t["event_time"]))] += 1
         except websockets.ConnectionClosed as e:
             stats.closes[f"{e.rcvd.code if e.rcvd else 'none'}"] += 1
@@ -88,6 +90,7 @@ def percentiles(hist: Counter) -> dict:
 
 async def run(url: str, spec: dict) -> dict:
     stats = Stats()
+    stats.latency_exchange = spec["latency_exchange"]
     until = time.monotonic() + spec["seconds"]
     tasks = []
     for c in spec["clients"]:
