@@ -1,6 +1,5 @@
 """Loader, pure parts: which transformed records and pipeline events it accepts, and how."""
 
-
 import pytest
 
 from common.codec import BadRecord
