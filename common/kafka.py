@@ -7,17 +7,38 @@ from collections.abc import Iterable
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from common.settings import get_settings
+from common.settings import Settings, get_settings
 from common.topics import topic_specs
 
 
-def _base(overrides: dict | None) -> dict:
-    conf = {"bootstrap.servers": get_settings().kafka_bootstrap_servers}
+class KafkaCredentialsMissing(ValueError):
+    """A SASL protocol is configured but no username/password: say so before librdkafka retries forever."""
+
+
+def connection_config(settings: Settings | None = None) -> dict[str, str]:
+    """Where the broker is and who this client is, in librdkafka's names: what every client of the
+    stack (ours, Airflow's provider hook, a test's) needs to connect."""
+    s = settings or get_settings()
+    conf = {"bootstrap.servers": s.kafka_bootstrap_servers, "security.protocol": s.kafka_security_protocol}
+    if s.kafka_security_protocol.upper().startswith("SASL"):
+        password = s.kafka_sasl_password.get_secret_value()
+        if not s.kafka_sasl_username or not password:
+            raise KafkaCredentialsMissing(
+                f"Kafka security protocol {s.kafka_security_protocol} needs KAFKA_SASL_USERNAME and "
+                "KAFKA_SASL_PASSWORD (`make up` writes the stack's admin identity to .stack/stack.env)")
+        conf.update({"sasl.mechanism": s.kafka_sasl_mechanism, "sasl.username": s.kafka_sasl_username,
+                     "sasl.password": password})
+    return conf
+
+
+def _base(overrides: dict | None, settings: Settings | None = None) -> dict:
+    """`settings`: another identity or broker than the process's own (the stack manager, tests)."""
+    conf = connection_config(settings)
     conf.update(overrides or {})
     return conf
 
 
-def make_producer(overrides: dict | None = None) -> Producer:
+def make_producer(overrides: dict | None = None, settings: Settings | None = None) -> Producer:
     """Idempotent, acks=all, compressed producer with small linger for micro-batching."""
     conf = {
         "enable.idempotence": True,
@@ -31,7 +52,7 @@ def make_producer(overrides: dict | None = None) -> Producer:
         "message.timeout.ms": 0,          # never expire a queued message: retry until delivered
     }
     conf.update(overrides or {})
-    return Producer(_base(conf))
+    return Producer(_base(conf, settings))
 
 
 def make_transactional_producer(transactional_id: str, overrides: dict | None = None) -> Producer:
@@ -41,7 +62,7 @@ def make_transactional_producer(transactional_id: str, overrides: dict | None = 
     return make_producer(conf)
 
 
-def make_consumer(group_id: str, overrides: dict | None = None) -> Consumer:
+def make_consumer(group_id: str, overrides: dict | None = None, settings: Settings | None = None) -> Consumer:
     """Consumer-group member with manual commits (offsets committed only after durable writes)."""
     conf = {
         "group.id": group_id,
@@ -55,11 +76,11 @@ def make_consumer(group_id: str, overrides: dict | None = None) -> Consumer:
         "max.poll.interval.ms": 300_000,
     }
     conf.update(overrides or {})
-    return Consumer(_base(conf))
+    return Consumer(_base(conf, settings))
 
 
-def make_admin(overrides: dict | None = None) -> AdminClient:
-    return AdminClient(_base(overrides))
+def make_admin(overrides: dict | None = None, settings: Settings | None = None) -> AdminClient:
+    return AdminClient(_base(overrides, settings))
 
 
 def ensure_topics(admin: AdminClient | None = None, timeout: float = 30.0) -> list[str]:

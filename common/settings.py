@@ -10,7 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing import Annotated
 
@@ -67,6 +67,15 @@ class Settings(BaseSettings):
 
     # local stack
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    # Kafka client identity (`make up` writes the stack's admin identity to stack.env; each daemon
+    # gets its own through its environment). librdkafka's own names (`sasl.username`, ...) also apply.
+    kafka_security_protocol: str = Field("SASL_PLAINTEXT", validation_alias=AliasChoices(
+        "kafka_security_protocol", "security.protocol"))
+    kafka_sasl_mechanism: str = Field("SCRAM-SHA-512", validation_alias=AliasChoices(
+        "kafka_sasl_mechanism", "sasl.mechanism", "sasl.mechanisms"))
+    kafka_sasl_username: str = Field("", validation_alias=AliasChoices("kafka_sasl_username", "sasl.username"))
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices(
+        "kafka_sasl_password", "sasl.password"))
     postgres_dsn: str = "postgresql://cryptopipe@127.0.0.1:5432/cryptopipe"
     s3_endpoint_url: str = "http://127.0.0.1:9000"
     s3_bucket: str = "cryptopipe"

@@ -16,6 +16,7 @@ def connection_specs(settings=None) -> dict[str, dict]:
     """conn_id -> Airflow connection in JSON form, from `common.settings` (env + stack.env)."""
     from psycopg2.extensions import parse_dsn
 
+    from common.kafka import connection_config
     from common.settings import get_settings
 
     s = settings or get_settings()
@@ -28,7 +29,8 @@ def connection_specs(settings=None) -> dict[str, dict]:
         S3_CONN_ID: {"conn_type": "aws", "login": s.aws_access_key_id, "password": s.aws_secret_access_key,
                      "extra": {"endpoint_url": s.s3_endpoint_url, "region_name": s.s3_region,
                                "config_kwargs": {"s3": {"addressing_style": "path"}}}},
-        KAFKA_CONN_ID: {"conn_type": "kafka", "extra": {"bootstrap.servers": s.kafka_bootstrap_servers}},
+        # librdkafka settings, credentials included: the provider's hooks pass the extra to the client
+        KAFKA_CONN_ID: {"conn_type": "kafka", "extra": connection_config(s)},
     }
 
 

@@ -5,7 +5,9 @@ at the simulator and picks the topic/table names.
 
     <venv>/bin/python cryptofeed_launcher.py --binance-ws URL --binance-rest URL --kucoin-rest URL \
         --exchanges binance,kucoin --kafka 127.0.0.1:9092 --topic T --table TABLE --stats FILE
-    (Postgres connection from PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE)
+    (Postgres connection from PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE; Kafka identity from
+    KAFKA_SECURITY_PROTOCOL/KAFKA_SASL_MECHANISM/KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD, passed to
+    aiokafka, cryptofeed's own Kafka client, which speaks SASL/SCRAM-SHA-512)
 
 Every 0.2 s it writes {"received": n, "at": unix time} to --stats: the ticker updates
 cryptofeed handed to its callbacks (what it was offered), for the bench to compare with the rows
@@ -20,6 +22,16 @@ import os
 import re
 import sys
 import time
+
+
+def kafka_security() -> dict:
+    """aiokafka's names for the settings the bench passes in the environment (never on the command line)."""
+    protocol = os.environ.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    if not protocol.upper().startswith("SASL"):
+        return {"security_protocol": protocol}
+    return {"security_protocol": protocol, "sasl_mechanism": os.environ["KAFKA_SASL_MECHANISM"],
+            "sasl_plain_username": os.environ["KAFKA_SASL_USERNAME"],
+            "sasl_plain_password": os.environ["KAFKA_SASL_PASSWORD"]}
 
 
 def main() -> int:
@@ -107,7 +119,7 @@ def main() -> int:
 
     pg = dict(host=os.environ.get("PGHOST", "127.0.0.1"), port=int(os.environ.get("PGPORT", "5432")),
               user=os.environ.get("PGUSER"), pw=os.environ.get("PGPASSWORD"), db=os.environ.get("PGDATABASE"))
-    kafka_cb = OneTopicTickerKafka(bootstrap_servers=args.kafka)
+    kafka_cb = OneTopicTickerKafka(bootstrap_servers=args.kafka, **kafka_security())
     pg_cb = TickerPostgres(table=args.table, **pg)
     callbacks = {TICKER: [count, kafka_cb, pg_cb]}
 

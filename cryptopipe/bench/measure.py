@@ -20,7 +20,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 
 # --------------------------------------------------------------------------- prometheus text
@@ -72,12 +72,13 @@ def metric_sum(samples: dict, name: str, **labels: str) -> float:
 class LagProbe:
     """Lag of one consumer group on some topics: sum over partitions of high watermark - committed."""
 
-    def __init__(self, bootstrap: str, group: str, topics: list[str]):
+    def __init__(self, group: str, topics: list[str]):
+        from common.kafka import make_consumer
+
         self.group = group
         self.topics = topics
         # a consumer that never subscribes does not join the group: it only reads its offsets
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                                  "enable.auto.commit": False, "log_level": 2})
+        self.consumer = make_consumer(group, {"log_level": 2})
         self.parts: list[TopicPartition] = []
         for t in topics:
             md = self.consumer.list_topics(t, timeout=10).topics.get(t)
@@ -99,22 +100,6 @@ class LagProbe:
 
     def close(self) -> None:
         self.consumer.close()
-
-
-def commit_end_offsets(bootstrap: str, group: str, topics: list[str]) -> None:
-    """Start `group` at the current end of `topics` (a new group would otherwise read from the start)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        parts = []
-        for t in topics:
-            md = c.list_topics(t, timeout=10).topics[t]
-            for p in md.partitions:
-                _lo, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)
-                parts.append(TopicPartition(t, p, hi))
-        if parts:
-            c.commit(offsets=parts, asynchronous=False)
-    finally:
-        c.close()
 
 
 def slope(points: list[tuple[float, float]]) -> float | None:

@@ -22,6 +22,7 @@ from common.kafka import create_topics, delete_topics
 from cryptopipe.bench.measure import (CommitClock, LagProbe, lag_is_bounded, latency_percentiles, measure_window,
                                       metric_sum, scrape, slope)
 from cryptopipe.bench.procs import InfraSampler, Proc, SimProc, free_port, python
+from cryptopipe.stack.kafka_auth import ARCHIVE_GROUP, LOAD_GROUP, TRANSFORM_GROUP, client_env
 
 
 @dataclass
@@ -106,7 +107,9 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
         sim = SimProc("sim", sim_argv(cfg), logs / "sim.log").start()
         procs.append(sim)
         sim_env = exchange_env(sim.urls)
-        groups = {name: f"bench-{run_id}-{name}" for name in ("transform", "load", "archive")}
+        # named after the daemons' default groups: their Kafka identities may use only those
+        groups = {name: f"{group}-bench-{run_id}" for name, group in
+                  (("transform", TRANSFORM_GROUP), ("load", LOAD_GROUP), ("archive", ARCHIVE_GROUP))}
         ports: dict[str, int] = {}
 
         def interpreter(name: str, profile: bool) -> list[str]:
@@ -118,7 +121,7 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
         def daemon(name: str, args: list[str], profile: bool = False) -> Proc:
             ports[name] = free_port()
             argv = interpreter(name, profile) + ["-m", "cryptopipe", *args, "--metrics-port", str(ports[name])]
-            return Proc(name, argv, logs / f"{name}.log", env=sim_env).start()
+            return Proc(name, argv, logs / f"{name}.log", env={**sim_env, **client_env(name)}).start()
 
         common_args = ["--topic-suffix", suffix, "--batch-size", str(cfg.batch_size),
                        "--poll-timeout", str(cfg.poll_timeout), "--log-level", "WARNING"]
@@ -136,7 +139,8 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
             argv = [*interpreter(f"extract-{ex}", True), "-m", "cryptopipe.bench.extract_isolated", suffix, ex,
                     "--metrics-port", str(ports[f"extract-{ex}"]), "--spool-dir", str(logs / f"spool-{ex}"),
                     "--label", f"bench{run_id}", "--linger-ms", str(cfg.linger_ms), "--log-level", "WARNING"]
-            procs.append(Proc(f"extract-{ex}", argv, logs / f"extract-{ex}.log", env=sim_env).start())
+            procs.append(Proc(f"extract-{ex}", argv, logs / f"extract-{ex}.log",
+                              env={**sim_env, **client_env(f"extract-{ex}")}).start())
 
         def extracted() -> float:
             return sum(metric_sum(scrape(ports[f"extract-{ex}"]), "cryptopipe_extractor_ticks_total")
@@ -149,12 +153,11 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
         log(f"ours: first rows stored; warming up {cfg.warmup:.0f}s")
         time.sleep(cfg.warmup)
 
-        bootstrap = settings.kafka_bootstrap_servers
         raw = [f"{e}_raw_data{suffix}" for e in cfg.exchanges]
-        probes = {"transform": LagProbe(bootstrap, groups["transform"], raw),
-                  "load": LagProbe(bootstrap, groups["load"], [f"{e}_transformed_data{suffix}" for e in cfg.exchanges])}
+        probes = {"transform": LagProbe(groups["transform"], raw),
+                  "load": LagProbe(groups["load"], [f"{e}_transformed_data{suffix}" for e in cfg.exchanges])}
         if cfg.archive:
-            probes["archive"] = LagProbe(bootstrap, groups["archive"], raw)
+            probes["archive"] = LagProbe(groups["archive"], raw)
         series: dict[str, list] = {"t": [], "extracted": [], "loaded": [], "archived": [], "dlq": [],
                                    **{f"lag_{k}": [] for k in probes}}
         infra = InfraSampler()

@@ -116,7 +116,12 @@ def run_cryptofeed(cfg: RunConfig, settings, log=print) -> dict:
                 "--binance-rest", sim.urls["BINANCE_REST_URL"], "--kucoin-rest", sim.urls["KUCOIN_REST_URL"],
                 "--exchanges", ",".join(cfg.exchanges), "--kafka", settings.kafka_bootstrap_servers,
                 "--topic", topic, "--table", table, "--stats", str(stats_path)]
-        cf = Proc("cryptofeed", argv, logs / "cryptofeed.log", env={**env, "PYTHONPATH": ""}).start()
+        # cryptofeed talks to Kafka as the bench does (admin): its topic is outside every daemon's ACLs
+        kafka = {"KAFKA_SECURITY_PROTOCOL": settings.kafka_security_protocol,
+                 "KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
+                 "KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
+                 "KAFKA_SASL_PASSWORD": settings.kafka_sasl_password.get_secret_value()}
+        cf = Proc("cryptofeed", argv, logs / "cryptofeed.log", env={**env, **kafka, "PYTHONPATH": ""}).start()
         procs.append(cf)
 
         def stored() -> int:
@@ -131,10 +136,11 @@ def run_cryptofeed(cfg: RunConfig, settings, log=print) -> dict:
                 return 0
 
         def kafka_records() -> int:
-            from confluent_kafka import Consumer, TopicPartition
+            from confluent_kafka import TopicPartition
 
-            c = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"bench-{run_id}-w",
-                          "log_level": 2})
+            from common.kafka import make_consumer
+
+            c = make_consumer(f"bench-{run_id}-w", {"log_level": 2})
             try:
                 md = c.list_topics(topic, timeout=10).topics[topic]
                 return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in md.partitions)

@@ -10,12 +10,14 @@ import urllib.request
 from pathlib import Path
 
 from cryptopipe.stack.component import Component, StackContext, port_open, program_block
+from cryptopipe.stack.kafka_auth import client_env
 from cryptopipe.stack.paths import AIRFLOW_PORT, KAFKA_PORT, POSTGRES_PORT, S3_PORT, repo_root
 from cryptopipe.stack.postgres import dsn_for
 from cryptopipe.stack.progress import StepFailed
 
 PROGRAMS = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 ADMIN_USER = "admin"
+AIRFLOW_KAFKA_IDENTITY = "airflow"
 
 
 def airflow_bin(ctx: StackContext) -> str:
@@ -53,7 +55,19 @@ def airflow_env(ctx: StackContext) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "5",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW__WEBSERVER__EXPOSE_CONFIG": "False",
+        # tasks that build Kafka clients from common.settings talk as `airflow`, not as admin
+        **client_env(AIRFLOW_KAFKA_IDENTITY, ctx.env),
     }
+
+
+def kafka_connection_extra(ctx: StackContext) -> dict[str, str]:
+    """The crypto_kafka connection's extra: librdkafka settings as the `airflow` identity (what the
+    supervisor DAG's KafkaAdminClientHook passes to its AdminClient)."""
+    from common.kafka import connection_config
+    from common.settings import Settings
+
+    identity = {k.lower(): v for k, v in client_env(AIRFLOW_KAFKA_IDENTITY, ctx.env).items()}
+    return connection_config(Settings(kafka_bootstrap_servers=f"127.0.0.1:{KAFKA_PORT}", **identity))
 
 
 def connections(ctx: StackContext) -> dict:
@@ -67,8 +81,7 @@ def connections(ctx: StackContext) -> dict:
                       "password": ctx.env["AWS_SECRET_ACCESS_KEY"],
                       "extra": json.dumps({"endpoint_url": f"http://127.0.0.1:{S3_PORT}", "region_name": s.s3_region,
                                            "bucket": s.s3_bucket})},
-        "crypto_kafka": {"conn_type": "kafka",
-                         "extra": json.dumps({"bootstrap.servers": f"127.0.0.1:{KAFKA_PORT}"})},
+        "crypto_kafka": {"conn_type": "kafka", "extra": json.dumps(kafka_connection_extra(ctx))},
     }
 
 

@@ -15,9 +15,10 @@ def print_status(st: dict) -> None:
     console = Console()
     console.print(f"source: [bold]{st['source']}[/bold]   supervisord: "
                   f"{'running' if st['supervisord']['running'] else 'stopped'} ({st['supervisord']['socket']})")
-    table = Table("component", "state", "healthy", "address", "how to use")
+    table = Table("component", "state", "healthy", "address", "how to use", "auth")
     for name, c in st["components"].items():
-        table.add_row(name, c["state"], "yes" if c["healthy"] else "no", c.get("address", ""), c.get("use", ""))
+        table.add_row(name, c["state"], "yes" if c["healthy"] else "no", c.get("address", ""), c.get("use", ""),
+                      c.get("auth", ""))
     console.print(table)
     progs = Table("program", "state", "pid", "uptime")
     for name, p in st["programs"].items():

@@ -37,10 +37,13 @@ def make_context(source: str | None = None) -> StackContext:
 def write_stack_env(ctx: StackContext) -> None:
     from cryptopipe.stack.paths import API_PORT, KAFKA_PORT, S3_PORT
 
+    from cryptopipe.stack.kafka_auth import ADMIN, client_env
+
     values = dict(ctx.env)
     values.update({
         "POSTGRES_DSN": dsn_for(ctx, "cryptopipe"),
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{KAFKA_PORT}",
+        **client_env(ADMIN, ctx.env),      # tools and tests are admin; each daemon gets its own identity
         "S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
         "S3_BUCKET": values.get("S3_BUCKET", "cryptopipe"),
         "SUPERVISOR_SOCKET": str(ctx.paths.supervisor_socket),

@@ -16,6 +16,7 @@ RESOURCES = Path(__file__).resolve().parent / "resources"
 PORT_OFFSET = port_offset()
 KAFKA_PORT = 9092 + PORT_OFFSET
 KAFKA_CONTROLLER_PORT = 9093 + PORT_OFFSET
+KAFKA_INTERNAL_PORT = 9094 + PORT_OFFSET       # the broker's own listener (cryptopipe/stack/kafka.py)
 KAFKA_TOXI_PORT = 19092 + PORT_OFFSET          # Kafka's listener for network-fault tests
 KAFKA_TOXI_PROXY_PORT = 19192 + PORT_OFFSET    # ... and the Toxiproxy port it advertises
 POSTGRES_PORT = 5432 + PORT_OFFSET

@@ -38,7 +38,10 @@ def token(nbytes: int = 18) -> str:
 
 def ensure_generated(values: dict[str, str]) -> dict[str, str]:
     """Fill in the secrets that are missing; keep existing ones."""
+    from cryptopipe.stack.kafka_auth import password_keys
+
     defaults = {
+        **{key: token(24) for key in password_keys()},   # one per Kafka identity (kafka_auth.py)
         "CRYPTOPIPE_PG_PASSWORD": token(),
         "CRYPTOPIPE_AIRFLOW_DB_PASSWORD": token(),
         "AWS_ACCESS_KEY_ID": "cp" + token(9).upper(),

@@ -3,6 +3,7 @@ a unix socket (mode 0700) that the stack manager and Airflow read over XML-RPC."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import xmlrpc.client
 from pathlib import Path
@@ -40,8 +41,21 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 serverurl=unix://{p.supervisor_socket}
 
 """
-    include = f"\n[include]\nfiles = {PIPELINE_CONF}\n"
-    return head + "\n".join(sections) + include
+    return head + "\n".join(sections) + "\n" + pipeline_sections(ctx)
+
+
+def pipeline_sections(ctx: StackContext) -> str:
+    """streaming/supervisord.conf with each program's Kafka password filled in from stack.env:
+    the passwords stay in this 0600 file and in their own program's environment, instead of in
+    supervisord's environment, which every service (Postgres as its own OS user too) inherits."""
+    def password(match: re.Match) -> str:
+        key = match.group(1)
+        if not ctx.env.get(key):
+            raise StepFailed(f"{PIPELINE_CONF} uses {key}, which {ctx.paths.env_file} does not define "
+                             "(cryptopipe/stack/kafka_auth.py generates one per identity)")
+        return ctx.env[key].replace("%", "%%")
+
+    return re.sub(r"%\(ENV_(CRYPTOPIPE_KAFKA_PASSWORD_\w+)\)s", password, PIPELINE_CONF.read_text())
 
 
 def supervisord_env(ctx: StackContext) -> dict[str, str]:

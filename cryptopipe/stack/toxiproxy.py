@@ -10,9 +10,9 @@ The binary is built once from the Go module proxy (`go install …/cmd/server@v2
 into the cache and kept as `<cache>/bin/toxiproxy-server-2.12.0`; later calls reuse it.
 `python -m cryptopipe.stack.toxiproxy` builds it (a CI warm-up step) and prints its path.
 
-Kafka needs the broker to advertise the proxy's address: the stack's broker has a third listener
-for that (`TOXI`, see cryptopipe/stack/kafka.py); `ensure_kafka_toxi_listener()` restarts a broker
-started before that listener existed.
+Kafka needs the broker to advertise the proxy's address: the stack's broker has a listener for
+that (`TOXI`, SCRAM-authenticated like the client listener, see cryptopipe/stack/kafka.py);
+`ensure_kafka_toxi_listener()` restarts a broker started before that listener existed.
 """
 from __future__ import annotations
 
@@ -235,13 +235,13 @@ def kafka_toxi_listener_up(timeout: float = 5.0) -> bool:
     """The stack's broker answers metadata on its TOXI listener (it was started with it)."""
     if not port_open(KAFKA_TOXI_PORT):
         return False
-    from confluent_kafka.admin import AdminClient
+    from common.kafka import make_admin
 
     try:
         # the broker advertises the proxy's port there; metadata alone needs only the bootstrap
         # log_level 0: the advertised proxy port may not be listening yet, which is no news
-        md = AdminClient({"bootstrap.servers": f"127.0.0.1:{KAFKA_TOXI_PORT}", "log_level": 0}
-                         ).list_topics(timeout=timeout)
+        md = make_admin({"bootstrap.servers": f"127.0.0.1:{KAFKA_TOXI_PORT}", "log_level": 0}
+                        ).list_topics(timeout=timeout)
     except Exception:
         return False
     return any(b.port == KAFKA_TOXI_PROXY_PORT for b in md.brokers.values())

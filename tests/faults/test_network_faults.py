@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from common.topics import EXCHANGES, PIPELINE_EVENTS, RAW_TOPICS, TRANSFORMED_TOPICS
-from tests.integration.sinks_util import create_topics, delete_topics
+from tests.integration.sinks_util import create_topics, daemon_identity, delete_topics
 from tests.plugins.pipeline import Figures, PipelineHandle, now_ms, wait_for
 from tests.plugins.sim import SimProcess
 
@@ -166,7 +166,8 @@ def net_chain(stack, toxi_proxies, toxiproxy, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("netfaults")
     run = uuid.uuid4().hex[:8]
     suffix, label = f"_nf{run}", f"netfault-{run}"
-    groups = {"transform": f"nf-transform-{run}", "load": f"nf-load-{run}", "archive": f"nf-archive-{run}"}
+    # named after the daemons' default groups: their Kafka identities may use only those
+    groups = {"transform": f"transformer-nf-{run}", "load": f"loader-nf-{run}", "archive": f"archiver-nf-{run}"}
     topics = create_topics(suffix, stack.topic_partitions)
     sim = SimProcess(["--port", "0", "--symbols", str(SIM_SYMBOLS), "--rate", str(SIM_RATE), "--seed",
                       str(SIM_SEED), "--truth-max", "2000000"])
@@ -179,18 +180,19 @@ def net_chain(stack, toxi_proxies, toxiproxy, tmp_path_factory):
         proxied = dict(base, **toxi_proxies.env)
         py = [sys.executable, "-m", "cryptopipe"]
         symbols = ",".join(private_symbols())
+
+        def start(name: str, args: list[str], env: dict) -> None:
+            # each daemon as its own Kafka identity (SCRAM, also through the proxy's TOXI listener)
+            procs[name] = Proc(name, py + args, dict(env, **daemon_identity(args)), log_dir)
+
         for ex in EXCHANGES:
-            procs[f"extract-{ex}"] = Proc(f"extract-{ex}", py + [
-                "extract", ex, "--symbols", symbols, "--topic-suffix", suffix, "--label", label,
-                "--metrics-port", "0", "--spool-dir", str(log_dir / f"spool-{ex}"), "--heartbeat-seconds", "2"],
-                base, log_dir)
+            start(f"extract-{ex}", ["extract", ex, "--symbols", symbols, "--topic-suffix", suffix, "--label", label,
+                                    "--metrics-port", "0", "--spool-dir", str(log_dir / f"spool-{ex}"),
+                                    "--heartbeat-seconds", "2"], base)
         common_args = ["--topic-suffix", suffix, "--metrics-port", "0"]
-        procs["transform"] = Proc("transform", py + ["transform", "--group", groups["transform"], *common_args],
-                                  proxied, log_dir)
-        procs["load"] = Proc("load", py + ["load", "--group", groups["load"], "--retention-days", "0",
-                                           *common_args], proxied, log_dir)
-        procs["archive"] = Proc("archive", py + ["archive", "--group", groups["archive"], "--max-age", "5",
-                                                 *common_args], proxied, log_dir)
+        start("transform", ["transform", "--group", groups["transform"], *common_args], proxied)
+        start("load", ["load", "--group", groups["load"], "--retention-days", "0", *common_args], proxied)
+        start("archive", ["archive", "--group", groups["archive"], "--max-age", "5", *common_args], proxied)
         chain = NetChain(sim, suffix, label, groups, procs, toxiproxy)
         pg = connect()
         pg.autocommit = True

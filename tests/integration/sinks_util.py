@@ -2,7 +2,9 @@
 
 Every test works on its own topics (`<canonical name>_t<random>`, passed to the daemons with
 `--topic-suffix`) and its own consumer groups, so parallel runs and a running stack never steal
-each other's partitions or records.
+each other's partitions or records. The daemons run as their own Kafka identities (their ACLs
+cover the suffixed topics and groups named after their default group, e.g. `loader-test-...`);
+the helpers here read and write as admin.
 """
 from __future__ import annotations
 
@@ -15,12 +17,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from common import kafka
-from common.kafka import make_producer
 from common.codec.raw import raw_headers  # noqa: F401 - the extractor's headers, for tests
-from common.settings import get_settings
+from common.kafka import make_consumer, make_producer
 from common.topics import DLQ_TOPICS, PIPELINE_EVENTS, RAW_TOPICS, TRANSFORMED_TOPICS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,9 +76,7 @@ def produce_ticks(topic: str, ticks, partitions: int = 3, per_record: int = 100)
 
 def read_topic(topic: str, timeout: float = 60.0) -> list:
     """Every committed record of `topic` (read_committed, up to the end at call time)."""
-    c = Consumer({"bootstrap.servers": get_settings().kafka_bootstrap_servers, "group.id": "reader-" + uuid.uuid4().hex,
-                  "enable.auto.commit": False, "isolation.level": "read_committed",
-                  "auto.offset.reset": "earliest"})
+    c = make_consumer("reader-" + uuid.uuid4().hex)
     try:
         md = c.list_topics(topic, timeout=30).topics[topic]
         parts = [TopicPartition(topic, p, 0) for p in md.partitions]
@@ -103,8 +102,7 @@ def read_topic(topic: str, timeout: float = 60.0) -> list:
 
 def committed(group: str, topic: str, partitions: int) -> dict[int, int]:
     """The group's committed offsets; a partition with no commit counts as 0 (matches an empty one)."""
-    c = Consumer({"bootstrap.servers": get_settings().kafka_bootstrap_servers, "group.id": group,
-                  "enable.auto.commit": False})
+    c = make_consumer(group)
     try:
         for attempt in range(30):       # another test may be restarting the broker: wait it out
             try:
@@ -119,11 +117,20 @@ def committed(group: str, topic: str, partitions: int) -> dict[int, int]:
 
 
 def end_offsets(topic: str, partitions: int) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": get_settings().kafka_bootstrap_servers, "group.id": "w-" + uuid.uuid4().hex})
+    c = make_consumer("w-" + uuid.uuid4().hex)
     try:
         return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(partitions)}
     finally:
         c.close()
+
+
+def daemon_identity(argv: list[str]) -> dict[str, str]:
+    """The Kafka identity `cryptopipe <argv>` runs as under supervisord (KAFKA_SASL_* settings)."""
+    from cryptopipe.stack.kafka_auth import client_env, identity_of_command
+
+    identity = identity_of_command(argv)
+    assert identity, f"no Kafka identity for `cryptopipe {' '.join(argv[:2])}`"
+    return client_env(identity)
 
 
 _RUNNING: list["Daemon"] = []
@@ -155,7 +162,7 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Daemon":
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **daemon_identity(self.args))
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "cryptopipe", *self.args], cwd=ROOT, env=env,
                                      stdout=log, stderr=subprocess.STDOUT)

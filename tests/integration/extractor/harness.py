@@ -25,6 +25,7 @@ from common.codec.raw import frames_of, read_raw_meta
 from common.models import PipelineEvent
 from common.topics import PIPELINE_EVENTS, raw_topic
 from common.exchanges import BadFrame, get_adapter
+from cryptopipe.stack.kafka_auth import client_env
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -124,7 +125,7 @@ def start_extractor(exchange: str, sim, tmp_path: Path, *args: str, label: str |
     raw_start = end_offsets(raw_topic(exchange))
     events_start = end_offsets(PIPELINE_EVENTS)
     env = dict(os.environ, BINANCE_WS_URL=sim.url("BINANCE_WS_URL"), KUCOIN_REST_URL=sim.url("KUCOIN_REST_URL"),
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", **client_env(f"extract-{exchange}"))   # as under supervisord
     log_path = tmp_path / f"extract-{label}.log"
     proc = subprocess.Popen([sys.executable, "-m", "cryptopipe", "extract", exchange, "--label", label,
                              "--metrics-port", "0", "--spool-dir", str(spool_dir), "--heartbeat-seconds", "1",

@@ -40,7 +40,7 @@ def test_loader_metrics_count_records_batches_and_dlq(stack, tmp_path):
         records = [(None, v, h) for _, v, h in ticks_records(good, partitions=1, per_record=1)]  # 10 records
         produce(topic, records + [(b"x", b"not ticks", None)], partition=0)
         port = free_port()
-        d = Daemon(["load", "--group", "m-" + uuid.uuid4().hex, "--topic-suffix", suffix, "--metrics-port", str(port),
+        d = Daemon(["load", "--group", "loader-m-" + uuid.uuid4().hex, "--topic-suffix", suffix, "--metrics-port", str(port),
                     "--retention-days", "0"], tmp_path, "load-metrics").start()
         wait_until(lambda: 'cryptopipe_consumer_dlq_total{component="load"' in scrape(port), 60, "metrics", [d])
         text = scrape(port)

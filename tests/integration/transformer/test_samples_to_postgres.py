@@ -76,10 +76,10 @@ def test_recorded_frames_become_the_expected_rows(pg, topics, tmp_path):
     produce("kucoin_raw_data" + topics,
             [(b"c-k", f, raw_headers(RECEIVED_NS, "c-k", "kucoin")) for f in kframes], partition=1)
     group = uuid.uuid4().hex
-    transformer = Daemon(["transform", "--group", "t" + group, "--topic-suffix", topics, "--instance", group,
+    transformer = Daemon(["transform", "--group", "transformer-" + group, "--topic-suffix", topics, "--instance", group,
                           "--binance-symbols-file", str(symbols_file), "--metrics-port", "0"], tmp_path, "t").start()
-    wait_until(lambda: committed("t" + group, "binance_raw_data" + topics, 3) == end_offsets("binance_raw_data" + topics, 3)
-               and committed("t" + group, "kucoin_raw_data" + topics, 3) == end_offsets("kucoin_raw_data" + topics, 3),
+    wait_until(lambda: committed("transformer-" + group, "binance_raw_data" + topics, 3) == end_offsets("binance_raw_data" + topics, 3)
+               and committed("transformer-" + group, "kucoin_raw_data" + topics, 3) == end_offsets("kucoin_raw_data" + topics, 3),
                120, "the transformer", [transformer])
     out_by = {ex: read_topic(f"{ex}_transformed_data{topics}") for ex in ("binance", "kucoin")}
     out = [t for ex, records in out_by.items() for m in records for t in decode_ticks(m.value(), m.headers(), ex)]
@@ -88,10 +88,10 @@ def test_recorded_frames_become_the_expected_rows(pg, topics, tmp_path):
             cur.execute("DELETE FROM ticks WHERE exchange = %s AND symbol = %s AND sequence = %s "
                         "AND event_time = timestamptz 'epoch' + %s * interval '1 millisecond'",
                         (t.exchange, t.symbol, t.sequence, t.event_time_ms))
-    loader = Daemon(["load", "--group", "l" + group, "--topic-suffix", topics, "--retention-days", "0",
+    loader = Daemon(["load", "--group", "loader-" + group, "--topic-suffix", topics, "--retention-days", "0",
                      "--metrics-port", "0"], tmp_path, "l").start()
     # the loader's commits pass the transaction markers too: committed reaches the end offsets
-    wait_until(lambda: all(committed("l" + group, f"{ex}_transformed_data{topics}", 3)
+    wait_until(lambda: all(committed("loader-" + group, f"{ex}_transformed_data{topics}", 3)
                            == end_offsets(f"{ex}_transformed_data{topics}", 3) for ex in out_by),
                120, "the loader", [loader])
     assert transformer.term() == 0 and loader.term() == 0
