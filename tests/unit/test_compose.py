@@ -75,3 +75,31 @@ def test_the_prices_server_is_in_the_pipeline_image_and_the_native_stack():
     env = COMPOSE["services"]["pipeline"]["environment"]
     assert env["API_PORT"] == str(paths.API_PORT - paths.PORT_OFFSET)
 
+
+def test_kafka_asks_who_is_writing_as_natively():
+    env = COMPOSE["services"]["kafka"]["environment"]
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert env["KAFKA_LISTENER_NAME_INTERNAL_SASL_ENABLED_MECHANISMS"] == "PLAIN"
+    assert env["KAFKA_LISTENER_NAME_CONTROLLER_SASL_ENABLED_MECHANISMS"] == "PLAIN"
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert env["KAFKA_SUPER_USERS"] == "User:broker;User:admin"
+    assert str(env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"]).lower() == "false"
+    fields = {f.upper() for f in Settings.model_fields}
+    for name in ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
+        assert name in fields
+
+
+def test_compose_gives_every_identity_its_password():
+    from cryptopipe.stack.kafka_auth import password_keys
+
+    pipeline_conf = (ROOT / "streaming" / "supervisord.conf").read_text()
+    wanted = set(re.findall(r"%\(ENV_(CRYPTOPIPE_KAFKA_PASSWORD_\w+)\)s", pipeline_conf))
+    assert wanted and wanted <= set(COMPOSE["services"]["pipeline"]["environment"])
+    init = COMPOSE["services"]["init"]
+    assert set(password_keys()) <= set(init["environment"])          # it creates every user
+    assert "cryptopipe.stack.kafka_auth" in " ".join(init["command"])
+    airflow = COMPOSE["services"]["airflow-scheduler"]["environment"]
+    assert airflow["KAFKA_SASL_USERNAME"] == "airflow"
+    assert '"sasl.username": "airflow"' in airflow["AIRFLOW_CONN_CRYPTO_KAFKA"]
