@@ -109,3 +109,34 @@ def test_check_on_real_stack_records_what_it_saw(throwaway_supervisord, airflow_
     assert observed["group"] == groups["transform"]
     assert set(observed["topics"]) == {"binance_raw_data", "kucoin_raw_data"}
     assert "tick_age_s" in rows["extract-binance"][4] and "raw_end" in rows["extract-binance"][4]
+
+
+@pytest.mark.integration
+def test_the_stack_airflow_kafka_identity_reads_what_the_supervisor_needs(stack, stack_ctx, monkeypatch):
+    """crypto_kafka as the stack writes it into Airflow (the `airflow` identity, not admin): the
+    supervisor's Kafka reads work, and that identity can write nothing."""
+    import json
+
+    from confluent_kafka import KafkaError
+
+    from common.topics import RAW_TOPICS
+    from cryptopipe.stack.airflow import kafka_connection_extra
+    from plugins.hooks.pipeline_health import PipelineHealthHook
+    from plugins.supervision import default_watches
+
+    extra = kafka_connection_extra(stack_ctx)
+    assert extra["sasl.username"] == "airflow"
+    monkeypatch.setenv("AIRFLOW_CONN_CRYPTO_KAFKA", json.dumps({"conn_type": "kafka", "extra": extra}))
+    health = PipelineHealthHook()
+    assert set(health.topic_end_offsets(RAW_TOPICS)) == set(RAW_TOPICS)
+    groups = {w.group: w.topics for w in default_watches().values() if w.group}
+    lags = health.group_lags(groups)
+    assert {(lag.group, lag.topic) for lag in lags} == {(g, t) for g, ts in groups.items() for t in ts}
+
+    from confluent_kafka import Producer
+
+    errors = []
+    producer = Producer({**extra, "log_level": 0, "message.timeout.ms": 10_000})
+    producer.produce("binance_raw_data", value=b"from airflow", on_delivery=lambda err, _m: errors.append(err))
+    producer.flush(20)
+    assert errors and errors[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
