@@ -27,9 +27,10 @@ from cryptopipe.stack.paths import (KAFKA_CONTROLLER_PORT, KAFKA_INTERNAL_PORT, 
 from cryptopipe.stack.progress import StepFailed, wait_until
 
 KAFKA_VERSION = "4.4.0"
-# A third listener for network-fault tests: the broker listens on KAFKA_TOXI_PORT and advertises
+# The TOXI listener is for network-fault tests: the broker listens on KAFKA_TOXI_PORT and advertises
 # KAFKA_TOXI_PROXY_PORT, where a Toxiproxy proxy forwards to it (cryptopipe/stack/toxiproxy.py), so
 # clients bootstrapped through the proxy keep talking through it.
+
 
 def require_tool(tool: str, hint: str) -> str:
     path = shutil.which(tool)

@@ -35,9 +35,8 @@ def make_context(source: str | None = None) -> StackContext:
 
 
 def write_stack_env(ctx: StackContext) -> None:
-    from cryptopipe.stack.paths import API_PORT, KAFKA_PORT, S3_PORT
-
     from cryptopipe.stack.kafka_auth import ADMIN, client_env
+    from cryptopipe.stack.paths import API_PORT, KAFKA_PORT, S3_PORT
 
     values = dict(ctx.env)
     values.update({
