@@ -67,6 +67,7 @@ def run(args) -> dict:
     from cryptopipe.bench.ours import env_summary, exchange_env
     from cryptopipe.bench.procs import Proc, SimProc, free_port, python
 
+    from cryptopipe.stack.kafka_auth import LOAD_GROUP, TRANSFORM_GROUP, client_env
     from cryptopipe.stack.manager import ensure_core
 
     ensure_core()           # Kafka, Postgres and S3 of the local stack (started if needed)
@@ -87,23 +88,26 @@ def run(args) -> dict:
         procs.append(sim)
         env = exchange_env(sim.urls)
         api_port = free_port()
+        # each process as its own Kafka identity; groups named after the daemons' own (their ACLs)
         procs.append(Proc("transform", [python(), "-m", "cryptopipe", "transform", "--topic-suffix", suffix, "--group",
-                                        f"benchapi-{run_id}", "--instance", run_id, "--metrics-port", str(free_port()),
+                                        f"{TRANSFORM_GROUP}-benchapi-{run_id}", "--instance", run_id,
+                                        "--metrics-port", str(free_port()),
                                         "--poll-timeout", "0.02", "--batch-size", "500", "--log-level", "WARNING"],
-                          work / "transform.log", env=env).start())
+                          work / "transform.log", env={**env, **client_env("transform")}).start())
         # the loader fills latest_prices, which the server checks subscriptions against
         procs.append(Proc("load", [python(), "-m", "cryptopipe", "load", "--topic-suffix", suffix, "--group",
-                                   f"benchapi-{run_id}-load", "--metrics-port", str(free_port()), "--retention-days", "0",
-                                   "--log-level", "WARNING"], work / "load.log", env=env).start())
+                                   f"{LOAD_GROUP}-benchapi-{run_id}", "--metrics-port", str(free_port()),
+                                   "--retention-days", "0", "--log-level", "WARNING"], work / "load.log",
+                          env={**env, **client_env("load")}).start())
         api = Proc("api", [python(), "-m", "cryptopipe", "serve", "--port", str(api_port), "--topic-suffix", suffix,
                            "--log-level", "WARNING"], work / "api.log",
-                   env={**env, "API_MAX_CONNECTIONS": str(args.clients + 100)}).start()
+                   env={**env, **client_env("api"), "API_MAX_CONNECTIONS": str(args.clients + 100)}).start()
         procs.append(api)
         for ex in EXCHANGES:
             procs.append(Proc(f"extract-{ex}", [python(), "-m", "cryptopipe.bench.extract_isolated", suffix, ex,
                                                 "--metrics-port", str(free_port()), "--spool-dir", str(work / f"spool-{ex}"),
                                                 "--label", f"benchapi{run_id}", "--log-level", "WARNING"],
-                              work / f"extract-{ex}.log", env=env).start())
+                              work / f"extract-{ex}.log", env={**env, **client_env(f"extract-{ex}")}).start())
         deadline = time.monotonic() + 90
         while not scrape(api_port) or metric_sum(scrape(api_port), "cryptopipe_api_tail_records_total") == 0:
             if time.monotonic() > deadline:

@@ -52,6 +52,10 @@ def _topics(names, operation: str) -> tuple[Grant, ...]:
     return tuple(Grant("topic", name, operation) for name in names)
 
 
+# what reading the daemons' progress takes: end offsets of the topics they consume, their groups' offsets
+_PROGRESS = (*_topics(RAW_TOPICS + TRANSFORMED_TOPICS + (PIPELINE_EVENTS,), "DESCRIBE"),
+             *(Grant("group", g, "DESCRIBE") for g in (TRANSFORM_GROUP, LOAD_GROUP, ARCHIVE_GROUP)))
+
 GRANTS: dict[str, tuple[Grant, ...]] = {
     **{f"extract-{ex}": _topics((raw_topic(ex), PIPELINE_EVENTS), "WRITE") for ex in EXCHANGES},
     "transform": (*_topics(RAW_TOPICS, "READ"), *_topics(TRANSFORMED_TOPICS + DLQ_TOPICS, "WRITE"),
@@ -60,11 +64,11 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
     "load": (*_topics(TRANSFORMED_TOPICS + (PIPELINE_EVENTS,) + DLQ_TOPICS, "READ"), *_topics(DLQ_TOPICS, "WRITE"),
              Grant("group", LOAD_GROUP, "READ")),
     "archive": (*_topics(RAW_TOPICS, "READ"), Grant("group", ARCHIVE_GROUP, "READ")),
-    # the prices server: consumer groups named api-... or manual assignment
-    "api": (*_topics(TRANSFORMED_TOPICS, "READ"), Grant("group", API_GROUP_PREFIX, "READ")),
-    # the supervisor DAG: topic end offsets and the daemons' committed offsets, nothing else
-    "airflow": (*_topics(RAW_TOPICS + TRANSFORMED_TOPICS + (PIPELINE_EVENTS,), "DESCRIBE"),
-                *(Grant("group", g, "DESCRIBE") for g in (TRANSFORM_GROUP, LOAD_GROUP, ARCHIVE_GROUP))),
+    # the prices server: its tail reads the ticks (groups api-... or manual assignment); /v1/health
+    # shows the daemons' lag (end offsets and committed offsets, common/consumer_lag.py)
+    "api": (*_topics(TRANSFORMED_TOPICS, "READ"), Grant("group", API_GROUP_PREFIX, "READ"), *_PROGRESS),
+    # the supervisor DAG and Airflow's health view: the daemons' lag, nothing else
+    "airflow": _PROGRESS,
 }
 SCRAM_USERS = (*GRANTS, ADMIN)
 

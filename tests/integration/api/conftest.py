@@ -73,7 +73,9 @@ def api_topics(stack):
 def api_server(stack, api_topics, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("api") / "api.log"
-    env = {**os.environ, **LIMITS, "PYTHONPATH": str(ROOT)}
+    from cryptopipe.stack.kafka_auth import client_env
+
+    env = {**os.environ, **LIMITS, "PYTHONPATH": str(ROOT), **client_env("api")}   # as under supervisord
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "cryptopipe", "serve", "--port", str(port),
                                  "--topic-suffix", api_topics, "--log-level", "INFO"],

@@ -176,7 +176,9 @@ def test_each_daemon_reads_only_what_it_consumes(stack):
     expected = {
         "extract-binance": {"binance_raw_data", "pipeline_events"},
         "archive": {"binance_raw_data", "kucoin_raw_data"},
-        "api": {"binance_transformed_data", "kucoin_transformed_data"},
+        # the prices server also describes the topics whose lag /v1/health shows (it reads none of them)
+        "api": {"binance_transformed_data", "kucoin_transformed_data", "binance_raw_data", "kucoin_raw_data",
+                "pipeline_events"},
         "load": {"binance_transformed_data", "kucoin_transformed_data", "pipeline_events", "binance_dlq",
                  "kucoin_dlq"},
     }
@@ -187,6 +189,24 @@ def test_each_daemon_reads_only_what_it_consumes(stack):
         assert visible & set(ALL_TOPICS) == topics, identity
         # other tests' private topics may exist: only those of its own families
         assert all(any(t.startswith(name) for name in topics) for t in visible), (identity, visible)
+
+
+@pytest.mark.parametrize("identity,topic", [("api", "binance_raw_data"), ("archive", "kucoin_transformed_data"),
+                                            ("airflow", "pipeline_events"), ("extract-binance", "binance_raw_data")])
+def test_describing_a_topic_is_not_reading_it(stack, identity, topic):
+    consumer = make_consumer("api-" + uuid.uuid4().hex, QUIET, settings=as_identity(identity))
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    errors = []
+    for _ in range(20):
+        msg = consumer.poll(0.5)
+        if msg is not None and msg.error():
+            errors.append(msg.error().code())
+            if errors[-1] == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                break
+        else:
+            assert msg is None, f"{identity} read a record of {topic}"
+    consumer.close()
+    assert KafkaError.TOPIC_AUTHORIZATION_FAILED in errors, errors
 
 
 def test_a_daemon_cannot_join_another_daemons_group(stack):
