@@ -83,6 +83,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ramp", default=None, metavar="R1,R2,...",
                    help="--rate max: these steps (ticks/s) instead of x1.5 from --ramp-start, then bisection")
     p.add_argument("--ramp-start", type=float, default=RAMP_START, help=f"first step of --rate max (default {RAMP_START:g})")
+    p.add_argument("--max-steps", type=int, default=12, help="--rate max: at most this many steps per search")
     p.add_argument("--no-past-capacity", action="store_true",
                    help=f"--rate max: skip the step at {PAST_CAPACITY_FACTOR:g}x the maximum (RSS past capacity)")
     p.add_argument("--limits", action=argparse.BooleanOptionalAction, default=None,
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                     peer=args.peer == "cryptofeed", peer_only=args.peer_only, limits=limits,
                     limit_seconds=args.limit_seconds, limit_batch_ticks=args.limit_batch_ticks,
                     profile_dir=Path(args.profile) if args.profile else None,
-                    past_capacity_factor=PAST_CAPACITY_FACTOR)
+                    past_capacity_factor=PAST_CAPACITY_FACTOR, max_steps=args.max_steps)
         doc.update(run_plan(plan, base, settings, lambda m: console.print(m, style="dim")))
     doc["environment_after"] = {"loadavg_1_5_15": env_summary()["loadavg_1_5_15"]}
     render(doc, console)

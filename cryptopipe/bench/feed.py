@@ -72,7 +72,8 @@ def plan(ticks_per_s: float, symbols: int | None = None, seed: int = 7,
         raise ValueError("ticks_per_s must be positive")
     n = symbols if symbols is not None else max(MIN_SYMBOLS, math.ceil(ticks_per_s / TICKS_PER_SYMBOL))
     lo, hi = 0.0, max(1.0, ticks_per_s)
-    while expected(n, hi, seed, exchanges).ticks_per_s < ticks_per_s and hi < 1e8:
+    # the model caps a symbol at 320 trades/s: beyond that a higher rate adds nothing
+    while expected(n, hi, seed, exchanges).ticks_per_s < ticks_per_s and hi < 400 * n:
         lo, hi = hi, hi * 2
     best = expected(n, hi, seed, exchanges)
     if best.ticks_per_s < ticks_per_s:

@@ -134,7 +134,8 @@ def slope(points: list[tuple[float, float]]) -> float | None:
 
 # "Lag does not grow": over the window, the least-squares trend of a group's lag, in seconds of
 # that group's inflow, adds at most this much per second (0.01: less than 0.6 s of feed per
-# minute), or is not distinguishable from no trend at all (within two standard errors of 0).
+# minute), or is not distinguishable from no trend at all (within two standard errors of 0, or
+# less than two records over the window).
 # A consumer keeping 99 % of its feed fails it over 60 s (+0.6 s of feed, a steady climb); the
 # ripple of a batch consumer (about one poll of feed, sampled once a second) moves a 60-sample
 # trend by ~0.002 s/s, and on short windows the standard error keeps that ripple from failing it.
@@ -150,23 +151,30 @@ def lag_verdict(points: list[tuple[float, float]], inflow_per_s: float,
     b, se = tr if tr is not None else (0.0, 0.0)
     growth = b / inflow_per_s if inflow_per_s > 0 else (0.0 if b <= 0 else math.inf)
     significant = b > 2 * se
+    # a lag measured in records cannot be said to grow by less than two of them over the window
+    visible = len(points) >= 2 and b * (points[-1][0] - points[0][0]) >= 2
     return {"max": max(values) if values else None, "last": values[-1] if values else None,
             "mean": sum(values) / len(values) if values else None, "samples": len(values),
             "inflow_records_per_s": inflow_per_s, "slope_records_per_s": b, "slope_se": se,
             "growth_s_per_s": growth, "bound_s_per_s": bound, "significant": significant,
-            "grows": growth > bound and significant}
+            "grows": growth > bound and significant and visible}
 
 
 def rss_trend(samples: list[tuple[float, int]]) -> dict:
-    """Peak, first/last 10 % means (MB) and least-squares slope (MB per minute) of RSS samples."""
+    """Peak, first/last 10 % means (MB) and least-squares slopes (MB per minute) of RSS samples,
+    over the whole window and over its second half (a bounded buffer filling up early in the
+    window, e.g. librdkafka's prefetch queue, shows in the first slope, not in the second)."""
     if not samples:
-        return {"peak_rss_mb": None, "rss_first_mb": None, "rss_last_mb": None, "rss_slope_mb_per_min": None}
+        return {"peak_rss_mb": None, "rss_first_mb": None, "rss_last_mb": None, "rss_slope_mb_per_min": None,
+                "rss_slope_last_half_mb_per_min": None}
     rss = [r for _, r in samples]
     tenth = max(1, len(rss) // 10)
-    s = slope([(t, r / 2**20) for t, r in samples])
+    mb = [(t, r / 2**20) for t, r in samples]
+    whole, half = slope(mb), slope(mb[len(mb) // 2:])
     return {"peak_rss_mb": max(rss) / 2**20, "rss_first_mb": sum(rss[:tenth]) / tenth / 2**20,
             "rss_last_mb": sum(rss[-tenth:]) / tenth / 2**20,
-            "rss_slope_mb_per_min": None if s is None else s * 60,
+            "rss_slope_mb_per_min": None if whole is None else whole * 60,
+            "rss_slope_last_half_mb_per_min": None if half is None else half * 60,
             # every sample (1 s, or 10 s in a soak): the flatness is in the shape, not two means
             "rss_mb_series": [round(r / 2**20, 1) for r in rss]}
 

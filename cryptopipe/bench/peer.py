@@ -214,7 +214,7 @@ def run_cryptofeed(cfg: RunConfig, settings, log=print) -> dict:
     processes = []
     for p in procs:
         cpu = p.cpu_percent()
-        processes.append({"process": p.name, "role": "simulator" if p is sim else "ours", "pid": p.pid,
+        processes.append({"process": p.name, "role": "simulator" if p is sim else "pipeline", "pid": p.pid,
                           "cpu_percent": cpu, "cpu_us_per_stored_tick": cpu_us_per_tick(cpu, pg_rate),
                           **rss_trend(p.rss_samples)})
     for row in infra.rows():

@@ -44,7 +44,7 @@ def search_max(run_step: Callable[[float], dict], start: float, log, steps: list
         return r if fail is None or r["target_ticks_per_s"] < fail["target_ticks_per_s"] else fail
 
     if steps:
-        for rate in steps:
+        for rate in steps[:max_steps]:
             r = run(rate)
             if not r["kept_up"]:
                 fail = r

@@ -43,8 +43,8 @@ def step_rows(result: dict) -> list[tuple[str, str]]:
     if "kafka_records_per_s" in result:
         rows.append(("its Kafka sink, records/s", _f(result["kafka_records_per_s"])))
     cpu = result.get("cpu_us_per_stored_tick") or {}
-    rows.append(("CPU µs per stored tick: ours / simulator / shared / all",
-                 " / ".join(_f(cpu.get(k)) for k in ("ours", "simulator", "shared", "all"))))
+    rows.append(("CPU µs per stored tick: pipeline / simulator / shared / all",
+                 " / ".join(_f(cpu.get(k)) for k in ("pipeline", "simulator", "shared", "all"))))
     if result.get("dlq_records"):
         rows.append(("dead-lettered records", _f(result["dlq_records"])))
     return rows
@@ -64,14 +64,15 @@ def _steps_table(title: str, block: dict) -> Table:
 def _processes_table(title: str, result: dict) -> Table:
     t = Table(title=title)
     for col in ("process", "CPU %", "CPU µs per stored tick", "peak RSS MB", "RSS first/last 10% MB",
-                "RSS slope MB/min"):
+                "RSS slope MB/min: window / 2nd half"):
         t.add_column(col, justify="left" if col == "process" else "right")
     for p in result.get("processes", []):
         name = p["process"] + (" (shared)" if p.get("role") == "shared" else "") + \
             (f" (restarted {len(p['restarts'])}x)" if p.get("restarts") else "")
         t.add_row(name, _f(p.get("cpu_percent")), _f(p.get("cpu_us_per_stored_tick")), _f(p.get("peak_rss_mb")),
                   f"{_f(p.get('rss_first_mb'))} / {_f(p.get('rss_last_mb'))}",
-                  _f(p.get("rss_slope_mb_per_min"), "{:+.2f}"))
+                  f"{_f(p.get('rss_slope_mb_per_min'), '{:+.1f}')} / "
+                  f"{_f(p.get('rss_slope_last_half_mb_per_min'), '{:+.1f}')}")
     return t
 
 
@@ -176,7 +177,7 @@ def _render_limits(limits: dict, head: dict, console: Console) -> None:
     frac = head.get("fraction_of_limit")
     if frac:
         console.print("end to end (shipped defaults) as a fraction of each limit line: "
-                      + ", ".join(f"{k} {v:.0%}" for k, v in frac.items()))
+                      + ", ".join(f"{k} {v:.1%}" for k, v in frac.items()))
 
 
 def write_json(doc: dict, path: str | Path) -> None:

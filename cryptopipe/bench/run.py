@@ -27,6 +27,7 @@ class Plan:
     limit_seconds: float = 10.0
     limit_batch_ticks: int = 10_000
     profile_dir: Path | None = None
+    max_steps: int = 12
 
 
 def _fixed(result: dict) -> dict:
@@ -42,7 +43,8 @@ def run_plan(plan: Plan, base: RunConfig, settings, log) -> dict:
         return run_ours(base.at(rate, **changes), settings, log=log)
 
     def search(step, start: float) -> dict:
-        return search_max(step, start, log, steps=plan.ramp if start == plan.ramp_start else None)
+        return search_max(step, start, log, steps=plan.ramp if start == plan.ramp_start else None,
+                          max_steps=plan.max_steps)
 
     best = None
     if not plan.peer_only:
@@ -56,12 +58,13 @@ def run_plan(plan: Plan, base: RunConfig, settings, log) -> dict:
             if plan.rate is None:
                 start = best["target_ticks_per_s"] if best else plan.ramp_start
                 doc["ours"]["tuned"] = search_max(lambda r: ours(r, label=tuned_label, tuning=plan.tuned,
-                                                                 capture=None), start, log)
+                                                                 capture=None), start, log,
+                                                    max_steps=plan.max_steps)
             else:
                 doc["ours"]["tuned"] = _fixed(ours(plan.rate, label=tuned_label, tuning=plan.tuned, capture=None))
         if plan.rate is None and plan.past_capacity and best:
             rate = plan.past_capacity_factor * best["target_ticks_per_s"]
-            doc["ours"]["past_capacity"] = ours(rate, label="past capacity", capture=None)
+            doc["ours"]["past_capacity"] = ours(rate, label="past capacity", capture=None, drain=False)
     if plan.peer:
         from cryptopipe.bench.peer import PeerUnavailable, run_cryptofeed
 
@@ -132,7 +135,8 @@ def headline(doc: dict) -> dict:
             "verdict": past.get("verdict"),
             "lag_growth_s_per_s": {k: v.get("growth_s_per_s") for k, v in (past.get("lag") or {}).items()},
             "rss": {p["process"]: {"peak_mb": p.get("peak_rss_mb"), "first_mb": p.get("rss_first_mb"),
-                                   "last_mb": p.get("rss_last_mb"), "slope_mb_per_min": p.get("rss_slope_mb_per_min")}
+                                   "last_mb": p.get("rss_last_mb"), "slope_mb_per_min": p.get("rss_slope_mb_per_min"),
+                                   "slope_last_half_mb_per_min": p.get("rss_slope_last_half_mb_per_min")}
                     for p in past.get("processes", []) if p.get("role") != "shared"}}
     limits = doc.get("limits") or {}
     lines = {}
