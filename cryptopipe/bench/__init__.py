@@ -29,7 +29,7 @@ from pathlib import Path
 from rich.console import Console
 
 # the tuned figures' flags (the shipped defaults are the daemons' own); see docs/benchmarks.md
-DEFAULT_TUNED = "--poll-timeout 0.1 --load-workers 2"
+DEFAULT_TUNED = "--poll-timeout 0.05 --batch-linger-ms 50"
 RAMP_START = 5000.0
 PAST_CAPACITY_FACTOR = 2.0
 
@@ -65,8 +65,9 @@ def parse_tuning(flags: str):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cryptopipe bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--rate", default="max",
-                   help="offered ticks/s over both exchanges, or 'max' to search for the maximum sustained rate")
+    p.add_argument("--rate", default="5000",
+                   help="offered ticks/s over both exchanges (default 5000: one step), or 'max' to search for the "
+                        "maximum sustained rate (about 35 minutes with the peer, see docs/benchmarks.md)")
     p.add_argument("--duration", type=float, default=None,
                    help="measured window per step, s (default 60, the shortest window a sustained figure allows; "
                         "3600 with --soak)")
@@ -97,7 +98,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--soak", action="store_true",
                    help="one-hour fixed-rate run (unless --duration is given) sampling RSS every 10 s")
     p.add_argument("--profile", metavar="DIR",
-                   help="run every daemon under cProfile (with --rate max: one extra step at the maximum)")
+                   help="run every daemon under cProfile (with --rate max: one extra step at half the maximum, "
+                        "as cProfile about doubles the daemons' cost)")
     p.add_argument("--json", metavar="PATH", help="write every figure and series as JSON")
     p.add_argument("--work-dir", default=None, help="logs of the child processes (default: a temp dir)")
     p.add_argument("--keep-topics", action="store_true", help="do not delete the steps' Kafka topics")

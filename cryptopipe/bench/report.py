@@ -127,15 +127,16 @@ def render(doc: dict, console: Console | None = None) -> None:
     if limits:
         _render_limits(limits, head, console)
     for name, r in [*columns, ("profiled", ours.get("profiled"))]:
-        for proc, rows in ((r or {}).get("profiles") or {}).items():
-            if not rows:
+        for proc, prof in ((r or {}).get("profiles") or {}).items():
+            if not prof or not prof.get("top"):
                 continue
-            pt = Table(title=f"profile ({name}): {proc}, self time, top {len(rows)}")
-            for col in ("function", "calls", "self s", "self %", "cumulative s"):
+            pt = Table(title=f"profile ({name}): {proc}, busy {prof['busy_s']:.1f} s (waits left out: "
+                             f"{prof['waiting_s']:.1f} s), top {len(prof['top'])} by self time")
+            for col in ("function", "calls", "self s", "% of busy", "cumulative s"):
                 pt.add_column(col, justify="left" if col == "function" else "right")
-            for row in rows:
+            for row in prof["top"]:
                 pt.add_row(row["function"], _f(row["calls"]), _f(row["self_s"], "{:.2f}"),
-                           _f(row["self_pct"], "{:.1f}"), _f(row["cumulative_s"], "{:.2f}"))
+                           _f(row["self_pct_of_busy"], "{:.1f}"), _f(row["cumulative_s"], "{:.2f}"))
             console.print(pt)
 
 
