@@ -25,7 +25,7 @@ from pathlib import Path
 from common.kafka import create_topics, delete_topics
 from cryptopipe.bench.measure import (MIN_SUSTAINED_WINDOW_S, CommitClock, lag_verdict, latency_percentiles,
                                       measure_window, rss_trend)
-from cryptopipe.bench.ours import RunConfig, cpu_totals, cpu_us_per_tick, sim_argv
+from cryptopipe.bench.ours import SETTLED_LAG_S, RunConfig, cpu_totals, cpu_us_per_tick, sim_argv
 from cryptopipe.bench.procs import InfraSampler, Proc, SimProc
 
 CRYPTOFEED_VERSION = "2.4.1"
@@ -159,6 +159,17 @@ def run_cryptofeed(cfg: RunConfig, settings, log=print) -> dict:
             time.sleep(0.5)
         log(f"peer: first rows stored; warming up {cfg.warmup:.0f}s")
         time.sleep(cfg.warmup)
+        # as for ours: the window opens once its Postgres backlog is at most SETTLED_LAG_S of feed
+        settle_start = time.monotonic()
+        settled = False
+        prev, t_prev = received(), time.monotonic()
+        while not settled and time.monotonic() - settle_start < cfg.settle_timeout:
+            time.sleep(2.0)
+            got, now = received(), time.monotonic()
+            inflow = (got - prev) / (now - t_prev)
+            settled = inflow > 0 and got - stored() <= SETTLED_LAG_S * inflow
+            prev, t_prev = got, now
+        settle_s = time.monotonic() - settle_start
 
         series: dict[str, list] = {"t": [], "received": [], "stored": [], "kafka": []}
         infra = InfraSampler()
@@ -229,6 +240,7 @@ def run_cryptofeed(cfg: RunConfig, settings, log=print) -> dict:
         **figures,
         "rows_in_window_postgres": rows_in_window,
         "rows_in_window_by_exchange": per_exchange,
+        "settle_seconds": settle_s, "settled": settled,
         "drain_seconds": drain_s,
         "latency": latency,
         "cpu_us_per_stored_tick": cpu_totals(processes),

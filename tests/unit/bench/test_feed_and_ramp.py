@@ -77,3 +77,30 @@ def test_tuned_flags_are_parsed_named_and_refused_when_unknown():
     assert parse_tuning("").describe() == "shipped defaults"
     with pytest.raises(SystemExit, match="--tuned"):
         parse_tuning("--no-such-flag 1")
+
+
+class _Probe:
+    """A lag probe replaying (lag, high watermark sum) samples."""
+
+    def __init__(self, samples):
+        self.samples = list(samples)
+
+    def sample(self):
+        return self.samples.pop(0) if len(self.samples) > 1 else self.samples[0]
+
+
+def test_the_window_waits_for_the_startup_backlog_to_clear(monkeypatch):
+    from cryptopipe.bench import ours
+
+    now = [0.0]
+    monkeypatch.setattr(ours.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(ours.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    # 50 records/s flow in (100 per 2-s sample); the transformer's lag falls from 1,000 to 90
+    # records (1.8 s of feed)
+    transform = _Probe([(1000, 0), (600, 100), (90, 200)])
+    load = _Probe([(0, 0)])
+    waited, settled = ours._settle({"transform": transform, "load": load}, timeout=60)
+    assert settled and waited == 4.0
+    stuck = _Probe([(1000 + 50 * i, 100 * i) for i in range(100)])
+    waited, settled = ours._settle({"transform": stuck, "load": _Probe([(0, 0)])}, timeout=20)
+    assert not settled and waited >= 20
