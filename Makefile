@@ -23,6 +23,7 @@ status: venv
 
 # The whole suite: unit, integration, end-to-end and fault scenarios on the real stack it starts.
 test: venv
+	@scripts/ensure_chromium.sh >/dev/null
 	@$(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: venv

@@ -1,20 +1,27 @@
 """One REST request budget per exchange, shared by every worker thread of the process.
 
-`budget_for(exchange) -> ExchangeBudget` returns the process-wide budget. Workers call
+`budget_for(exchange, purpose="backfill") -> ExchangeBudget` returns the process-wide budget of
+that purpose: each purpose may spend its own share of the exchange's limit (SHARES: gap
+backfills 80 %, reconciliation 25 %), so that reconciling never takes more than a quarter of
+the exchange's weight whatever the backfills do. Workers call
 `acquire(weight)` before each request (blocks while the local sliding-window budget is spent or
 while the exchange told us to stop) and `observe(status, headers, body)` after each response, so
 that what the server says reaches every worker at once:
 
-- Binance `x-mbx-used-weight-1m` (the IP's weight this minute, counted by the server across all
-  our processes): at or above 90 % of the limit, everyone waits for the next minute.
+What the exchange's answers mean is its plug's (`common.exchanges`: REST_LIMITS,
+`read_rate_headers`, `rate_limited`, `banned_until_ms`); what the budget does about it is here:
+
+- weight used this window (Binance `x-mbx-used-weight-1m`, the IP's weight this minute, counted by
+  the server across all our processes): at or above 90 % of the limit, everyone waits for the
+  next window.
 - The server's own limit replaces the default when it is announced (Binance exchangeInfo
   `rateLimits` REQUEST_WEIGHT per minute, via `set_server_limit`; KuCoin `gw-ratelimit-limit`).
-- KuCoin `gw-ratelimit-remaining` / `gw-ratelimit-reset` (ms): with fewer than 5 % left,
-  everyone waits until the reset.
-- 429 (both) and KuCoin body code 429000: everyone waits `Retry-After` seconds (default 5 s,
-  doubled on repeats).
-- 418 (Binance IP ban): everyone waits until the ban ends (`Retry-After`, or the
-  'banned until <ms>' in the body; default 120 s).
+- weight remaining until a reset (KuCoin `gw-ratelimit-remaining` / `gw-ratelimit-reset`): with
+  fewer than 5 % left, everyone waits until the reset.
+- 429, or a body the plug calls rate-limited (KuCoin code 429000): everyone waits `Retry-After`
+  seconds (default 5 s, doubled on repeats).
+- 418 (IP ban): everyone waits until the ban ends (`Retry-After`, or the end the plug reads in the
+  body, Binance's 'banned until <ms>'; default 120 s).
 
 `backoff(attempt)` is exponential backoff with jitter for transient failures (timeouts, 5xx).
 Clock, sleep and randomness are injectable for tests.
@@ -22,26 +29,17 @@ Clock, sleep and randomness are injectable for tests.
 from __future__ import annotations
 
 import random
-import re
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 
-# Exchange limits (REQUEST_WEIGHT per window) and our share of them: keep headroom for the
-# streaming side and other processes on the same IP.
-LIMITS = {
-    # exchange: (server limit, window seconds, fraction we use)
-    "binance": (6000, 60.0, 0.8),
-    "kucoin": (2000, 30.0, 0.8),
-}
-# Request weights of the endpoints backfill calls.
-WEIGHTS = {
-    "binance": {"ohlcv": 2, "markets": 20},
-    "kucoin": {"ohlcv": 3, "markets": 15},
-}
+from common.exchanges import plug
 
-_BANNED_UNTIL = re.compile(r"banned until (\d{12,14})")
+# The share of an exchange's limit (its plug's REST_LIMITS) each purpose may spend: headroom for
+# the streaming side (KuCoin's bullet-public) and other processes on the same IP; reconciliation,
+# which runs all the time, takes at most a quarter.
+SHARES = {"backfill": 0.8, "reconcile": 0.25}
 
 
 def _header(headers, name: str):
@@ -79,11 +77,12 @@ class ExchangeBudget:
     def __init__(self, exchange: str, *, limit: int | None = None, window_s: float | None = None,
                  share: float | None = None, clock=time.monotonic, wall=time.time, sleep=time.sleep,
                  rng: random.Random | None = None, max_pause_s: float = 900.0):
-        server_limit, default_window, default_share = LIMITS[exchange]
+        self.plug = plug(exchange)
+        limits = self.plug.REST_LIMITS        # the exchange's weight limit per window
         self.exchange = exchange
-        self.server_limit = limit or server_limit
-        self.window_s = window_s or default_window
-        self.capacity = max(1, int(self.server_limit * (share or default_share)))
+        self.server_limit = limit or limits.server_limit
+        self.window_s = window_s or limits.window_s
+        self.capacity = max(1, int(self.server_limit * (share or SHARES["backfill"])))
         self.max_pause_s = max_pause_s
         self._clock, self._wall, self._sleep = clock, wall, sleep
         self._rng = rng or random.Random()
@@ -123,7 +122,7 @@ class ExchangeBudget:
             waited += wait
 
     def set_server_limit(self, limit) -> None:
-        """The exchange announced its limit (Binance exchangeInfo rateLimits, KuCoin gw-ratelimit-limit)."""
+        """The exchange announced its limit (the markets response, or a header)."""
         value = _number(limit)
         if value is None or value < 1:
             return
@@ -150,7 +149,7 @@ class ExchangeBudget:
         if status == 418:
             self.stats.banned += 1
             return self.pause(self._ban_seconds(headers, body))
-        if status == 429 or (self.exchange == "kucoin" and body and '"429000"' in body[:200]):
+        if status == 429 or self.plug.rate_limited(body):
             self.stats.rate_limited += 1
             retry_after = _number(_header(headers, "retry-after"))
             if retry_after is None:
@@ -163,29 +162,25 @@ class ExchangeBudget:
             self._last_429_pause = retry_after
             return self.pause(retry_after + self._rng.uniform(0, 0.25))
         self._last_429_pause = 0.0
-        if self.exchange == "binance":
-            used = _number(_header(headers, "x-mbx-used-weight-1m"))
-            if used is not None and used >= 0.9 * self.server_limit:
-                self.stats.header_pauses += 1
-                return self.pause(60.0 - (self._wall() % 60.0) + 0.5)
-        elif self.exchange == "kucoin":
-            limit = _number(_header(headers, "gw-ratelimit-limit"))
-            if limit is not None and int(limit) != self.server_limit:
-                self.set_server_limit(limit)
-            remaining = _number(_header(headers, "gw-ratelimit-remaining"))
-            reset_ms = _number(_header(headers, "gw-ratelimit-reset"))
-            if remaining is not None and remaining < 0.05 * self.server_limit:
-                self.stats.header_pauses += 1
-                return self.pause((reset_ms / 1000.0 if reset_ms is not None else self.window_s) + 0.25)
+        said = self.plug.read_rate_headers(lambda name: _number(_header(headers, name)))
+        if said.limit is not None and int(said.limit) != self.server_limit:
+            self.set_server_limit(said.limit)
+        if said.used is not None and said.used >= 0.9 * self.server_limit:
+            self.stats.header_pauses += 1
+            window = said.used_window_s
+            return self.pause(window - (self._wall() % window) + 0.5)
+        if said.remaining is not None and said.remaining < 0.05 * self.server_limit:
+            self.stats.header_pauses += 1
+            return self.pause((said.reset_s if said.reset_s is not None else self.window_s) + 0.25)
         return 0.0
 
     def _ban_seconds(self, headers, body: str | None) -> float:
         retry_after = _number(_header(headers, "retry-after"))
         if retry_after is not None:
             return retry_after + 1.0
-        match = _BANNED_UNTIL.search(body or "")
-        if match:
-            return max(1.0, int(match.group(1)) / 1000.0 - self._wall() + 1.0)
+        until_ms = self.plug.banned_until_ms(body)
+        if until_ms is not None:
+            return max(1.0, until_ms / 1000.0 - self._wall() + 1.0)
         return 120.0
 
     # -- transient failures -------------------------------------------------------------------
@@ -196,16 +191,18 @@ class ExchangeBudget:
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
 
-_BUDGETS: dict[str, ExchangeBudget] = {}
+_BUDGETS: dict[tuple[str, str], ExchangeBudget] = {}
 _BUDGETS_LOCK = threading.Lock()
 
 
-def budget_for(exchange: str) -> ExchangeBudget:
-    """The process-wide budget of `exchange` (created on first use)."""
+def budget_for(exchange: str, purpose: str = "backfill") -> ExchangeBudget:
+    """The process-wide budget of `exchange` for `purpose` (a key of SHARES; created on first use)."""
+    if purpose not in SHARES:
+        raise ValueError(f"unknown budget purpose {purpose!r:.40}; choose one of {', '.join(SHARES)}")
     with _BUDGETS_LOCK:
-        budget = _BUDGETS.get(exchange)
+        budget = _BUDGETS.get((exchange, purpose))
         if budget is None:
-            budget = _BUDGETS[exchange] = ExchangeBudget(exchange)
+            budget = _BUDGETS[(exchange, purpose)] = ExchangeBudget(exchange, share=SHARES[purpose])
         return budget
 
 

@@ -1,16 +1,17 @@
 """REST access for backfill: ccxt clients, spot markets, 1-minute candles with exact decimals.
 
-- `known_symbols(exchange) -> set[str]`: canonical symbols of the exchange's active spot
-  markets (cached per process for MARKETS_TTL_S).
+- `known_symbols(exchange, purpose="backfill") -> set[str]`: canonical symbols of the
+  exchange's active spot markets (cached per process for MARKETS_TTL_S).
 - `RestFetcher(exchange)`: one per worker thread (ccxt clients are not shared between threads);
   all fetchers of an exchange share `backfill.ratelimit.budget_for(exchange)`.
   `fetch_minutes(symbol, start, end, now=None) -> FetchResult`: every minute of [start, end)
-  as a `MinuteCandle`, in requests of at most MAX_LIMIT[exchange] minutes (Binance 1000,
-  KuCoin 1500), with every raw response kept (`FetchResult.responses`) for the S3 archive.
+  as a `MinuteCandle`, in requests of at most the plug's CANDLES_PER_REQUEST minutes (Binance
+  1000, KuCoin 1500), with every raw response kept (`FetchResult.responses`) for the S3 archive.
 
 ccxt builds the requests, maps errors and is pointed at settings' REST URLs
 (`common.exchange_clients.make_ccxt`). ccxt turns prices into floats, so the candle values are
-read again, exactly, from the raw body ccxt received (Binance `/api/v3/klines` rows
+read again, exactly, from the raw body ccxt received, in the layout the exchange's plug gives
+(`candle_rows`, CANDLE_COLUMNS, CANDLE_TIME_UNIT_MS: Binance `/api/v3/klines` rows
 `[openTime ms, "o", "h", "l", "c", "v", ...]`; KuCoin `/api/v1/market/candles` rows
 `["time s", "o", "c", "h", "l", "v", "turnover"]`, newest first).
 
@@ -33,17 +34,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 
-from backfill.ratelimit import WEIGHTS, ExchangeBudget, budget_for
-from common.exchange_clients import make_ccxt, spot_symbol_map
+from backfill.ratelimit import ExchangeBudget, budget_for
+from common.exchange_clients import make_ccxt
+from common.exchanges import plug
 from common.symbols import to_ccxt
 
 UTC = timezone.utc
-MAX_LIMIT = {"binance": 1000, "kucoin": 1500}
 MARKETS_TTL_S = 600.0
 SETTLE_S = 30.0     # keep below the gap detector's settle (60 s) so detected gaps are always settled
 _MINUTE = timedelta(minutes=1)
-_KEEP_HEADERS = ("retry-after", "x-mbx-used-weight", "x-mbx-used-weight-1m", "gw-ratelimit-limit",
-                 "gw-ratelimit-remaining", "gw-ratelimit-reset", "content-type", "date")
+_KEEP_HEADERS = ("retry-after", "content-type", "date")      # and each exchange's RATE_HEADERS
 
 
 class FetchError(RuntimeError):
@@ -113,11 +113,12 @@ def _markets(exchange: str, client=None, budget: ExchangeBudget | None = None) -
             return cached[1]
         import ccxt
 
+        the_plug = plug(exchange)
         client = client or make_ccxt(exchange, enableRateLimit=False)
         budget = budget or budget_for(exchange)
         waited = 0.0
         while True:
-            budget.acquire(WEIGHTS[exchange]["markets"])
+            budget.acquire(the_plug.REST_LIMITS.weights["markets"])
             try:
                 markets = client.load_markets(reload=True)
                 break
@@ -133,26 +134,17 @@ def _markets(exchange: str, client=None, budget: ExchangeBudget | None = None) -
             except Exception as e:  # ccxt errors: tell the operator which exchange and why
                 raise FetchError(f"cannot load {exchange} markets from {client.urls.get('api')!s:.120}: "
                                  f"{type(e).__name__}: {str(e)[:300]}", retryable=True) from e
-        if exchange == "binance":
-            _learn_weight_limit(client.last_http_response, budget)
+        announced = the_plug.server_limit_from_markets(client.last_http_response)
+        if announced is not None:
+            budget.set_server_limit(announced)
         _MARKETS[exchange] = (time.monotonic(), markets)
         return markets
 
 
-def _learn_weight_limit(body, budget: ExchangeBudget) -> None:
-    """exchangeInfo `rateLimits`: REQUEST_WEIGHT per 1 MINUTE is the budget's server limit."""
-    try:
-        for item in json.loads(body or "{}").get("rateLimits") or []:
-            if (item.get("rateLimitType") == "REQUEST_WEIGHT" and item.get("interval") == "MINUTE"
-                    and int(item.get("intervalNum", 1)) == 1):
-                budget.set_server_limit(item.get("limit"))
-    except (ValueError, TypeError, AttributeError):
-        pass      # no usable announcement: keep the documented default
-
-
-def known_symbols(exchange: str) -> set[str]:
-    """Canonical BASE-QUOTE of every active spot market of `exchange`."""
-    return set(spot_symbol_map(_markets(exchange)).values())
+def known_symbols(exchange: str, purpose: str = "backfill") -> set[str]:
+    """Canonical BASE-QUOTE of every active spot market of `exchange` (a reload is paid from the
+    budget of `purpose`, backfill.ratelimit.SHARES)."""
+    return set(plug(exchange).symbol_map(_markets(exchange, budget=budget_for(exchange, purpose))).values())
 
 
 def forget_markets() -> None:
@@ -174,18 +166,13 @@ def _dec(value, what: str) -> Decimal:
 
 def parse_candle_rows(exchange: str, body: str) -> dict[datetime, tuple[Decimal, ...]]:
     """Raw klines/candles body -> {open_time: (open, high, low, close, volume)} (exact)."""
+    the_plug = plug(exchange)
     try:
-        data = json.loads(body)
-    except (TypeError, ValueError):
-        raise FetchError(f"{exchange} candles response is not JSON: {str(body)[:120]!r}") from None
-    if exchange == "kucoin":
-        if not isinstance(data, dict) or str(data.get("code")) != "200000":
-            raise FetchError(f"kucoin candles response has no data: {str(body)[:200]!r}")
-        rows, seconds, order = data.get("data") or [], True, (1, 3, 4, 2, 5)
-    else:
-        rows, seconds, order = data, False, (1, 2, 3, 4, 5)
-    if not isinstance(rows, list):
-        raise FetchError(f"{exchange} candles response is not a list of rows: {str(body)[:200]!r}")
+        rows = the_plug.candle_rows(json.loads(body))
+    except (TypeError, ValueError) as exc:
+        reason = str(exc) if not isinstance(exc, json.JSONDecodeError) else f"{exchange} candles response is not JSON"
+        raise FetchError(f"{reason}: {str(body)[:200]!r}") from None
+    columns, unit_ms = the_plug.CANDLE_COLUMNS, the_plug.CANDLE_TIME_UNIT_MS
     out = {}
     for row in rows:
         if not isinstance(row, list) or len(row) < 6:
@@ -194,10 +181,10 @@ def parse_candle_rows(exchange: str, body: str) -> dict[datetime, tuple[Decimal,
             ts = int(row[0])
         except (TypeError, ValueError):
             raise FetchError(f"malformed {exchange} candle time: {str(row[0])[:40]!r}") from None
-        ms = ts * 1000 if seconds else ts
+        ms = ts * unit_ms
         if ms % 60_000:
             raise FetchError(f"{exchange} candle time {ts} is not the start of a minute")
-        o, h, l, c, v = (_dec(row[i], name) for i, name in zip(order, ("open", "high", "low", "close", "volume")))
+        o, h, l, c, v = (_dec(row[i], name) for i, name in zip(columns, ("open", "high", "low", "close", "volume")))
         out[datetime.fromtimestamp(ms // 1000, tz=UTC)] = (o, h, l, c, v)
     return out
 
@@ -208,6 +195,7 @@ class RestFetcher:
     def __init__(self, exchange: str, *, client=None, budget: ExchangeBudget | None = None,
                  sleep=time.sleep, max_attempts: int = 6, max_wait_s: float = 900.0):
         self.exchange = exchange
+        self.plug = plug(exchange)
         self.budget = budget or budget_for(exchange)
         self.client = client if client is not None else make_ccxt(exchange, enableRateLimit=False)
         self._sleep = sleep
@@ -219,9 +207,10 @@ class RestFetcher:
 
     def _install_capture(self) -> None:
         original = self.client.on_rest_response
+        keep = _KEEP_HEADERS + self.plug.RATE_HEADERS
 
         def capture(code, reason, url, method, headers, body, request_headers, request_body):
-            kept = {k.lower(): str(v) for k, v in (headers or {}).items() if k.lower() in _KEEP_HEADERS}
+            kept = {k.lower(): str(v) for k, v in (headers or {}).items() if k.lower() in keep}
             self._captured.append(RawResponse(url=str(url), status=int(code or 0), headers=kept,
                                               body=body if isinstance(body, str) else str(body),
                                               received_at=datetime.now(UTC).isoformat()))
@@ -239,10 +228,10 @@ class RestFetcher:
         import ccxt
 
         since_ms = int(since.timestamp() * 1000)
-        params = {"until": since_ms + minutes * 60_000 - 1} if self.exchange == "binance" else {}
+        params = self.plug.ohlcv_params(since_ms, minutes)
         attempts, waited = 0, 0.0
         while True:
-            self.budget.acquire(WEIGHTS[self.exchange]["ohlcv"])
+            self.budget.acquire(self.plug.REST_LIMITS.weights["ohlcv"])
             self._captured.clear()
             result.requests += 1
             try:
@@ -285,7 +274,7 @@ class RestFetcher:
         result = FetchResult()
         since = start
         while since < end:
-            minutes = min(MAX_LIMIT[self.exchange], int((end - since).total_seconds() // 60))
+            minutes = min(self.plug.CANDLES_PER_REQUEST, int((end - since).total_seconds() // 60))
             response = self._request(symbol, since, minutes, result)
             result.responses.append(response)
             rows = parse_candle_rows(self.exchange, response.body)

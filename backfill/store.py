@@ -1,10 +1,12 @@
 """Where backfill writes: `candles_1m` (source 'rest'), `backfill_chunks`, and S3 `backfill/`.
 
 - `write_chunk(conn, exchange, symbol, start, end, candles, *, s3_key, requests, record_done)`:
-  one transaction: upsert the candles, and (if record_done) mark the chunk done. Returns
-  (rows_written, empty_minutes). A REST candle replaces whatever is stored for the minute
-  (a 'stream' candle, an older REST answer); an identical REST row is left untouched, so a
-  re-run writes nothing.
+  one transaction: lock what is stored for the chunk's minutes, upsert the candles, add what
+  they say about the replaced stream candles to `candle_checks` (backfill.checks), and (if
+  record_done) mark the chunk done. Returns a `Written`. A REST candle replaces whatever is
+  stored for the minute (a 'stream' candle, an older REST answer); an identical REST row is
+  left untouched, so a re-run writes nothing (and checks nothing: a replaced stream candle is
+  counted once).
 - `chunk_done(conn, exchange, symbol, start, end) -> bool`: a finished chunk covers [start, end).
 - `archive_responses(s3, ...)`: the raw REST responses of a chunk, gzip JSON, at
   `common.s3.backfill_response_key(exchange, symbol, '1m', start, end)`; a re-run overwrites
@@ -15,9 +17,11 @@ from __future__ import annotations
 import gzip
 import json
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from psycopg2.extras import execute_values
 
+from backfill import checks
 from backfill.rest import MinuteCandle, RawResponse
 from common.s3 import backfill_response_key
 
@@ -56,12 +60,32 @@ def chunk_done(conn, exchange: str, symbol: str, start: datetime, end: datetime)
         return cur.fetchone() is not None
 
 
+class Written(NamedTuple):
+    rows: int                  # candles inserted or changed
+    empty: int                 # minutes confirmed empty
+    stream_compared: int       # stream candles replaced and held against the exchange's
+    stream_differing: int      # of those, different from the exchange's
+    stream_missing: int        # minutes the exchange traded in and the stream stored nothing for
+
+
+def _stored_for_update(cur, exchange: str, symbol: str, start: datetime, end: datetime) -> dict:
+    """{open_time: (open, high, low, close, volume, source)} of [start, end), locked (minute
+    order, as the loader locks) so that no tick changes a stream candle between check and write."""
+    cur.execute("SELECT open_time, open, high, low, close, volume, source FROM candles_1m "
+                "WHERE exchange = %s AND symbol = %s AND open_time >= %s AND open_time < %s "
+                "ORDER BY open_time FOR UPDATE", (exchange, symbol, start, end))
+    return {r[0]: r[1:] for r in cur.fetchall()}
+
+
 def write_chunk(conn, exchange: str, symbol: str, start: datetime, end: datetime,
                 candles: list[MinuteCandle], *, s3_key: str | None, requests: int,
-                record_done: bool) -> tuple[int, int]:
+                record_done: bool) -> Written:
     empty = sum(1 for c in candles if c.confirmed_empty)
     with conn, conn.cursor() as cur:
+        stored = _stored_for_update(cur, exchange, symbol, start, end)
+        found = checks.minute_checks(stored, candles, stream_since=checks.stream_since(cur, exchange))
         written = upsert_candles(cur, exchange, symbol, candles)
+        checks.record(cur, exchange, found)
         if record_done:
             cur.execute("""
                 INSERT INTO backfill_chunks (exchange, symbol, chunk_start, chunk_end, status, rows_written,
@@ -72,7 +96,8 @@ def write_chunk(conn, exchange: str, symbol: str, start: datetime, end: datetime
                     empty_minutes = EXCLUDED.empty_minutes, requests = backfill_chunks.requests + EXCLUDED.requests,
                     s3_key = EXCLUDED.s3_key, error = NULL, updated_at = now()""",
                         (exchange, symbol, start, end, written, empty, requests, s3_key))
-    return written, empty
+    return Written(written, empty, sum(c.compared for c in found), sum(c.differing for c in found),
+                   sum(c.missing for c in found))
 
 
 def record_failure(conn, exchange: str, symbol: str, start: datetime, end: datetime, error: str,

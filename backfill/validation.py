@@ -6,7 +6,7 @@ lists every problem in words a person understands, e.g.
 ``end (2024-05-01 10:00 UTC) must be after start (2024-05-01 12:00 UTC)``.
 
 Rules:
-- exchange: 'binance' or 'kucoin' (case-insensitive).
+- exchange: a registered exchange (common.exchanges: 'binance', 'kucoin'), case-insensitive.
 - symbols: a list of strings, a comma-separated string, or 'ALL' (every symbol the exchange
   lists as an active spot market). Each symbol is canonical BASE-QUOTE; 'btc/usdt' and 'btc-usdt'
   are accepted and normalized. Anything with non-ASCII characters, quotes, semicolons, slashes

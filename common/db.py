@@ -27,6 +27,14 @@ def transaction(dsn: str | None = None):
         conn.close()
 
 
+@contextmanager
+def cursor(dsn: str | None = None):
+    """A cursor inside `transaction()`: its work commits on success, rolls back on error, and
+    the connection is closed either way. The one way the backfill modules talk to Postgres."""
+    with transaction(dsn) as conn, conn.cursor() as cur:
+        yield cur
+
+
 def migration_files() -> list[Path]:
     return sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.sql"))
 

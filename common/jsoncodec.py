@@ -7,7 +7,7 @@ or BOM-prefixed text, a lone surrogate escape) and the precise error of bad inpu
 
 Exactness: orjson decodes a JSON number with a fraction or exponent (and an integer beyond 64
 bits) as float. No reader in this project accepts a float: prices, sizes and volumes must be JSON
-*strings* of plain decimal notation (`streaming.exchanges.base._decimal`, the loader's
+*strings* of plain decimal notation (`common.exchanges.fields._decimal`, the loader's
 `tick_copy_line`), times and sequences must be ints — so such a number is rejected as mistyped,
 as it was when it decoded as Decimal, and no price ever passes through float. Prices become
 Decimal from their strings only.

@@ -23,6 +23,16 @@ def dt_to_ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def iso_utc(dt: datetime) -> str:
+    """The one text form of a time on the project's HTTP/websocket wire: ISO-8601, UTC, 'Z',
+    milliseconds (the exchanges' precision), e.g. 2026-11-25T08:00:00.123Z."""
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def decimal_text(value: Decimal) -> str:
+    """A price as a JSON string in plain notation (never 1.1E-7, never through float)."""
+    return format(value, "f")
+
 
 @dataclass(frozen=True, slots=True)
 class Tick:

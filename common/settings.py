@@ -90,6 +90,32 @@ class Settings(BaseSettings):
     # backfill limits
     backfill_max_window_hours: int = 24 * 7
 
+    # reconciliation (backfill/reconcile.py, DAG crypto_reconcile, `cryptopipe reconcile`): every
+    # minute closed at least `reconcile_settle_seconds` ago gets the exchange's own candle
+    reconcile: bool = True                      # RECONCILE=off: live prices only, no reconciliation
+    reconcile_settle_seconds: int = Field(120, ge=0, le=24 * 3600)
+    reconcile_interval_minutes: int = Field(5, ge=1, le=24 * 60)   # crypto_reconcile's schedule
+    # where the first run of an exchange starts: its first stream session's minute, at most this far back
+    reconcile_lookback_hours: float = Field(6.0, gt=0, le=24 * 31)
+    # the most minutes one run reconciles per exchange (a run costs one request per symbol per
+    # 1,000 (Binance) / 1,500 (KuCoin) minutes, so catching up after downtime is cheap)
+    reconcile_max_minutes: int = Field(360, ge=1, le=24 * 60)
+    # the prices server (`cryptopipe serve`, supervisord program `api`)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_db_pool_size: int = Field(4, ge=1, le=64)
+    api_max_connections: int = Field(1000, ge=1)          # open websockets
+    api_max_symbols: int = Field(200, ge=1)               # symbols per request / per websocket subscription
+    api_max_candle_window_hours: int = Field(24 * 7, ge=1)
+    api_candles_page_size: int = Field(1000, ge=1, le=10_000)
+    api_client_queue: int = Field(5000, ge=10)            # ticks waiting per websocket before it is conflated
+    api_slow_client_seconds: float = Field(10.0, gt=0)    # conflated and still behind this long: disconnected
+    api_health_cache_seconds: float = Field(5.0, ge=0)
+
+    # cross-exchange validation (DAG crypto_cross_check)
+    cross_check_threshold_bps: float = Field(50.0, gt=0)
+    cross_check_min_minutes: int = Field(3, ge=1)
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split_symbols(cls, value):

@@ -1,4 +1,5 @@
-"""The one symbol normalizer: every exchange's symbol becomes canonical `BASE-QUOTE`.
+"""The one symbol normalizer: every exchange's symbol becomes canonical `BASE-QUOTE` (each
+exchange's own spelling is its plug's: `common.exchanges`, `market_id` and `symbol_map`).
 
 Canonical symbols are upper-case ASCII letters and digits joined by one dash. Anything else
 (quotes, semicolons, slashes, `..`, unicode) is rejected here, so no hostile exchange text can
@@ -28,11 +29,6 @@ def check_canonical(symbol: str) -> str:
     return symbol
 
 
-def from_kucoin(symbol: str) -> str:
-    """KuCoin spells symbols BASE-QUOTE already."""
-    return check_canonical(symbol.upper() if isinstance(symbol, str) else symbol)
-
-
 def from_ccxt(symbol: str) -> str:
     """ccxt spells spot symbols BASE/QUOTE."""
     base, sep, quote = symbol.partition("/")
@@ -44,41 +40,3 @@ def from_ccxt(symbol: str) -> str:
 def to_ccxt(symbol: str) -> str:
     base, quote = check_canonical(symbol).split("-")
     return f"{base}/{quote}"
-
-
-def to_binance(symbol: str) -> str:
-    return check_canonical(symbol).replace("-", "")
-
-
-class BinanceSymbolMap:
-    """Binance spells symbols BASEQUOTE with no separator; the split comes from exchangeInfo.
-
-    Built from exchangeInfo `symbols` entries; only `TRADING` symbols are kept.
-    """
-
-    def __init__(self, entries: dict[str, str] | None = None):
-        self._map: dict[str, str] = dict(entries or {})
-
-    @classmethod
-    def from_exchange_info(cls, info: dict) -> "BinanceSymbolMap":
-        entries = {}
-        for item in info.get("symbols", []):
-            if item.get("status") != "TRADING":
-                continue
-            try:
-                entries[item["symbol"]] = canonical(item["baseAsset"], item["quoteAsset"])
-            except (KeyError, InvalidSymbol):
-                continue
-        return cls(entries)
-
-    def __len__(self) -> int:
-        return len(self._map)
-
-    def __contains__(self, raw: str) -> bool:
-        return raw in self._map
-
-    def get(self, raw: str) -> str | None:
-        return self._map.get(raw)
-
-    def canonical_symbols(self) -> list[str]:
-        return sorted(self._map.values())

@@ -1,7 +1,7 @@
 """Kafka topic names (DESIGN.md) and their layout."""
 from __future__ import annotations
 
-EXCHANGES = ("binance", "kucoin")
+from common.exchanges import EXCHANGES  # noqa: F401 - the registry's names, re-exported for the topics' users
 
 PIPELINE_EVENTS = "pipeline_events"
 

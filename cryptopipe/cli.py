@@ -17,8 +17,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "archive": ("streaming.archiver", "main", "raw topics -> S3 (gzip JSONL)"),
     "backfill": ("backfill.cli", "backfill_main", "fill 1-minute candles from the exchanges' REST APIs"),
     "gaps": ("backfill.cli", "gaps_main", "detect and list gaps in the stored history"),
+    "reconcile": ("backfill.cli", "reconcile_main", "replace closed minutes' stream candles by the exchange's; --status"),
+    "serve": ("streaming.api.server", "main", "the prices server: REST, websocket and page on 127.0.0.1:8000"),
+    "cross-check": ("backfill.cross_check", "main", "compare the exchanges' closes; record divergences"),
     "sim": ("sim.cli", "main", "run the Binance/KuCoin exchange simulator on loopback"),
     "bench": ("cryptopipe.bench", "main", "end-to-end benchmark on the real stack"),
+    "bench-api": ("cryptopipe.bench.api", "main", "websocket fan-out benchmark of the prices server"),
     "peek": ("cryptopipe.peek", "main", "look at the data: peek topic NAME | peek s3 [PREFIX] | peek sql"),
 }
 

@@ -1,5 +1,6 @@
 """crypto_backfill — fill 1-minute candles from the exchanges' REST APIs (manual or triggered by
-crypto_gap_detection). Validate → plan chunks → one mapped task per chunk (or batch) → summary.
+crypto_gap_detection). Validate → plan chunks → one mapped task per chunk (or batch) → summary:
+the stages of the one backfill service (backfill.fill), the gaps settled once at the end.
 
 The trigger form validates types (Params); `validate` checks the rest on the server and fails the
 run with a message a person understands (end after start, window within the configured maximum,
@@ -10,6 +11,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
+
+from common.exchanges import EXCHANGES
 
 SYMBOL_PATTERN = r"^(ALL|[A-Za-z0-9]{1,20}[-/][A-Za-z0-9]{1,20})$"
 
@@ -22,7 +25,7 @@ SYMBOL_PATTERN = r"^(ALL|[A-Za-z0-9]{1,20}[-/][A-Za-z0-9]{1,20})$"
     tags=["cryptopipe", "backfill"],
     doc_md=__doc__,
     params={
-        "exchange": Param("binance", type="string", enum=["binance", "kucoin"], title="Exchange"),
+        "exchange": Param(EXCHANGES[0], type="string", enum=list(EXCHANGES), title="Exchange"),
         "symbols": Param(["ALL"], type="array", minItems=1, maxItems=2000,
                          items={"type": "string", "pattern": SYMBOL_PATTERN},
                          title="Symbols", description="BASE-QUOTE symbols such as BTC-USDT, one per line, "

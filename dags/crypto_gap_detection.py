@@ -1,7 +1,8 @@
 """crypto_gap_detection — every 15 minutes (CRYPTOPIPE_GAP_DETECTION_MINUTES), never two at once:
-detect and record gaps in the stored history (backfill.gaps), then trigger one crypto_backfill
+detect and record gaps in the stored history (backfill.detect), then trigger one crypto_backfill
 run per open gap with its parameters in the run's conf. The backfill run claims the gap and marks
-it filled (or failed, with the reason). Logic: plugins/backfill_tasks.py, backfill/gaps.py.
+it filled (or failed, with the reason). Logic: plugins/backfill_tasks.py, backfill/detect.py,
+backfill/gap_store.py.
 """
 from __future__ import annotations
 

@@ -1,7 +1,11 @@
 """What the tasks of `crypto_backfill` and `crypto_gap_detection` do, as plain functions.
 
 The DAG files only wire these; the backfill logic itself (validation, chunk planning, REST
-fetching, gap lifecycle) is `backfill/`'s. Every function takes and returns plain JSON (XCom).
+fetching, gap lifecycle) is `backfill/`'s. crypto_backfill runs the stages of the one backfill
+service (`backfill.fill`) as tasks: `validate` (and claim, and read the exchange's listed
+symbols once, before any lock), `plan` (`plan_chunks`), one `fill_chunks` per batch
+(`fill(..., settle_gaps=False)`), `summarize` (`backfill.fill.settle` once every batch ended).
+Every function takes and returns plain JSON (XCom).
 Exceptions meant for people: `InvalidParams` (the request must not run; no retry).
 """
 from __future__ import annotations
@@ -40,7 +44,9 @@ def _gap_ids(params: dict) -> list[int]:
 
 
 def validate_params(params: dict, *, now: datetime | None = None, known_symbols=None) -> dict:
-    """Trigger params -> {"request": BackfillRequest dict, "dry_run", "gap_ids", "max_tasks"}.
+    """Trigger params -> {"request": BackfillRequest dict, "dry_run", "gap_ids", "max_tasks",
+    "listed"}: `listed` is what the exchange lists, read here (validation reads it anyway) so
+    that settling the gaps at the end asks no exchange anything.
 
     Raises InvalidParams listing every problem ("end (...) must be after start (...)", "kucoin has
     no active spot market FOO-BAR", ...). Gaps named in `gap_ids` are left as they are: bad
@@ -50,6 +56,9 @@ def validate_params(params: dict, *, now: datetime | None = None, known_symbols=
     from backfill.validation import InvalidBackfillRequest, validate_request
 
     gap_ids = _gap_ids(params)
+    if known_symbols is None:
+        from backfill.rest import known_symbols as fetch_known
+        known_symbols = fetch_known         # cached per process: the read below is validation's own
     try:
         request = validate_request(params.get("exchange"), params.get("symbols"), params.get("start"),
                                    params.get("end"), now=now, known_symbols=known_symbols)
@@ -61,8 +70,9 @@ def validate_params(params: dict, *, now: datetime | None = None, known_symbols=
     max_tasks = params.get("max_tasks", DEFAULT_MAX_TASKS)
     if not isinstance(max_tasks, int) or isinstance(max_tasks, bool) or not 1 <= max_tasks <= 256:
         raise InvalidParams(f"max_tasks must be a whole number from 1 to 256, got {str(max_tasks)[:40]}")
+    listed = known_symbols(request.exchange) if callable(known_symbols) else known_symbols
     return {"request": request.to_dict(), "dry_run": bool(params.get("dry_run", False)), "gap_ids": gap_ids,
-            "max_tasks": max_tasks}
+            "max_tasks": max_tasks, "listed": sorted(listed)}
 
 
 def validate_and_claim(params: dict, *, now: datetime | None = None, known_symbols=None) -> dict:
@@ -74,9 +84,9 @@ def validate_and_claim(params: dict, *, now: datetime | None = None, known_symbo
 
 def claim_gaps(gap_ids: Iterable[int]) -> list[int]:
     """open|failed -> backfilling; returns the ids this run owns (others are someone else's)."""
-    from backfill.gaps import claim
+    from backfill import gap_store
 
-    owned = [gap_id for gap_id in gap_ids if claim(gap_id)]
+    owned = [gap_id for gap_id in gap_ids if gap_store.claim(gap_id)]
     skipped = sorted(set(gap_ids) - set(owned))
     if skipped:
         log.info("gaps %s are already being filled or filled; not claimed", skipped)
@@ -108,11 +118,13 @@ def run_batch(request: dict, batch: Sequence[dict], workers: int = 2) -> dict:
 
     Raises BackfillFailed when a chunk failed, so Airflow retries the task; chunks already done
     are skipped on the retry (the engine is resumable)."""
-    from backfill.engine import Chunk, run_backfill
+    from backfill.engine import Chunk
+    from backfill.fill import fill
     from backfill.validation import BackfillRequest
 
     chunks = [Chunk.from_dict(c) for c in batch]
-    summary = run_backfill(BackfillRequest.from_dict(request), workers=workers, chunks=chunks)
+    # the gaps are settled once, by `summarize`, when every batch has ended
+    summary = fill(BackfillRequest.from_dict(request), workers=workers, chunks=chunks, settle_gaps=False).summary
     out = summary.to_dict()
     log.info("batch: %d chunks, %d done, %d skipped, %d partial, %d failed, %d rows, %d requests",
              out["chunks_total"], out["chunks_done"], out["chunks_skipped"], out["chunks_partial"],
@@ -124,7 +136,8 @@ def run_batch(request: dict, batch: Sequence[dict], workers: int = 2) -> dict:
 
 
 _COUNTERS = ("chunks_total", "chunks_done", "chunks_skipped", "chunks_partial", "chunks_failed", "rows_written",
-             "empty_minutes", "requests", "retries", "rate_limit_waits")
+             "empty_minutes", "stream_compared", "stream_differing", "stream_missing", "requests", "retries",
+             "rate_limit_waits")
 
 
 def summarize(validated: dict, stats: dict, results: Sequence[dict | None], batches_planned: int) -> dict:
@@ -132,9 +145,10 @@ def summarize(validated: dict, stats: dict, results: Sequence[dict | None], batc
 
     A batch with no result failed for good (all retries used). Gaps inside the window become
     `filled` only when every chunk is done or skipped; otherwise the gaps this run claimed
-    (`owned_gap_ids`) become `failed` with the reason. `summary["ok"]` says whether it all worked.
+    (`owned_gap_ids`) become `failed` with the reason (backfill.fill.settle). `summary["ok"]`
+    says whether it all worked.
     """
-    from backfill.gaps import mark, mark_covered
+    from backfill.fill import settle
     from backfill.validation import BackfillRequest
 
     got = [r for r in results if r]
@@ -149,25 +163,12 @@ def summarize(validated: dict, stats: dict, results: Sequence[dict | None], batc
         return summary
     complete = failed_batches == 0 and total["chunks_failed"] == 0 and total["chunks_partial"] == 0
     summary["ok"] = complete
-    request = BackfillRequest.from_dict(validated["request"])
-    if complete:
-        summary["gaps_filled"] = mark_covered(request)
-    for gap_id in validated.get("owned_gap_ids", []):
-        if gap_id in summary["gaps_filled"]:
-            continue
-        if complete:
-            # a gap named by the trigger but not inside the window (clamped to closed minutes)
-            gap = mark(gap_id, "open")
-            log.warning("gap %s (%s..%s) not entirely inside the backfilled window; reopened",
-                        gap_id, gap.gap_start, gap.gap_end)
-            continue
-        reason = (f"{failed_batches} of {batches_planned} tasks failed" if failed_batches else
-                  f"{total['chunks_failed']} chunks failed, {total['chunks_partial']} not settled yet")
-        try:
-            mark(gap_id, "failed", rows_filled=total["rows_written"], error=reason)
-            summary["gaps_failed"].append(gap_id)
-        except (LookupError, ValueError) as e:
-            log.warning("gap %s not marked failed: %s", gap_id, e)
+    reason = (f"{failed_batches} of {batches_planned} tasks failed" if failed_batches else
+              f"{total['chunks_failed']} chunks failed, {total['chunks_partial']} not settled yet")
+    settled = settle(BackfillRequest.from_dict(validated["request"]), complete=complete,
+                     listed=validated.get("listed"), owned=validated.get("owned_gap_ids", []),
+                     rows_written=total["rows_written"], reason=reason)
+    summary["gaps_filled"], summary["gaps_failed"] = settled.filled, settled.failed
     return summary
 
 
@@ -189,11 +190,12 @@ def format_summary(summary: dict) -> str:
 # -- crypto_gap_detection -------------------------------------------------------------------
 
 def detect(lookback_hours: float, settle_s: float, now: datetime | None = None) -> dict:
-    """Record new gaps (backfill.gaps.detect_gaps); returns {"found": n, "gaps": the first
+    """Record new gaps (backfill.detect.detect_gaps); returns {"found": n, "gaps": the first
     DETECT_XCOM_GAPS gaps created or extended}."""
     from datetime import timedelta
 
-    from backfill.gaps import detect_gaps, listed_markets
+    from backfill.detect import detect_gaps
+    from backfill.markets import listed_markets
 
     found = detect_gaps(now, lookback=timedelta(hours=float(lookback_hours)), settle=timedelta(seconds=float(settle_s)),
                         listed=listed_markets())
@@ -220,12 +222,14 @@ def backfill_triggers(limit: int, run_id: str, now: datetime | None = None, know
     """
     import re
 
-    from backfill.gaps import mark, open_gaps, request_for_gap
+    from backfill import gap_store
+    from backfill.fill import request_for_gap
+    from backfill.metrics import count_handled
 
     runs: dict[tuple, dict] = {}
     unreachable: dict[str, str] = {}        # exchange -> why its markets could not be read
     # open_gaps(limit) keeps the newest `limit`; the scheduler wants the oldest (no gap starves)
-    for gap in open_gaps(limit=OPEN_GAPS_SCAN):
+    for gap in gap_store.open_gaps(limit=OPEN_GAPS_SCAN):
         if len(runs) >= int(limit) and (not runs or gap.gap_start > max(start for _, start, _ in runs)):
             break                            # every run is planned; later gaps wait for the next check
         if gap.exchange in unreachable:
@@ -234,9 +238,10 @@ def backfill_triggers(limit: int, run_id: str, now: datetime | None = None, know
             request = request_for_gap(gap, now=now, known_symbols=known_symbols)
         except ValueError as e:              # this gap can never become a valid request
             log.warning("gap %s cannot be backfilled: %s", gap.id, e)
-            mark(gap.id, "failed", error=str(e)[:500], permanent=True)
+            gap_store.mark(gap.id, "failed", error=str(e)[:500], permanent=True)
             continue
         except Exception as e:               # the exchange is unreachable now: the gap stays open
+            count_handled("backfill_tasks.backfill_triggers", e)
             unreachable[gap.exchange] = f"{type(e).__name__}: {str(e)[:300]}"
             log.error("gap %s left open: %s", gap.id, unreachable[gap.exchange])
             continue

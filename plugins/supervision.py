@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Callable, Iterable, Mapping
 
+from common.consumer_lag import DEFAULT_GROUPS, GroupLag  # noqa: F401 - GroupLag is part of this API
+
 DEAD_STATES = frozenset({"FATAL", "EXITED", "BACKOFF", "UNKNOWN"})
 TRANSIENT_STATES = frozenset({"STARTING", "STOPPING"})
 
@@ -59,19 +61,6 @@ class ProgramStatus:
         return cls(name=str(info["name"]), group=str(info.get("group") or info["name"]), state=state,
                    pid=int(info.get("pid") or 0), uptime_s=uptime, exitstatus=int(info.get("exitstatus") or 0),
                    spawnerr=str(info.get("spawnerr") or ""), description=str(info.get("description") or ""))
-
-
-@dataclass(frozen=True)
-class GroupLag:
-    """Consumer-group position on one topic, summed over its partitions."""
-    group: str
-    topic: str
-    committed: int                # sum of committed offsets (low watermark where none committed)
-    end: int                      # sum of end offsets (last stable offset)
-
-    @property
-    def lag(self) -> int:
-        return max(0, self.end - self.committed)
 
 
 @dataclass(frozen=True)
@@ -239,9 +228,8 @@ def raise_on_failures(verdicts: Iterable[Verdict]) -> None:
             f"{v.program} ({v.verdict}: {v.reason}; now {v.state_after})" for v in failed))
 
 
-# Consumer groups of the streaming daemons. Overridable per run (the supervisor DAG's Params)
-# so that renaming a group in streaming/ is a configuration change here.
-DEFAULT_GROUPS = {"transform": "transformer", "load": "loader", "archive": "archiver"}
+# DEFAULT_GROUPS (common.consumer_lag): the streaming daemons' consumer groups, overridable per
+# run (the supervisor DAG's Params) so that renaming a group in streaming/ is a configuration change.
 
 
 def default_watches(groups: Mapping[str, str] | None = None) -> dict[str, Watch]:

@@ -27,13 +27,18 @@ COLUMNS = [
      if "archived_records" in f else "–"),
     ("gaps filled", lambda f: f.get("gaps_filled", "–")),
     ("minutes missing", lambda f: f.get("minutes_missing", "–")),
-    ("gap minutes checked vs truth", lambda f: f.get("minutes_filled_checked", "–")),
+    # every symbol-minute of the window after reconciliation; gap minutes only before it
+    ("minutes checked vs truth", lambda f: f.get("minutes_checked_vs_truth", f.get("minutes_filled_checked", "–"))),
+    ("stream candles compared / differing / missing",
+     lambda f: f"{f['stream_candles_compared']} / {f['stream_candles_differing']} / {f['stream_candles_missing']}"
+     if "stream_candles_compared" in f else "–"),
 ]
 
 
 # keys the columns above show (and bookkeeping); every other figure goes to the last column
 _SHOWN = {"scenario", "at", "archived_records", "archive_missing", "archive_duplicates", "gaps_filled",
-          "minutes_missing", "minutes_filled_checked"} | {
+          "minutes_missing", "minutes_filled_checked", "minutes_checked_vs_truth", "stream_candles_compared",
+          "stream_candles_differing", "stream_candles_missing"} | {
     f"{ex}_{k}" for ex in ("binance", "kucoin")
     for k in ("sent", "sockets", "stored", "extra", "explained", "unexplained", "corrupt_frames",
               "corrupt_frames_in_dlq")}

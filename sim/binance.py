@@ -6,6 +6,9 @@ that calls again before its Retry-After ran out. Errors are {"code": ..., "msg":
 Websocket: /binance-ws/ws/<stream>, /binance-ws/ws, /binance-ws/stream?streams=a/b/c; SUBSCRIBE,
 UNSUBSCRIBE, LIST_SUBSCRIPTIONS; server ping every --binance-ping-interval s, close without a pong
 within --binance-pong-timeout s; close at --max-lifetime s; serverShutdown on command.
+
+Why one module of ~430 lines: every Binance route the simulator serves, REST and websocket, in one
+place, so that a reader can hold it against the exchange's documentation route by route.
 """
 from __future__ import annotations
 

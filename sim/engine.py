@@ -10,6 +10,10 @@ last trade of each second, KuCoin's ticker the last trade of each 100 ms window 
 two pushes are never pushed). The windows are fixed slices of trade time, so which trades are
 pushed is a function of the market alone; a window is pushed by the first step at or after its
 end, whether or not a later trade came. Trade feeds, candles and REST see every trade.
+
+Why one module of ~550 lines: the per-exchange frame builders share the step's state (trade
+heads, subscriptions, running candles and windows) in the simulator's hottest loop; split across
+modules they would reach into each other's attributes for no reader's benefit.
 """
 from __future__ import annotations
 

@@ -1,1 +1,2 @@
-"""Streaming wing: exchange adapters, extractors, transformer, loader, archiver (imports only `common`)."""
+"""Streaming wing: extractors, transformer, loader, archiver (imports only `common`; the exchange
+plugs are `common.exchanges`)."""

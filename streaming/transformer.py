@@ -9,19 +9,17 @@ predecessor's open transaction at once (`init_transactions`), and the consumer g
 in the transaction fences zombies after a rebalance (KIP-447), so two instances in one group
 split the partitions without doubling a tick.
 
-Parsing is the exchange adapters' (`streaming.exchanges`); this module only routes:
+Parsing is the exchange plugs' (`common.exchanges`, with the symbol maps of
+`streaming.symbol_metadata`); this module only routes:
 ticks -> `<ex>_transformed_data` (common.codec.ticks `ticks.v1`: one record per output partition
 per batch, every tick of a symbol in its symbol's partition, in order), anything bad ->
 `<ex>_dlq` (common.codec.dlq: the original bytes, the reason and coordinates in headers).
 """
 from __future__ import annotations
 
-import json
 import logging
 import socket
-import threading
 import time
-from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -29,14 +27,14 @@ from common.codec import BadRecord
 from common.codec.dlq import dead_letter
 from common.codec.raw import frames_of, read_raw_meta
 from common.codec.ticks import encode_batches, partition_for, tick_line
+from common.exchanges import BadFrame, UnknownSymbol, get_adapter, plug
 from common.kafka import make_consumer, make_transactional_producer
 from common.settings import metrics_port
-from common.symbols import BinanceSymbolMap
 from common.topics import EXCHANGES, dlq_topic, exchange_of_topic, raw_topic, transformed_topic
 from streaming.consumer_loop import (LagReporter, Metrics, StopFlag, backoff_delays, base_parser,
-                                     log_consumer_errors, next_offsets, safe_reason, setup_logging,
-                                     split_errors, start_metrics_server, Watchdog)
-from streaming.exchanges.base import BadFrame, UnknownSymbol
+                                     log_consumer_errors, next_offsets, setup_logging, split_errors,
+                                     start_metrics_server, Watchdog)
+from streaming.symbol_metadata import SymbolMetadata, symbol_metadata
 
 log = logging.getLogger("streaming.transformer")
 
@@ -46,101 +44,13 @@ DEFAULT_METRICS_PORT = 9103
 MAX_REJECT_INDEXES = 50
 
 
-# --------------------------------------------------------------------------- symbol metadata
-
-def load_binance_symbol_map() -> dict[str, str]:
-    """{BTCUSDT: BTC-USDT} for TRADING spot symbols, from exchangeInfo through ccxt."""
-    from common.exchange_clients import make_ccxt, spot_symbol_map
-
-    client = make_ccxt("binance", timeout=10_000)
-    return spot_symbol_map(client.load_markets(reload=True))
-
-
-def symbol_map_from_file(path: str | Path) -> dict[str, str]:
-    """A saved exchangeInfo response or a plain {raw: canonical} JSON object (offline runs, tests)."""
-    obj = json.loads(Path(path).read_text())
-    if isinstance(obj, dict) and isinstance(obj.get("symbols"), list):
-        return dict(BinanceSymbolMap.from_exchange_info(obj)._map)  # noqa: SLF001
-    if isinstance(obj, dict) and isinstance(obj.get("response"), dict):
-        return symbol_map_from_file_obj(obj["response"])
-    if isinstance(obj, dict) and all(isinstance(v, str) for v in obj.values()):
-        return dict(obj)
-    raise ValueError(f"{path}: neither an exchangeInfo response nor a symbol map")
-
-
-def symbol_map_from_file_obj(obj: dict) -> dict[str, str]:
-    return dict(BinanceSymbolMap.from_exchange_info(obj)._map)  # noqa: SLF001
-
-
-class SymbolMetadata:
-    """The Binance symbol map: loaded at start, refreshed on a schedule and on an unknown symbol
-    (at most once per `min_interval_s`, so a flood of unknown symbols is not a flood of REST calls)."""
-
-    def __init__(self, loader=load_binance_symbol_map, refresh_s: float = 3600.0, min_interval_s: float = 60.0,
-                 clock=time.monotonic):
-        self.loader = loader
-        self.refresh_s = refresh_s
-        self.min_interval_s = min_interval_s
-        self.clock = clock
-        self.symbols: dict[str, str] = {}
-        self.loaded_at: float | None = None
-        self.attempted_at: float | None = None
-        self.version = 0
-
-    def load(self) -> bool:
-        self.attempted_at = self.clock()
-        try:
-            fresh = self.loader()
-        except Exception as exc:  # ccxt raises many types; keep the old map
-            log.warning("binance symbol metadata refresh failed: %s", safe_reason(exc, 200))
-            return False
-        if not fresh:
-            log.warning("binance symbol metadata came back empty; keeping %d symbols", len(self.symbols))
-            return False
-        self.symbols = dict(fresh)          # publish the map before the version that announces it
-        self.loaded_at = self.attempted_at
-        self.version += 1
-        log.info("binance symbol metadata: %d TRADING spot symbols", len(self.symbols))
-        return True
-
-    def load_initial(self, stop: StopFlag) -> bool:
-        for delay in backoff_delays(1.0, 30.0):
-            if self.load():
-                return True
-            if stop.wait(delay):
-                return False
-        return False
-
-    def refresh_due(self) -> bool:
-        return self.loaded_at is None or self.clock() - self.loaded_at >= self.refresh_s
-
-    def start_scheduled_refresh(self, stop: StopFlag) -> threading.Thread:
-        """Refresh every `refresh_s` in a background thread, so a slow REST call never stalls the
-        stream. The new map is published by swapping `symbols` then bumping `version`; the router
-        picks it up between frames."""
-        def loop():
-            while not stop.wait(min(self.refresh_s, 60.0)):
-                if self.refresh_due():
-                    self.load()
-
-        thread = threading.Thread(target=loop, name="symbol-refresh", daemon=True)
-        thread.start()
-        return thread
-
-    def refresh_on_unknown(self) -> bool:
-        """Refresh now unless one was tried within `min_interval_s`; True if the map changed."""
-        if self.attempted_at is not None and self.clock() - self.attempted_at < self.min_interval_s:
-            return False
-        return self.load()
-
-
 # --------------------------------------------------------------------------- transform one record
 
 class Router:
     """Turns one raw record into produce calls (ticks or one DLQ record). No transactions here."""
 
-    def __init__(self, producer, metrics: Metrics, metadata: SymbolMetadata | None, topic_suffix: str = "",
-                 adapters: dict | None = None, partitions=None):
+    def __init__(self, producer, metrics: Metrics, metadata: SymbolMetadata | dict[str, SymbolMetadata] | None,
+                 topic_suffix: str = "", adapters: dict | None = None, partitions=None):
         self.producer = producer
         # partitions of an output topic (the symbol's partition: common.codec.ticks.partition_for)
         self.partitions = partitions or self._topic_partitions
@@ -148,9 +58,13 @@ class Router:
         self._lines: dict[tuple[str, int], list[str]] = {}      # (topic, partition) -> this batch's ticks
         self.metrics = metrics
         self.metadata = metadata
+        # {exchange: its symbol metadata}; one SymbolMetadata serves every plug that NEEDS_SYMBOL_MAP
+        if isinstance(metadata, SymbolMetadata):
+            metadata = {e: metadata for e in EXCHANGES if plug(e).NEEDS_SYMBOL_MAP}
+        self.metadata_by_exchange: dict[str, SymbolMetadata] = dict(metadata or {})
         self.suffix = topic_suffix
         self._adapters = adapters or {}
-        self._metadata_version = -1
+        self._metadata_versions: dict[str, int] = {}
         self.out_topics = {e: transformed_topic(e) + topic_suffix for e in EXCHANGES}
         self.dlq_topics = {e: dlq_topic(e) + topic_suffix for e in EXCHANGES}
         self.ticks_out = 0
@@ -184,21 +98,16 @@ class Router:
         self.dlq_pending.clear()
 
     def adapter(self, exchange: str):
-        if exchange == "binance" and self.metadata is not None and self._metadata_version != self.metadata.version:
-            self._metadata_version = self.metadata.version
-            if "binance" in self._adapters:
-                self._adapters["binance"].update_symbols(self.metadata.symbols)
+        meta = self.metadata_by_exchange.get(exchange)
+        if meta is not None and self._metadata_versions.get(exchange) != meta.version:
+            self._metadata_versions[exchange] = meta.version
+            if exchange in self._adapters:
+                self._adapters[exchange].update_symbols(meta.symbols)
             else:
-                self._adapters["binance"] = self._make_adapter("binance", self.metadata.symbols)
+                self._adapters[exchange] = get_adapter(exchange, symbol_map=meta.symbols)
         if exchange not in self._adapters:
-            self._adapters[exchange] = self._make_adapter(exchange, None)
+            self._adapters[exchange] = get_adapter(exchange)
         return self._adapters[exchange]
-
-    @staticmethod
-    def _make_adapter(exchange: str, symbol_map):
-        from streaming.exchanges import get_adapter
-
-        return get_adapter(exchange, symbol_map=symbol_map)
 
     def route(self, message) -> None:
         """Ticks of one raw record (one frame, or a batch of frames: common.codec.raw) into the
@@ -258,7 +167,8 @@ class Router:
         adapter = self.adapter(exchange)
         ticks = adapter.parse_ticks(raw, received_ns, rejects)
         unknown = any(isinstance(r.error, UnknownSymbol) for r in rejects)
-        if unknown and exchange == "binance" and self.metadata is not None and self.metadata.refresh_on_unknown():
+        meta = self.metadata_by_exchange.get(exchange) if unknown else None
+        if meta is not None and meta.refresh_on_unknown():
             rejects = []
             ticks = self.adapter(exchange).parse_ticks(raw, received_ns, rejects)
         return ticks, rejects
@@ -388,8 +298,7 @@ class Transformer:
         self.consumer.subscribe(self.topics)
         self.metrics.up.labels(COMPONENT).set(1)
         log.info("transforming %s", ", ".join(self.topics))
-        metadata = self.router.metadata
-        if metadata is not None:
+        for metadata in set(self.router.metadata_by_exchange.values()):
             metadata.start_scheduled_refresh(self.stop)
         try:
             while not self.stop.is_set():
@@ -418,8 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instance", default="0",
                    help="instance name, unique per running transformer of a group: it makes the stable "
                         "transactional.id that lets a restart fence its crashed predecessor at once")
-    p.add_argument("--binance-symbols-file", default=None,
-                   help="exchangeInfo JSON or {raw: canonical} map instead of loading markets via ccxt")
+    for name in EXCHANGES:
+        if plug(name).NEEDS_SYMBOL_MAP:
+            p.add_argument(f"--{name}-symbols-file", dest=f"symbols_file_{name}", default=None, metavar="PATH",
+                           help=f"{name}'s saved market listing or a {{raw: canonical}} map instead of loading "
+                                "markets via ccxt")
     p.add_argument("--metadata-refresh", type=float, default=3600.0, help="seconds between symbol refreshes")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
@@ -430,14 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [e for e in exchanges if e not in EXCHANGES]
     if unknown:
         p.error(f"unknown exchange(s): {', '.join(unknown)}")
-    metadata = None
-    if "binance" in exchanges:
-        if args.binance_symbols_file:
-            path = args.binance_symbols_file
-            metadata = SymbolMetadata(lambda: symbol_map_from_file(path), refresh_s=args.metadata_refresh)
-        else:
-            metadata = SymbolMetadata(refresh_s=args.metadata_refresh)
-        if not metadata.load_initial(stop):
+    metadata = {}
+    for exchange in (e for e in exchanges if plug(e).NEEDS_SYMBOL_MAP):
+        metadata[exchange] = symbol_metadata(exchange, getattr(args, f"symbols_file_{exchange}"), args.metadata_refresh)
+        if not metadata[exchange].load_initial(stop):
             return 0  # stopped before the metadata ever loaded
     consumer = make_consumer(args.group)
     producer = make_transactional_producer(default_transactional_id(args.group, args.instance))

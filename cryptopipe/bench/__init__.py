@@ -74,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=10.0, help="seconds after the first stored row (default 10)")
     p.add_argument("--symbols", type=int, default=None,
                    help="simulator symbols (default: one per ~3 ticks/s of --rate, see feed.py)")
-    p.add_argument("--exchanges", default="binance,kucoin", help="comma-separated (default binance,kucoin)")
+    p.add_argument("--exchanges", default=None, help="comma-separated (default: every exchange of the registry)")
     p.add_argument("--seed", type=int, default=7)
     _daemon_flags(p)
     p.add_argument("--no-archive", action="store_true", help="do not run the S3 archiver (not a sustained figure)")
@@ -128,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"cryptopipe bench: --rate must be a number or 'max' (got {args.rate!r}), "
                       f"--ramp numbers (got {args.ramp!r})", style="red")
         return 2
-    exchanges = tuple(e.strip() for e in args.exchanges.split(",") if e.strip())
-    if not exchanges or any(e not in ("binance", "kucoin") for e in exchanges):
+    from common.exchanges import EXCHANGES
+
+    exchanges = tuple(e.strip() for e in (args.exchanges or ",".join(EXCHANGES)).split(",") if e.strip())
+
+    if not exchanges or any(e not in EXCHANGES for e in exchanges):
         console.print(f"cryptopipe bench: unknown exchange(s) in {args.exchanges!r}", style="red")
         return 2
     tuned_flags = args.tuned if args.tuned is not None else (DEFAULT_TUNED if rate is None else "none")

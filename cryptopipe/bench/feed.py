@@ -6,10 +6,10 @@ The simulator's `--rate` is trades/s per exchange, and its tickers sample the tr
 most 11 ticks/s, and a high tick rate needs many symbols. Which trades fall in which window is a
 Poisson process per symbol with the rate the simulator's own market model gives it
 (`sim.market.Market.lam_per_minute`), so the expected ticks/s of (symbols, rate) is computed here
-from that model, not guessed:
+from that model and each exchange's push interval (its plug's PUSH_INTERVAL_MS), not guessed:
+with W pushes per symbol and minute at most (600 on KuCoin, 60 on Binance),
 
-    KuCoin:  sum over symbols of 10 * (1 - exp(-lambda_per_minute / 600))
-    Binance: sum over symbols that trade there of (1 - exp(-lambda_per_minute / 60))
+    ticks/s = sum over the symbols that trade there of W/60 * (1 - exp(-lambda_per_minute / W))
 
 `plan(ticks_per_s)` picks the symbols (`TICKS_PER_SYMBOL` per symbol unless given) and solves for
 the trade rate. Few trades per tick keep the simulator's own CPU small: at ~3 ticks/s per symbol
@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+
+from common.exchanges import EXCHANGES, plug
 
 # ticks/s each symbol offers when --symbols is not given (both exchanges together)
 TICKS_PER_SYMBOL = 3.0
@@ -47,8 +49,7 @@ def _universe(seed: int, symbols: int):
     return build_universe(seed, symbols)
 
 
-def expected(symbols: int, rate: float, seed: int = 7,
-             exchanges: tuple[str, ...] = ("binance", "kucoin")) -> FeedPlan:
+def expected(symbols: int, rate: float, seed: int = 7, exchanges: tuple[str, ...] = EXCHANGES) -> FeedPlan:
     """Expected ticks/s our extractors receive from a simulator started with these options."""
     from sim.market import Market
 
@@ -56,7 +57,8 @@ def expected(symbols: int, rate: float, seed: int = 7,
     by_exchange, trades = {}, 0.0
     for ex in exchanges:
         market = Market(ex, seed, universe, rate)
-        windows_per_minute = 600 if ex == "kucoin" else 60      # pushes per symbol per minute, at most
+        # a ticker pushes each symbol at most once per push interval (its last trade in it)
+        windows_per_minute = 60_000 / plug(ex).PUSH_INTERVAL_MS
         by_exchange[ex] = sum(windows_per_minute / 60 * (1 - math.exp(-lam / windows_per_minute))
                               for lam in market.lam_per_minute if lam > 0)
         trades += market.effective_rate
@@ -64,7 +66,7 @@ def expected(symbols: int, rate: float, seed: int = 7,
 
 
 def plan(ticks_per_s: float, symbols: int | None = None, seed: int = 7,
-         exchanges: tuple[str, ...] = ("binance", "kucoin")) -> FeedPlan:
+         exchanges: tuple[str, ...] = EXCHANGES) -> FeedPlan:
     """The simulator's (symbols, rate) that offer `ticks_per_s` in expectation. With `symbols`
     given, only the rate is solved; when those symbols cannot offer that many ticks even at the
     busiest rate the model allows, the plan says how many they can (ticks_per_s is lower)."""

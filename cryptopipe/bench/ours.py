@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
+from common.exchanges import EXCHANGES, plug
 from common.kafka import create_topics, delete_topics
 from cryptopipe.bench.database import empty_pipeline_tables
 from cryptopipe.bench.feed import FeedPlan, plan
@@ -68,11 +69,11 @@ class Tuning:
 
 @dataclass
 class RunConfig:
-    ticks_per_s: float = 5000.0       # offered ticks/s the simulator is set up for (both exchanges)
+    ticks_per_s: float = 5000.0       # offered ticks/s the simulator is set up for (all exchanges)
     symbols: int | None = None        # simulator symbols (None: feed.plan chooses)
     duration: float = 60.0            # measured window, s
     warmup: float = 10.0              # after the first rows are stored, before the window opens
-    exchanges: tuple[str, ...] = ("binance", "kucoin")
+    exchanges: tuple[str, ...] = EXCHANGES
     seed: int = 7
     sample_interval: float = 1.0      # counters, lag, RSS
     commit_clock_interval: float = 0.02
@@ -196,6 +197,12 @@ def capture_transformed(topics: list[str], path: Path, max_ticks: int) -> int:
     return ticks
 
 
+def exchange_env(urls: dict[str, str]) -> dict[str, str]:
+    """The exchange endpoint variables (the plugs' settings fields) among a simulator's URLs."""
+    names = {name.upper() for e in EXCHANGES for name in plug(e).url_settings()}
+    return {k: v for k, v in urls.items() if k in names}
+
+
 def run_ours(cfg: RunConfig, settings, log=print) -> dict:
     feed = cfg.feed()
     tuning = cfg.tuning
@@ -206,9 +213,9 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
     parts = settings.topic_partitions
     raw = [f"{e}_raw_data{suffix}" for e in cfg.exchanges]
     transformed = [f"{e}_transformed_data{suffix}" for e in cfg.exchanges]
-    topics = {f"{e}_raw_data{suffix}": parts for e in ("binance", "kucoin")}
-    topics.update({f"{e}_transformed_data{suffix}": parts for e in ("binance", "kucoin")})
-    topics.update({f"{e}_dlq{suffix}": 1 for e in ("binance", "kucoin")})
+    topics = {f"{e}_raw_data{suffix}": parts for e in EXCHANGES}
+    topics.update({f"{e}_transformed_data{suffix}": parts for e in EXCHANGES})
+    topics.update({f"{e}_dlq{suffix}": 1 for e in EXCHANGES})
     topics[f"pipeline_events{suffix}"] = 1
     if cfg.dsn:
         empty_pipeline_tables(cfg.dsn)
@@ -223,8 +230,7 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
     try:
         sim = SimProc("sim", sim_argv(feed, cfg.seed), logs / "sim.log").start()
         procs.append(sim)
-        env = {**daemon_env, **{k: v for k, v in sim.urls.items()
-                                if k in ("BINANCE_WS_URL", "BINANCE_REST_URL", "KUCOIN_REST_URL")}}
+        env = {**daemon_env, **exchange_env(sim.urls)}
         groups = {name: f"bench-{run_id}-{name}" for name in DAEMONS}
         ports: dict[str, int] = {}
 
@@ -265,7 +271,7 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
             extra = ["--spool-dir", str(logs / f"spool-{ex}"), "--label", f"bench{run_id}", "--topic-suffix", suffix]
             if tuning.linger_ms is not None:
                 extra += ["--linger-ms", str(tuning.linger_ms)]
-            if tuning.batch_linger_ms is not None and ex == "kucoin":
+            if tuning.batch_linger_ms is not None and plug(ex).BATCHED_FRAMES:
                 extra += ["--batch-linger-ms", f"{tuning.batch_linger_ms:g}"]
             start(f"extract-{ex}", ["extract", ex, *extra])
 

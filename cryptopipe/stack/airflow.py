@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from cryptopipe.stack.component import Component, StackContext, port_open, program_block
-from cryptopipe.stack.paths import AIRFLOW_PORT, KAFKA_PORT, S3_PORT, repo_root
+from cryptopipe.stack.paths import AIRFLOW_PORT, KAFKA_PORT, POSTGRES_PORT, S3_PORT, repo_root
 from cryptopipe.stack.postgres import dsn_for
 from cryptopipe.stack.progress import StepFailed
 
@@ -61,7 +61,7 @@ def connections(ctx: StackContext) -> dict:
 
     s = get_settings()
     return {
-        "crypto_postgres": {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "schema": "cryptopipe",
+        "crypto_postgres": {"conn_type": "postgres", "host": "127.0.0.1", "port": POSTGRES_PORT, "schema": "cryptopipe",
                             "login": "cryptopipe", "password": ctx.env["CRYPTOPIPE_PG_PASSWORD"]},
         "crypto_s3": {"conn_type": "aws", "login": ctx.env["AWS_ACCESS_KEY_ID"],
                       "password": ctx.env["AWS_SECRET_ACCESS_KEY"],
@@ -192,7 +192,8 @@ class AirflowRest:
             raise StepFailed(f"could not {'pause' if paused else 'unpause'} {dag_id}: HTTP {status} {dag}")
 
 
-DAG_IDS = ("crypto_stream_supervisor", "crypto_gap_detection", "crypto_backfill")
+DAG_IDS = ("crypto_stream_supervisor", "crypto_gap_detection", "crypto_backfill", "crypto_reconcile",
+           "crypto_cross_check")
 
 
 def rest_client(ctx: StackContext) -> AirflowRest:

@@ -35,7 +35,7 @@ def make_context(source: str | None = None) -> StackContext:
 
 
 def write_stack_env(ctx: StackContext) -> None:
-    from cryptopipe.stack.paths import KAFKA_PORT, S3_PORT
+    from cryptopipe.stack.paths import API_PORT, KAFKA_PORT, S3_PORT
 
     values = dict(ctx.env)
     values.update({
@@ -44,6 +44,7 @@ def write_stack_env(ctx: StackContext) -> None:
         "S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
         "S3_BUCKET": values.get("S3_BUCKET", "cryptopipe"),
         "SUPERVISOR_SOCKET": str(ctx.paths.supervisor_socket),
+        "API_PORT": str(API_PORT),
     })
     for key in SIM_KEYS:
         values.pop(key, None)
@@ -264,6 +265,10 @@ def status() -> dict:
         except Exception:
             healthy = False
         comps[comp.name] = {"state": state, "healthy": healthy, "expected": comp.program in expected, **comp.describe(ctx)}
+    if "api" in states:
+        from cryptopipe.stack.api import api_status
+
+        comps["api"] = api_status(states["api"]["state"], "api" in expected)
     return {
         "source": ctx.source,
         "supervisord": {"running": supervisor.running(ctx), "socket": str(ctx.paths.supervisor_socket)},
@@ -295,7 +300,7 @@ def ensure_airflow(source: str | None = None) -> dict:
     ctx = make_context(source)
     write_stack_env(ctx)
     bring_up(ctx, [*CORE, Airflow()])
-    # tests drive detection and supervision themselves: no scheduled run may race them
-    set_dags_paused(ctx, True, dag_ids=("crypto_gap_detection", "crypto_stream_supervisor"))
+    # tests drive detection, reconciliation and supervision themselves: no scheduled run may race them
+    set_dags_paused(ctx, True, dag_ids=("crypto_gap_detection", "crypto_stream_supervisor", "crypto_reconcile"))
     return {"url": f"http://127.0.0.1:{AIRFLOW_PORT}", "user": ADMIN_USER,
             "password": ctx.env["CRYPTOPIPE_AIRFLOW_ADMIN_PASSWORD"], "env": airflow_env(ctx)}

@@ -22,6 +22,9 @@ POSTGRES_PORT = 5432 + PORT_OFFSET
 S3_PORT = 9000 + PORT_OFFSET
 AIRFLOW_PORT = 8080 + PORT_OFFSET
 SIM_PORT = 8765 + PORT_OFFSET
+# the prices server (supervisord program `api`). NB 8000 + N*1000 is S3's 9000 + (N-1)*1000: two
+# stacks whose offsets differ by exactly 1000 collide there; CRYPTOPIPE_API_PORT picks another port
+API_PORT = int(os.environ.get("CRYPTOPIPE_API_PORT") or 8000 + PORT_OFFSET)
 
 
 @dataclass(frozen=True)

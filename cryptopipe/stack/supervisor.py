@@ -7,13 +7,14 @@ import subprocess
 import xmlrpc.client
 from pathlib import Path
 
+from common.exchanges import EXCHANGES
 from common.supervisor_rpc import supervisor_proxy
 from cryptopipe.stack.component import StackContext
 from cryptopipe.stack.paths import PORT_OFFSET, repo_root
 from cryptopipe.stack.progress import StepFailed, wait_until
 
 PIPELINE_CONF = repo_root() / "streaming" / "supervisord.conf"
-PIPELINE_PROGRAMS = ("extract-binance", "extract-kucoin", "transform", "load", "archive")
+PIPELINE_PROGRAMS = (*(f"extract-{e}" for e in EXCHANGES), "transform", "load", "archive", "api")
 
 
 def render_conf(ctx: StackContext, sections: list[str]) -> str:

@@ -17,7 +17,8 @@ from typing import Iterable, Mapping
 from airflow.sdk import BaseHook
 
 from plugins.connections import KAFKA_CONN_ID, POSTGRES_CONN_ID
-from plugins.supervision import GroupLag, Previous, Verdict
+from common.consumer_lag import GroupLag
+from plugins.supervision import Previous, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -100,93 +101,42 @@ class PipelineHealthHook(BaseHook):
             self._admin = KafkaAdminClientHook(kafka_config_id=self.kafka_config_id).get_conn
         return self._admin
 
-    def _partitions(self, topics: Iterable[str]) -> list:
-        from confluent_kafka import TopicPartition
+    def _lag_reader(self):
+        from common.consumer_lag import LagReader
 
-        admin = self.get_admin()
-        meta = admin.list_topics(timeout=self.kafka_timeout_s)
-        out = []
-        for topic in topics:
-            if topic in meta.topics and meta.topics[topic].error is None:
-                out += [TopicPartition(topic, p) for p in sorted(meta.topics[topic].partitions)]
-        return out
-
-    def _offsets(self, tps: list, spec) -> dict[tuple[str, int], int]:
-        from confluent_kafka import IsolationLevel
-
-        if not tps:
-            return {}
-        def read():
-            futures = self.get_admin().list_offsets({tp: spec for tp in tps},
-                                                   isolation_level=IsolationLevel.READ_COMMITTED,
-                                                   request_timeout=self.kafka_timeout_s)
-            return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
-        return self._retrying("list offsets", read)
+        return LagReader(self.get_admin(), self.kafka_timeout_s, sleep=lambda s: time.sleep(s))
 
     def _retrying(self, what: str, call):
         """`call()`, again while Kafka answers with a retriable error (a broker that just started:
         COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR, ...), for up to kafka_timeout_s."""
-        from confluent_kafka import KafkaError, KafkaException
+        from common.consumer_lag import retrying
 
-        transient = {KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
-                     KafkaError.NOT_COORDINATOR, KafkaError.LEADER_NOT_AVAILABLE,
-                     KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.REQUEST_TIMED_OUT,
-                     KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
-        deadline = time.monotonic() + self.kafka_timeout_s
-        delay = 0.5
-        while True:
-            try:
-                return call()
-            except KafkaException as e:
-                err = e.args[0] if e.args else None
-                retriable = isinstance(err, KafkaError) and (err.retriable() or err.code() in transient)
-                if not retriable or time.monotonic() + delay > deadline:
-                    raise
-                log.info("%s: %s; retrying in %.1fs", what, err, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 4.0)
+        return retrying(what, call, self.kafka_timeout_s, sleep=lambda s: time.sleep(s))
 
     def topic_end_offsets(self, topics: Iterable[str]) -> dict[str, int]:
         """topic -> sum over partitions of the last stable offset (absent topics are left out)."""
-        from confluent_kafka.admin import OffsetSpec
-
-        ends = self._offsets(self._partitions(topics), OffsetSpec.latest())
-        out: dict[str, int] = {}
-        for (topic, _), off in ends.items():
-            out[topic] = out.get(topic, 0) + off
-        return out
+        return self._lag_reader().topic_end_offsets(topics)
 
     def group_lags(self, groups: Mapping[str, Iterable[str]]) -> list[GroupLag]:
-        """{group: topics} -> committed and end offsets per (group, topic). A partition the group
-        never committed counts from its low watermark (where `auto.offset.reset=earliest` starts)."""
-        from confluent_kafka import ConsumerGroupTopicPartitions
-        from confluent_kafka.admin import OffsetSpec
-
-        all_topics = sorted({t for ts in groups.values() for t in ts})
-        tps = self._partitions(all_topics)
-        ends = self._offsets(tps, OffsetSpec.latest())
-        starts = self._offsets(tps, OffsetSpec.earliest())
-        admin = self.get_admin()
-        out = []
-        for group, topics in groups.items():
-            mine = [tp for tp in tps if tp.topic in set(topics)]
-            committed: dict[tuple[str, int], int] = {}
-            if mine:
-                def read(group=group, mine=mine):
-                    return admin.list_consumer_group_offsets(
-                        [ConsumerGroupTopicPartitions(group, mine)],
-                        request_timeout=self.kafka_timeout_s)[group].result().topic_partitions
-                for tp in self._retrying(f"offsets of group {group}", read):
-                    if tp.offset >= 0:
-                        committed[(tp.topic, tp.partition)] = tp.offset
-            for topic in topics:
-                keys = [(tp.topic, tp.partition) for tp in mine if tp.topic == topic]
-                if not keys:
-                    continue
-                out.append(GroupLag(group=group, topic=topic,
-                                    committed=sum(committed.get(k, starts[k]) for k in keys),
-                                    end=sum(ends[k] for k in keys)))
-        return out
+        """{group: topics} -> committed and end offsets per (group, topic) (common.consumer_lag)."""
+        return self._lag_reader().group_lags(groups)
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    # -- the health view --------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """Everything the operators' health view shows (common.health.snapshot), consumer lag
+        per group included."""
+        from common import health
+        from common.consumer_lag import lag_report
+        from common.topics import EXCHANGES
+
+        lag = lag_report(self._lag_reader())
+        conn = self.get_pg()
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                return health.snapshot(cur, list(EXCHANGES), lag)
+        finally:
+            conn.close()

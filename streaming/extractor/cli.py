@@ -9,19 +9,18 @@ import logging
 import signal
 import sys
 
+from common.exchanges import EXCHANGES, plug
 from common.kafka import make_producer
 from common.settings import get_settings, metrics_port, stack_home
 
 from .events import Events
 from .metrics import Metrics
-from .runner import Extractor, plan_binance, plan_kucoin, shard_scopes
+from .runner import Extractor
 from .sink import KafkaSink
 from .spool import Spool
 from .transport import Options
 
 log = logging.getLogger("cryptopipe.extractor")
-
-DEFAULT_METRICS_PORT = {"binance": 9101, "kucoin": 9102}
 
 
 def _csv(value: str) -> list[str]:
@@ -30,13 +29,15 @@ def _csv(value: str) -> list[str]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="cryptopipe extract", description=__doc__.split("\n")[0])
-    p.add_argument("exchange", choices=["binance", "kucoin"])
+    p.add_argument("exchange", choices=EXCHANGES)
     p.add_argument("--symbols", type=_csv, default=None,
                    help="canonical symbols (BTC-USDT,...); default $SYMBOLS, empty = the all-market stream")
-    p.add_argument("--streams", type=_csv, default=[], help="binance: extra stream names (btcusdt@trade,...)")
-    p.add_argument("--topics", type=_csv, default=[], help="kucoin: extra subscribe topics")
+    p.add_argument("--streams", "--topics", dest="extra", type=_csv, default=[], metavar="NAMES",
+                   help="extra subscriptions in the exchange's own words (binance streams: btcusdt@trade,...; "
+                        "kucoin topics: /market/match:BTC-USDT,...)")
     p.add_argument("--per-connection", type=int, default=0,
-                   help="streams (binance, max 1024) or topics (kucoin, max 300) per connection")
+                   help="subscriptions per connection (default and most: the exchange's limit, e.g. binance "
+                        "1024 streams, kucoin 300 topics)")
     p.add_argument("--stall-seconds", type=float, default=15.0, help="no data frame for this long = stalled")
     p.add_argument("--rotate-after", type=float, default=23 * 3600.0,
                    help="seconds before a connection is replaced (the exchanges cut them at 24 h)")
@@ -45,13 +46,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--heartbeat-seconds", type=float, default=5.0)
     p.add_argument("--spool-dir", default=None, help="default $CRYPTOPIPE_HOME/spool/<exchange>")
     p.add_argument("--spool-max-bytes", type=int, default=1 << 30)
-    p.add_argument("--metrics-port", type=int, default=None, help="0 = disabled; default binance 9101, kucoin 9102")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="0 = disabled; default the exchange's (binance 9101, kucoin 9102), moved by the port offset")
     p.add_argument("--backoff-base", type=float, default=0.5)
     p.add_argument("--backoff-cap", type=float, default=30.0)
     p.add_argument("--linger-ms", type=int, default=5, help="producer linger (the micro-batching bound)")
     p.add_argument("--batch-linger-ms", type=float, default=20.0,
-                   help="kucoin: how long a frame may wait to share a raw record with the next ones "
-                        "(0 = one record per frame)")
+                   help="exchanges that send a frame per tick (kucoin): how long a frame may wait to share a "
+                        "raw record with the next ones (0 = one record per frame)")
     p.add_argument("--topic-suffix", default="",
                    help="write to <exchange>_raw_data<SUFFIX> and pipeline_events<SUFFIX> (private runs)")
     p.add_argument("--label", default="", help="tag in connection ids (letters, digits, dashes)")
@@ -62,11 +64,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def build(args: argparse.Namespace):
     settings = get_settings()
     exchange = args.exchange
+    the_plug = plug(exchange)
     symbols = args.symbols if args.symbols is not None else list(settings.symbols)
-    if exchange == "binance":
-        shards = plan_binance(symbols, args.streams, args.per_connection or 1024)
-    else:
-        shards = plan_kucoin(symbols, args.topics, args.per_connection or 300)
+    shards = the_plug.plan_shards(symbols, args.extra, args.per_connection or the_plug.MAX_PER_CONNECTION)
     metrics = Metrics(exchange)
     spool = Spool(args.spool_dir or stack_home() / "spool" / exchange, max_bytes=args.spool_max_bytes)
     producer = make_producer({"linger.ms": args.linger_ms, "client.id": f"extract-{exchange}"})
@@ -81,10 +81,10 @@ def build(args: argparse.Namespace):
     events_box.append(events)
     options = Options(stall_s=args.stall_seconds, rotate_after_s=args.rotate_after,
                       rotation_overlap_s=args.rotation_overlap, batch_linger_s=args.batch_linger_ms / 1000,
-                      binance_ws_url=settings.binance_ws_url, kucoin_rest_url=settings.kucoin_rest_url,
+                      urls={name: getattr(settings, name) for name in the_plug.url_settings()},
                       topic_suffix=args.topic_suffix)
     extractor = Extractor(exchange, shards, sink, events, metrics, options, heartbeat_s=args.heartbeat_seconds,
-                          scopes=shard_scopes(exchange, symbols, shards),
+                          scopes=the_plug.shard_scopes(symbols, shards),
                           backoff={"base_s": args.backoff_base, "cap_s": args.backoff_cap}, label=args.label)
     return extractor, sink
 
@@ -107,7 +107,8 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    port = metrics_port(DEFAULT_METRICS_PORT[args.exchange]) if args.metrics_port is None else args.metrics_port
+    default_port = metrics_port(plug(args.exchange).EXTRACTOR_METRICS_PORT)
+    port = default_port if args.metrics_port is None else args.metrics_port
     if port:
         from prometheus_client import start_http_server
 

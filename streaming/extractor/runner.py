@@ -1,9 +1,10 @@
 """Keeps an exchange streaming: one slot per shard, each slot keeping one live connection.
 
 - reconnect with jittered exponential backoff (full jitter, capped), reset after a healthy period;
-- rotation (age limit or Binance `serverShutdown`): open the new connection first; the old one
-  keeps reading until the new one has delivered for a while (`rotation_overlap_s`), so coverage
-  has no gap and nothing the old socket had in flight is lost (duplicates are removed downstream);
+- rotation (age limit, or the exchange asks, e.g. Binance `serverShutdown`): open the new
+  connection first; the old one keeps reading until the new one has delivered for a while
+  (`rotation_overlap_s`), so coverage has no gap and nothing the old socket had in flight is
+  lost (duplicates are removed downstream);
 - heartbeats per live connection, sink polling, clean stop on SIGTERM.
 """
 from __future__ import annotations
@@ -17,9 +18,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from streaming.exchanges import Binance, KuCoin
+from common.exchanges import plug
 
-from .transport import BinanceConnection, Connection, KuCoinConnection, Options
+from .transport import Connection, Options
 
 log = logging.getLogger("cryptopipe.extractor")
 
@@ -39,52 +40,6 @@ class Backoff:
     def lived(self, seconds: float) -> None:
         if seconds >= self.healthy_s:
             self.attempt = 0
-
-
-def plan_binance(symbols: list[str], extra_streams: list[str], per_connection: int) -> list[list[str]]:
-    streams = [Binance.stream_name(s, "mini_ticker") for s in symbols] if symbols else list(Binance.DEFAULT_STREAMS)
-    return Binance.shard_streams(streams + list(extra_streams), per_connection)
-
-
-def plan_kucoin(symbols: list[str], extra_topics: list[str], per_connection: int) -> list[list[str]]:
-    """Subscribe strings grouped so that no connection exceeds `per_connection` topics."""
-    per_connection = max(1, min(per_connection, KuCoin.MAX_TOPICS_PER_CONNECTION))
-    chunk = min(KuCoin.MAX_TOPICS_PER_SUBSCRIBE, per_connection)
-    symbols = list(dict.fromkeys(symbols))
-    topics = [t for i in range(0, len(symbols), chunk) for t in KuCoin.ticker_topics(symbols[i:i + chunk])] \
-        if symbols else KuCoin.ticker_topics()
-    topics += list(extra_topics)
-    shards: list[list[str]] = [[]]
-    count = 0
-    for topic in topics:
-        n = KuCoin.topic_count(topic)
-        if shards[-1] and count + n > per_connection:
-            shards.append([])
-            count = 0
-        shards[-1].append(topic)
-        count += n
-    return shards
-
-
-def shard_scopes(exchange: str, symbols: list[str], shards: list[list[str]]) -> list[list[str] | None]:
-    """The canonical symbols whose tickers each shard's connection carries. Recorded with its
-    sessions (the `connected` event), so gap detection can tell which symbols a shard that is
-    down left uncovered while the other shards stream. None = the whole of what this extractor
-    streams: the only shard (the exchange's coverage is that shard's) or an all-market stream."""
-    if len(shards) <= 1:
-        return [None] * len(shards)
-    if exchange == "binance":
-        by_stream = {Binance.stream_name(s, "mini_ticker"): s for s in symbols}
-
-        def carried(item: str) -> list[str] | None:
-            return None if item in Binance.DEFAULT_STREAMS else [by_stream[item]] if item in by_stream else []
-    else:
-        carried = KuCoin.ticker_topic_symbols
-    scopes: list[list[str] | None] = []
-    for shard in shards:
-        parts = [carried(item) for item in shard]
-        scopes.append(None if any(p is None for p in parts) else sorted({s for p in parts for s in p}))
-    return scopes
 
 
 class Slot:
@@ -160,7 +115,8 @@ class Slot:
         await self._pause("rotation_failed")
 
     async def _pause(self, reason: str) -> None:
-        delay = 0.0 if reason in ("token_expired", "rotated") else self.backoff.next_delay(self.x.rng)
+        at_once = reason == "rotated" or reason in self.x.plug.RECONNECT_AT_ONCE
+        delay = 0.0 if at_once else self.backoff.next_delay(self.x.rng)
         log.info("slot %d: connection ended (%s); reconnecting in %.2fs", self.index, reason, delay)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.x.stop.wait(), delay)
@@ -198,8 +154,7 @@ class Extractor:
         if label and not all(ch.isalnum() or ch == "-" for ch in label):
             raise ValueError(f"label must be letters, digits and dashes: {label!r:.40}")
         self.label = label
-        if exchange not in ("binance", "kucoin"):
-            raise ValueError(f"unknown exchange {exchange!r:.40}")
+        self.plug = plug(exchange)
         self.exchange = exchange
         self.shards = shards
         self.scopes = scopes if scopes is not None else [None] * len(shards)
@@ -218,20 +173,15 @@ class Extractor:
 
     def new_connection(self, spec: list[str], index: int) -> Connection:
         label = f"{self.label}-{index}" if self.label else str(index)
-        scope = self.scopes[index]
-        if self.exchange == "binance":
-            return BinanceConnection(spec, self.sink, self.events, self.metrics, self.options, self.stop, label,
-                                     scope=scope)
-        return KuCoinConnection(spec, self.sink, self.events, self.metrics, self.options, self.stop, label,
-                                http=self.http, scope=scope)
+        return Connection(self.plug, spec, self.sink, self.events, self.metrics, self.options, self.stop, label,
+                          scope=self.scopes[index], http=self.http)
 
     def live_connections(self) -> list[Connection]:
         return [c for slot in self.slots for c in slot.live()]
 
     async def run(self) -> None:
         """Until `stop` is set; then closes the sockets (each with a `disconnected` event)."""
-        if self.exchange == "kucoin":
-            self.http = aiohttp.ClientSession()
+        self.http = aiohttp.ClientSession()       # for handshakes over REST (KuCoin's bullet token)
         self.slots = [Slot(self, spec, i) for i, spec in enumerate(self.shards)]
         log.info("%s extractor: %d connection(s) for %s", self.exchange, len(self.slots),
                  [len(s) for s in self.shards])

@@ -1,10 +1,16 @@
-"""One websocket connection per exchange protocol: connect, handshake, read every frame into the
-sink byte for byte, answer the protocol (KuCoin pings, acks), detect stalls and dead peers.
+"""One websocket connection, whatever the exchange: connect, read every frame into the sink byte
+for byte (batched for exchanges that send a frame per tick), detect stalls and dead peers, keep
+the coverage (`covered_until_ns`) and the lifecycle events, close.
+
+What differs per exchange - the URL, the handshake, subscriptions, keepalive, what a control
+frame means - is the exchange plug's `Session` (common.exchanges), which drives this connection
+through the small interface below (`connect`, `recv_handshake`, `send`, `http_post`, `emit`,
+`rotate`: common.exchanges.base.Link).
 
 A Connection runs as one task. It exposes asyncio events the runner uses for rotation:
-`connected` (socket open / welcome received), `delivering` (first data frame: the new connection
-covers the stream), `rotate_wanted` (serverShutdown, or the connection's age limit). `done`
-resolves with the reason the connection ended.
+`connected` (socket open / handshake done), `delivering` (first data frame: the new connection
+covers the stream), `rotate_wanted` (the exchange asked for it, or the connection's age limit).
+`done` resolves with the reason the connection ended.
 """
 from __future__ import annotations
 
@@ -17,12 +23,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import aiohttp
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from common.codec.raw import raw_headers
+from common.exchanges import Exchange, SessionEnded
 from common.topics import raw_topic
-from streaming.exchanges import Binance, KuCoin
 
 from .batcher import Batcher
 from .spool import Record
@@ -30,7 +36,7 @@ from .spool import Record
 log = logging.getLogger("cryptopipe.extractor")
 
 # A tick's exchange time may precede the moment its frame reaches us by the exchange's push
-# interval (the adapters' PUSH_INTERVAL_MS) plus the network's latency; a connection's coverage ends
+# interval (the plugs' PUSH_INTERVAL_MS) plus the network's latency; a connection's coverage ends
 # this much before its last safe frame, so whatever was lost after it lies inside the gap.
 LATENCY_ALLOWANCE_MS = 1000
 
@@ -40,14 +46,6 @@ LATENCY_ALLOWANCE_MS = 1000
 MAX_WS_FRAME = 990_000
 
 
-class ConnectionEnded(Exception):
-    """Ends a connection with a machine-readable reason (stall, pong_timeout, token_expired, ...)."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclass
 class Options:
     stall_s: float = 15.0
@@ -55,15 +53,13 @@ class Options:
     open_timeout_s: float = 10.0
     ack_timeout_s: float = 10.0
     welcome_timeout_s: float = 10.0
-    streams_per_connection: int = Binance.MAX_STREAMS_PER_CONNECTION
-    topics_per_connection: int = KuCoin.MAX_TOPICS_PER_CONNECTION
-    binance_ws_url: str = ""
-    kucoin_rest_url: str = ""
+    # the exchange endpoints, {settings field: URL} (the plug's url_settings; missing = its live default)
+    urls: dict = field(default_factory=dict)
     topic_suffix: str = ""          # private topics (benchmarks, tests): <exchange>_raw_data<suffix>
     # a rotation keeps the old socket reading this long after the new one delivers: longer than the
     # coverage margin (push interval + LATENCY_ALLOWANCE_MS), so the two sessions' coverage overlaps
     rotation_overlap_s: float = 5.0
-    # how long a frame may wait in the Batcher (exchanges that send a frame per tick); 0 = no batching
+    # how long a frame may wait in the Batcher (plugs with BATCHED_FRAMES); 0 = no batching
     batch_linger_s: float = 0.02
     extra: dict = field(default_factory=dict)
 
@@ -88,20 +84,22 @@ class RateLimiter:
 
 
 class Connection:
-    exchange = ""
-    push_interval_ms = 0
-    batch_frames = False           # one raw record per batch of frames (exchanges with a frame per tick)
+    """One websocket connection of `plug`'s exchange carrying the subscriptions `spec`."""
 
-    def __init__(self, spec: list[str], sink, events, metrics, options: Options, stop: asyncio.Event,
-                 label: str = "", scope: list[str] | None = None):
+    def __init__(self, plug: type[Exchange], spec: list[str], sink, events, metrics, options: Options,
+                 stop: asyncio.Event, label: str = "", scope: list[str] | None = None, http=None):
+        self.plug = plug
+        self.exchange = plug.name
+        self.push_interval_ms = plug.PUSH_INTERVAL_MS
         self.spec = spec
-        # the symbols this connection covers (runner.shard_scopes); None = all this extractor streams
+        # the symbols this connection covers (the plug's shard_scopes); None = all this extractor streams
         self.scope = scope
         self.sink = sink
         self.events = events
         self.metrics = metrics
         self.options = options
         self.stop = stop
+        self.http = http               # an aiohttp.ClientSession for handshakes over REST (the extractor's)
         self.conn_id = f"{self.exchange[:2]}-{label}{'-' if label else ''}{uuid.uuid4().hex[:12]}"
         self.topic = raw_topic(self.exchange) + options.topic_suffix
         self.connected = asyncio.Event()
@@ -112,8 +110,11 @@ class Connection:
         self.last_data_mono = 0.0
         self.last_data_ns = 0          # receive time of the newest data frame
         self.rotating_out = False      # its replacement delivers: it reads on until it closes
+        # one raw record per batch of frames, for exchanges that send a frame per tick
         self.batcher = (Batcher(self.topic, self.conn_id, self.exchange, linger_s=options.batch_linger_s)
-                        if self.batch_frames and options.batch_linger_s > 0 else None)
+                        if plug.BATCHED_FRAMES and options.batch_linger_s > 0 else None)
+        self.uplink = RateLimiter(*plug.UPLINK_LIMIT)
+        self.session = plug.session(spec, self)
         self._frame_ns = 0
         self.frames = 0
         self.ws = None
@@ -156,7 +157,7 @@ class Connection:
                 await self._session()
             finally:
                 self.metrics.connections.dec()
-        except ConnectionEnded as exc:
+        except SessionEnded as exc:
             reason = exc.reason
         except ConnectionClosed as exc:
             rcvd, sent = exc.rcvd, exc.sent
@@ -192,20 +193,15 @@ class Connection:
             if not self.done.done():
                 self.done.set_result(reason)
 
-    async def _connect(self, url: str):
-        self.ws = await connect(url, max_size=MAX_WS_FRAME, open_timeout=self.options.open_timeout_s,
-                                close_timeout=2, ping_interval=None, max_queue=64, compression=None)
-        return self.ws
-
     async def _read_loop(self) -> None:
-        """Every frame -> sink, in order (one record per frame, or per batch: `batch_frames`);
+        """Every frame -> sink, in order (one record per frame, or per batch: BATCHED_FRAMES);
         stall when no data frame for `stall_s`."""
         ws, stall_s, batcher = self.ws, self.options.stall_s, self.batcher
         while True:
             remaining = self.last_data_mono + stall_s - time.monotonic()
             if remaining <= 0:
                 self.events.emit("stalled", self.conn_id, "no_data", seconds=stall_s)
-                raise ConnectionEnded("stall")
+                raise SessionEnded("stall")
             due = batcher.due_in() if batcher is not None else None
             try:
                 # asyncio.timeout, not wait_for: wait_for wraps every recv in a new Task (measured
@@ -235,8 +231,8 @@ class Connection:
             # never dropped); then this connection stops reading and ends, so the uncovered
             # span is on record (`disconnected` reason spool_full) and gets backfilled
             if not self.sink.offer(record, event=True) and not await self.sink.put(record, self.stop):
-                raise ConnectionEnded("shutdown")
-            raise ConnectionEnded("spool_full")
+                raise SessionEnded("shutdown")
+            raise SessionEnded("spool_full")
 
     async def _flush_batch(self) -> None:
         """Hand over what the batcher holds (the connection is ending): never dropped."""
@@ -266,15 +262,38 @@ class Connection:
         safe = min(self.last_data_ns, safe_through)
         return {"covered_until_ns": safe - (self.push_interval_ms + LATENCY_ALLOWANCE_MS) * 1_000_000}
 
-    # exchange specifics
+    # ------------------------------------------------------------------ driven by the plug's session
+
     async def _open(self) -> None:
-        raise NotImplementedError
+        detail = await self.session.open()
+        self.connected.set()
+        self.events.emit("connected", self.conn_id, **detail, **self._scope_detail())
 
     async def _session(self) -> None:
-        raise NotImplementedError
+        """The read loop beside the session's steps (subscriptions, keepalive); whichever fails
+        first ends the connection. Steps that finish leave the read loop running alone."""
+        reader = asyncio.create_task(self._read_loop(), name=f"{self.conn_id}-read")
+        steps = asyncio.create_task(self.session.run(), name=f"{self.conn_id}-steps")
+        try:
+            done, _ = await asyncio.wait({reader, steps}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()                   # raises the reason
+            await reader
+        finally:
+            for task in (reader, steps):
+                task.cancel()
+            for task in (reader, steps):
+                with contextlib.suppress(BaseException):
+                    await task
 
     def _on_frame(self, raw: bytes, received_ns: int) -> None:
-        raise NotImplementedError
+        ctl = self.plug.classify(raw)
+        if ctl.kind == "data":
+            self._data(self.plug.tick_count(raw), len(raw))
+        elif ctl.kind == "malformed":
+            log.warning("%s: malformed frame (forwarded as received): %r", self.conn_id, raw[:120])
+        else:
+            self.session.on_control(ctl)
 
     def _data(self, ticks: int, size: int) -> None:
         self.last_data_mono = time.monotonic()
@@ -282,171 +301,36 @@ class Connection:
         self.metrics.frame(size, ticks)
         if not self.delivering.is_set():
             self.delivering.set()
-            self._first_data()
+            self.session.on_first_data()
 
-    def _first_data(self) -> None:
-        pass
+    # ------------------------------------------------------------------ the Link a session drives
 
+    async def connect(self, url: str) -> None:
+        # the connection id rides along as a header exchanges ignore: a server that logs it (the
+        # simulator does) ties each socket it served to the session this extractor recorded
+        self.ws = await ws_connect(url, max_size=MAX_WS_FRAME, open_timeout=self.options.open_timeout_s,
+                                   close_timeout=2, ping_interval=None, max_queue=64, compression=None,
+                                   additional_headers={"X-Cryptopipe-Conn-Id": self.conn_id})
 
-class BinanceConnection(Connection):
-    """`$BINANCE_WS_URL/stream?streams=...`; pings are answered by the websockets library (the pong
-    echoes the ping's payload); `serverShutdown` asks the runner for a rotation."""
-
-    exchange = "binance"
-    push_interval_ms = Binance.PUSH_INTERVAL_MS
-
-    async def _open(self) -> None:
-        url = Binance.combined_url(self.options.binance_ws_url, self.spec)
-        await self._connect(url)
-        self.connected.set()
-        self.events.emit("connected", self.conn_id, streams=len(self.spec), url=url.split("?")[0],
-                         **self._scope_detail())
-        self._subscribe_by_message = url.endswith("/stream") and bool(self.spec)
-
-    async def _session(self) -> None:
-        if not self._subscribe_by_message:
-            await self._read_loop()
-            return
-        reader = asyncio.create_task(self._read_loop())
-        try:
-            limiter = RateLimiter(Binance.MAX_MESSAGES_PER_SECOND - 1, 1.0)   # stay under 5/s
-            for i in range(0, len(self.spec), 200):
-                await limiter.wait()
-                await self.ws.send(Binance.subscribe_message(self.spec[i:i + 200], i // 200 + 1))
-            await reader
-        finally:
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
-
-    def _on_frame(self, raw: bytes, received_ns: int) -> None:
-        kind, detail = Binance.classify(raw)
-        if kind == "data":
-            self._data(raw.count(b'"e":"24hr') or raw.count(b'"s":'), len(raw))
-        elif kind == "server_shutdown":
-            log.info("%s: serverShutdown received: rotating", self.conn_id)
-            self.rotate_wanted.set()
-        elif kind == "error":
-            log.error("%s: error reply %s", self.conn_id, str(detail)[:200])
-            raise ConnectionEnded("subscribe_error")
-        elif kind == "malformed":
-            log.warning("%s: malformed frame (forwarded as received): %r", self.conn_id, raw[:120])
-
-    def _first_data(self) -> None:
-        # Binance covers time from the first data frame (there is no subscribe ack on URL streams)
-        self.events.emit("subscribed", self.conn_id, streams=len(self.spec))
-
-
-class KuCoinConnection(Connection):
-    """bullet-public -> token; connect with a fresh connectId; wait for `welcome`; subscribe (<= 100
-    topics per message, each ack awaited); ping every pingInterval, a missing pong within
-    pingTimeout kills the connection; `error` 401 = token expired -> reconnect with a new token."""
-
-    exchange = "kucoin"
-    push_interval_ms = KuCoin.PUSH_INTERVAL_MS
-    batch_frames = True            # one frame per tick
-
-    def __init__(self, *args, http: aiohttp.ClientSession | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.http = http
-        self.bullet = None
-        self.limiter = RateLimiter(KuCoin.MAX_UPLINK_PER_10S - 10, 10.0)   # under 100 per 10 s
-        self._ids = iter(range(1, 1 << 62))
-        self._acks: dict[str, asyncio.Future] = {}
-        self._pong: asyncio.Future | None = None
-
-    async def _fetch_bullet(self):
-        url = KuCoin.bullet_url(self.options.kucoin_rest_url)
-        timeout = aiohttp.ClientTimeout(total=self.options.open_timeout_s)
-        async with self.http.post(url, timeout=timeout) as resp:
-            body = await resp.read()
-            if resp.status != 200:
-                raise ConnectionEnded(f"bullet_http_{resp.status}")
-        try:
-            return KuCoin.parse_bullet(body)
-        except ValueError as exc:
-            log.warning("%s: %s", self.conn_id, exc)
-            raise ConnectionEnded("bullet_error") from None
-
-    async def _open(self) -> None:
-        self.bullet = await self._fetch_bullet()                  # a new token on every connection
-        connect_id = self.conn_id            # KuCoin echoes it in `welcome`; also ties logs together
-        await self._connect(KuCoin.ws_url(self.bullet.endpoint, self.bullet.token, connect_id))
-        raw = await asyncio.wait_for(self.ws.recv(decode=False), self.options.welcome_timeout_s)
+    async def recv_handshake(self, timeout_s: float) -> bytes:
+        """One frame before the read loop starts (e.g. a welcome), kept like every frame."""
+        raw = await asyncio.wait_for(self.ws.recv(decode=False), timeout_s)
         received_ns = time.time_ns()
         await self.sink.put(Record(self.topic, self.conn_id.encode(), raw,
                                    raw_headers(received_ns, self.conn_id, self.exchange), received_ns), self.stop)
         self.frames += 1
-        ctl = KuCoin.classify(raw)
-        if ctl.kind == "error":
-            raise ConnectionEnded("token_expired" if ctl.token_expired else f"error_{ctl.code}")
-        if ctl.kind != "welcome":
-            raise ConnectionEnded(f"no_welcome:{ctl.kind}")
-        if ctl.id != connect_id:
-            log.warning("%s: welcome id %r is not our connectId", self.conn_id, ctl.id)
-        self.connected.set()
-        self.events.emit("connected", self.conn_id, topics=len(self.spec), **self._scope_detail(),
-                         ping_interval_s=self.bullet.ping_interval_s, ping_timeout_s=self.bullet.ping_timeout_s)
+        return raw
 
-    async def _session(self) -> None:
-        reader = asyncio.create_task(self._read_loop(), name=f"{self.conn_id}-read")
-        pinger = asyncio.create_task(self._subscribe_then_ping(), name=f"{self.conn_id}-ping")
-        try:
-            done, _ = await asyncio.wait({reader, pinger}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()                   # raises the reason
-        finally:
-            for task in (reader, pinger):
-                task.cancel()
-            for task in (reader, pinger):
-                with contextlib.suppress(BaseException):
-                    await task
-
-    async def _send(self, text: str) -> None:
-        await self.limiter.wait()
+    async def send(self, text: str) -> None:
+        await self.uplink.wait()
         await self.ws.send(text)
 
-    async def _subscribe_then_ping(self) -> None:
-        for topic in self.spec:
-            req_id = str(next(self._ids))
-            fut = asyncio.get_running_loop().create_future()
-            self._acks[req_id] = fut
-            await self._send(KuCoin.subscribe_message(topic, req_id))
-            try:
-                await asyncio.wait_for(fut, self.options.ack_timeout_s)
-            except asyncio.TimeoutError:
-                raise ConnectionEnded("ack_timeout") from None
-            finally:
-                self._acks.pop(req_id, None)
-        self.events.emit("subscribed", self.conn_id, topics=sum(KuCoin.topic_count(t) for t in self.spec))
-        interval, timeout = self.bullet.ping_interval_s, self.bullet.ping_timeout_s
-        while True:
-            await asyncio.sleep(interval)
-            req_id = str(next(self._ids))
-            self._pong = asyncio.get_running_loop().create_future()
-            await self._send(KuCoin.ping_message(req_id))
-            try:
-                await asyncio.wait_for(self._pong, timeout)
-            except asyncio.TimeoutError:
-                raise ConnectionEnded("pong_timeout") from None
+    async def http_post(self, url: str, timeout_s: float) -> tuple[int, bytes]:
+        async with self.http.post(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            return resp.status, await resp.read()
 
-    def _on_frame(self, raw: bytes, received_ns: int) -> None:
-        ctl = KuCoin.classify(raw)
-        if ctl.kind == "message":
-            self._data(1, len(raw))
-        elif ctl.kind == "pong":
-            if self._pong is not None and not self._pong.done():
-                self._pong.set_result(True)
-        elif ctl.kind == "ack":
-            fut = self._acks.get(ctl.id or "")
-            if fut is not None and not fut.done():
-                fut.set_result(True)
-        elif ctl.kind == "error":
-            if ctl.token_expired:
-                raise ConnectionEnded("token_expired")
-            fut = self._acks.get(ctl.id or "")
-            log.error("%s: error frame code=%s data=%.120s", self.conn_id, ctl.code, str(ctl.data))
-            if fut is not None and not fut.done():
-                raise ConnectionEnded(f"subscribe_error_{ctl.code}")
-        elif ctl.kind == "malformed":
-            log.warning("%s: malformed frame (forwarded as received): %r", self.conn_id, raw[:120])
+    def emit(self, kind: str, **detail) -> None:
+        self.events.emit(kind, self.conn_id, **detail)
+
+    def rotate(self) -> None:
+        self.rotate_wanted.set()

@@ -32,15 +32,20 @@ _FROM_STAGE = """SELECT exchange, symbol, timestamptz 'epoch' + event_time_ms * 
 # fast path, step 1: every staged tick into `ticks` (the primary key guards against a duplicate)
 INSERT_TICKS = f"INSERT INTO ticks ({_TICK_COLUMNS})\n    {_FROM_STAGE}"
 
-# the candle and latest-price folds of the rows in `ins` (exchange, symbol, event_time, sequence, price)
+# the candle and latest-price folds of the rows in `ins` (exchange, symbol, event_time, sequence, price,
+# last_size). A stream candle's volume is the sum of the trade sizes its tickers carried (KuCoin
+# tickers carry the last trade's size; Binance's miniTicker none: NULL) - the volume the stream alone
+# saw, which reconciliation compares with the exchange's (candle_checks)
 _FOLD = """), cnd AS (
     INSERT INTO candles_1m AS c (exchange, symbol, open_time, open, high, low, close, source,
-                                 open_event_time, open_sequence, close_event_time, close_sequence, tick_count)
+                                 open_event_time, open_sequence, close_event_time, close_sequence, tick_count,
+                                 volume)
     SELECT exchange, symbol, date_trunc('minute', event_time),
            (array_agg(price ORDER BY event_time, sequence))[1], max(price), min(price),
            (array_agg(price ORDER BY event_time DESC, sequence DESC))[1], 'stream',
            min(event_time), (array_agg(sequence ORDER BY event_time, sequence))[1],
-           max(event_time), (array_agg(sequence ORDER BY event_time DESC, sequence DESC))[1], count(*)
+           max(event_time), (array_agg(sequence ORDER BY event_time DESC, sequence DESC))[1], count(*),
+           sum(last_size)    -- the volume the stream saw: the sizes of the trades its tickers carried
     FROM ins
     GROUP BY 1, 2, 3
     ORDER BY 1, 2, 3
@@ -66,6 +71,8 @@ _FOLD = """), cnd AS (
         high = GREATEST(c.high, EXCLUDED.high),
         low = LEAST(c.low, EXCLUDED.low),
         tick_count = c.tick_count + EXCLUDED.tick_count,
+        volume = CASE WHEN c.volume IS NULL THEN EXCLUDED.volume WHEN EXCLUDED.volume IS NULL THEN c.volume
+                      ELSE c.volume + EXCLUDED.volume END,
         updated_at = now()
     WHERE c.source = 'stream'
     RETURNING 1
@@ -86,7 +93,7 @@ SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM cnd), (SELECT count(*) 
 FOLD_STAGED = """
 WITH ins AS (
     SELECT exchange, symbol, timestamptz 'epoch' + event_time_ms * interval '1 millisecond' AS event_time,
-           sequence, price FROM stage_ticks
+           sequence, price, last_size FROM stage_ticks
 """ + _FOLD
 
 # slow path: insert what is new, fold only that (RETURNING lists each new row once)
@@ -95,7 +102,7 @@ WITH ins AS (
     INSERT INTO ticks ({_TICK_COLUMNS})
     {_FROM_STAGE}
     ON CONFLICT DO NOTHING   -- also skips a duplicate within the batch: the first copy wins
-    RETURNING exchange, symbol, event_time, sequence, price
+    RETURNING exchange, symbol, event_time, sequence, price, last_size
 """ + _FOLD
 
 UPSERT_SESSIONS = """

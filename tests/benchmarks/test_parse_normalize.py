@@ -18,7 +18,7 @@ from decimal import Decimal
 import pytest
 
 from common.models import Tick
-from streaming.exchanges import get_adapter
+from common.exchanges import get_adapter
 from tests.conftest import SAMPLES
 
 RECEIVED_NS = 1_795_000_000_000_000_000

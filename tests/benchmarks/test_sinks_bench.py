@@ -12,7 +12,8 @@ from streaming.archiver import ObjectCutter, Rotation, archive_line
 from streaming.consumer_loop import Metrics
 from common.codec.ticks import decode_lines, encode_batches, tick_line
 from streaming.loader import Batch, TickWriter
-from streaming.transformer import Router, SymbolMetadata
+from streaming.symbol_metadata import SymbolMetadata
+from streaming.transformer import Router
 from tests.conftest import SAMPLES
 from tests.unit.streaming.kafka_fakes import FakeMessage
 

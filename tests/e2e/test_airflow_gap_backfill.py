@@ -1,12 +1,15 @@
 """The outage scenario driven through Airflow: the simulator refuses websocket connections for
 minutes; crypto_gap_detection (triggered through the REST API) records the hole; crypto_backfill
-runs triggered through the REST API, the way the UI does it, fill it; every minute of the outage,
-edges included, is in candles_1m with the simulator's true values and every gap is `filled`."""
+runs triggered through the REST API, the way the UI does it, fill it; every gap is `filled`;
+then crypto_reconcile runs (triggered the same way), and every minute of the window, outage
+edges included, for every trading symbol of both exchanges, is in candles_1m with the
+simulator's true candle."""
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from backfill.validation import ceil_minute
 from tests.integration.airflow.airflow_api import AirflowApi
 from tests.plugins.pipeline import Figures, now_ms
 
@@ -21,7 +24,8 @@ def test_outage_found_by_airflow_and_filled_by_rest_triggered_backfills(live_pip
     api = AirflowApi(airflow_stack["url"], airflow_stack["user"], airflow_stack["password"])
     # scheduled runs of crypto_gap_detection may also trigger backfills meanwhile: harmless
     # (claims are atomic, writes idempotent); the check below waits for every backfill run
-    was_paused = {dag_id: api.ready(dag_id) for dag_id in ("crypto_gap_detection", "crypto_backfill")}
+    was_paused = {dag_id: api.ready(dag_id) for dag_id in ("crypto_gap_detection", "crypto_backfill",
+                                                           "crypto_reconcile")}
     try:
         t0 = now_ms()
         time.sleep(5)
@@ -52,6 +56,19 @@ def test_outage_found_by_airflow_and_filled_by_rest_triggered_backfills(live_pip
         assert set(states.values()) == {"success"}, states
         api.wait_idle("crypto_backfill")
 
+        # reconciliation through Airflow: runs (one at a time) until both exchanges are past t1
+        need = ceil_minute(datetime.fromtimestamp(t1 / 1000, UTC))
+        reconcile_runs = 0
+        while h.reconciled() < need:
+            assert reconcile_runs < 4, f"crypto_reconcile reached only {h.reconciled()}, {need} wanted"
+            wait = (need + timedelta(seconds=5) - datetime.now(UTC)).total_seconds()
+            if wait > 0:
+                time.sleep(wait)
+            status, run = api.trigger("crypto_reconcile", {"settle_seconds": 5})
+            assert status == 200, run
+            assert api.wait_run("crypto_reconcile", run["dag_run_id"], timeout=600)["state"] == "success"
+            reconcile_runs += 1
+
     finally:
         for dag_id, paused in was_paused.items():
             api.set_paused(dag_id, paused)
@@ -64,7 +81,8 @@ def test_outage_found_by_airflow_and_filled_by_rest_triggered_backfills(live_pip
         unfilled = [r for r in cur.fetchall() if r[2] is None or r[2] in listed[r[1]]]
     assert unfilled == []
     fig = Figures("airflow_outage_150s")
-    fig.add(backfill_runs=len(runs))
+    fig.add(backfill_runs=len(runs), reconcile_runs=reconcile_runs)
+    h.reconciled_until = h.reconciled()
     h.check_candles(pg, t0, t1, fig)
     fig.print()
     assert h.all_running() == {}

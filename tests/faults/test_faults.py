@@ -1,11 +1,19 @@
 """Fault injection on the real stack fed by the simulator: one scenario per fault, each asserting
 the same invariants afterwards (tests/plugins/pipeline.py) and printing its figures.
 
+Every scenario that checks candles runs gap detection and backfill, then reconciliation, and
+holds EVERY minute of its window, for every trading symbol of both exchanges, against the
+simulator's true candle (OHLC and volume): the stream's candles (built from tickers) are only
+provisional.
+
 The S3 server stays down for five minutes while the websocket faults run (drops every 30 s,
 stall, token expiry, rotation, malformed frames): those scenarios check ticks as they go; the
 last one of the group, once S3 is back, checks that the archive lost nothing and that gap
-detection and backfill (which keep their REST responses in S3) leave every minute of the
-group's window with the true candle.
+detection, backfill and reconciliation (which keep their REST responses in S3) leave every
+minute of the group's window with the true candle.
+
+Two scenarios are about candles alone: the stack starting (the first detection runs before the
+first session) and a 40 s exchange outage with reconciliation on.
 """
 import time
 from contextlib import contextmanager
@@ -14,7 +22,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from common.topics import DLQ_TOPICS, RAW_TOPICS
-from tests.plugins.pipeline import Figures, now_ms
+from backfill.validation import floor_minute
+from tests.plugins.pipeline import Figures, _at, now_ms
 
 pytestmark = pytest.mark.faults
 
@@ -37,6 +46,7 @@ def scenario(h, pg, s3, bucket, name, *, archive=True, candles=True, stopped=())
         h.check_archive(s3, bucket, raw_start, raw_end, fig)
     if candles:
         h.fill_gaps(fig, t0, t1)
+        h.reconcile(fig, t1)
         h.check_candles(pg, t0, t1, fig)
     fig.print()
     assert h.all_running(except_=stopped) == {}, "a process was left dead"
@@ -135,6 +145,7 @@ def test_s3_down_five_minutes_loses_nothing(live_pipeline, s3_outage, pg, s3, st
     # whole group's window must then hold the true candle
     until = now_ms()
     h.fill_gaps(fig, s3_outage["t0"], until)
+    h.reconcile(fig, until)
     h.check_candles(pg, s3_outage["t0"], until, fig)
     fig.print()
     assert h.all_running() == {}
@@ -234,3 +245,64 @@ def test_backfill_under_429_418_storm(live_pipeline, pg):
     assert fig.values["duplicates"] == 0
     h.check_candles(pg, int(start.timestamp() * 1000), int(end.timestamp() * 1000), fig, truth_everywhere=True)
     fig.print()
+
+
+# ---------------------------------------------------------------- candles: start-up, outage
+
+def test_exchange_outage_40s_with_reconciliation(live_pipeline, pg, s3, stack):
+    """Both exchanges refuse websocket connections for 40 s: the outage's minutes (edges
+    included) are found and backfilled, and reconciliation makes every other minute of the
+    window the exchange's candle too."""
+    h = live_pipeline
+    with scenario(h, pg, s3, stack.s3_bucket, "outage_40s_reconciled") as fig:
+        time.sleep(3)
+        h.sim.outage(40)
+        time.sleep(40)
+        h.wait_streaming(pg)
+        time.sleep(5)
+        fig.add(outage_s=40)
+
+
+def test_start_up_every_minute_since_start_is_the_exchanges(live_pipeline, pg, s3, stack):
+    """A fresh start: the streaming daemons stop, the stored history is emptied, and the first
+    gap detection runs before the extractors' first sessions (as on a fresh `make up`, where the
+    scheduler may run before the extractors connect). The daemons start; then detection,
+    backfill and reconciliation: every minute from before the first detection to the end,
+    the minute before the stream began and the partly seen first minute included, for every
+    trading symbol of both exchanges, is the simulator's true candle."""
+    from cryptopipe.stack import supervisor
+    from tests.plugins.stack import truncate_pipeline_tables
+
+    h = live_pipeline
+    fig = Figures("start_up")
+    # extractors first, and everything they sent loaded, so that no event of the old sessions
+    # reaches the emptied tables after the restart
+    for program in ("extract-binance", "extract-kucoin"):
+        h.stop(program)
+    h.settle(archive=True, timeout=300)
+    for program in supervisor.PIPELINE_PROGRAMS:
+        h.stop(program)
+    truncate_pipeline_tables(pg)
+    t0 = now_ms()
+    first = h.fill_gaps(fig)                    # before any session: the lookback is uncovered
+    assert first and {g.kind for g in first} == {"uncovered"}, [g.to_dict() for g in first]
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM stream_sessions")
+        assert cur.fetchone() == (0,), "a session began before the first detection"
+    for program in supervisor.PIPELINE_PROGRAMS:
+        h.start(program)
+    h.wait_streaming(pg)
+    time.sleep(60)                              # a couple of whole streamed minutes
+    t1 = now_ms()
+    h.settle()
+    with pg.cursor() as cur:
+        cur.execute("SELECT min(connected_at) FROM stream_sessions")
+        began = cur.fetchone()[0]
+    since = int((floor_minute(_at(t0)) - timedelta(minutes=3)).timestamp() * 1000)
+    h.fill_gaps(fig, since, t1)
+    h.reconcile(fig, t1)
+    h.check_candles(pg, since, t1, fig)
+    fig.add(first_detection_to_first_session_s=round((began - _at(t0)).total_seconds(), 1),
+            gaps_before_stream=len(first))
+    fig.print()
+    assert h.all_running() == {}

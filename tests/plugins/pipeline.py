@@ -11,7 +11,9 @@ Invariants, counted against the simulator's ground truth (never the pipeline's b
   minute); no stored row matches nothing sent; every frame the simulator corrupted is in the DLQ;
 - archive: every raw record is in S3 exactly once per offset;
 - candles: after gap detection and backfill, every minute of every gap is in `candles_1m`
-  with the true candle; no minute of the window is missing;
+  with the true candle; no minute of the window is missing; after reconciliation
+  (`PipelineHandle.reconcile`), every minute of the window, for every trading symbol of both
+  exchanges, is the simulator's true candle (OHLC and volume);
 - processes: every supervisord program is RUNNING.
 """
 from __future__ import annotations
@@ -80,6 +82,7 @@ class PipelineHandle:
         self.ctx = ctx
         self.sim = sim
         self.detected_until: datetime | None = None     # set by fill_gaps, used by check_candles
+        self.reconciled_until: datetime | None = None   # set by reconcile, used by check_candles
         self.only_symbols: list[str] | None = None      # accounting restricted to these (private chains)
 
     # --- processes
@@ -128,8 +131,8 @@ class PipelineHandle:
                                 WHERE received_at > now() - interval '5 seconds'""")
                 return cur.fetchone()[0] == len(EXCHANGES) or None
         wait_for(fresh, timeout, "both exchanges streaming")
-        # the stored history begins with the first whole minute after an exchange's first session
-        # (detection has nothing before it): a scenario starts inside that history
+        # a scenario starts in whole streamed minutes, after the minute the first session began in
+        # (which the stream saw only in part)
         with pg.cursor() as cur:
             cur.execute("SELECT max(first) FROM (SELECT min(coalesce(subscribed_at, connected_at)) AS first "
                         "FROM stream_sessions GROUP BY exchange) f")
@@ -308,16 +311,31 @@ class PipelineHandle:
                 return any((g_sym is None or g_sym == symbol) and g_lo <= event_ms < g_hi for g_sym, g_lo, g_hi in gaps)
             unexplained = [k for k in missing if not in_gap(k)]
             corrupted, in_dlq = self.dead_lettered_frames(exchange, since_ms - 5000)
+            unrecorded = self.sockets_without_session(pg, exchange, since_ms, until_ms)
             figures.add(**{f"{exchange}_sent": len(sent), f"{exchange}_sockets": len(sockets),
                            f"{exchange}_stored": sum(n for _, n in stored.values()), f"{exchange}_extra": extra_rows,
                            f"{exchange}_explained": len(missing) - len(unexplained),
                            f"{exchange}_unexplained": len(unexplained),
-                           f"{exchange}_corrupt_frames": corrupted, f"{exchange}_corrupt_frames_in_dlq": in_dlq})
+                           f"{exchange}_corrupt_frames": corrupted, f"{exchange}_corrupt_frames_in_dlq": in_dlq,
+                           f"{exchange}_sockets_without_session": len(unrecorded)})
             assert sent, f"{exchange}: the simulator sent nothing in the window"
             assert not extra, f"{exchange}: {extra_rows} stored rows match nothing sent once, e.g. {extra[:5]}"
             assert not unexplained, (f"{exchange}: {len(unexplained)} ticks sent, not stored, in no DLQ record or "
                                      f"recorded gap, e.g. {sorted(unexplained)[:5]}")
             assert in_dlq == corrupted, f"{exchange}: {corrupted - in_dlq} corrupted frames are not in the DLQ"
+
+    def sockets_without_session(self, pg, exchange: str, since_ms: int, until_ms: int) -> list[dict]:
+        """Sockets the simulator served data on in the window (its log) whose client connection id
+        (the X-Cryptopipe-Conn-Id header) no `stream_sessions` row holds. A figure, not an invariant:
+        a socket whose session was never recorded (an extractor killed as it connected) claims no
+        coverage, so its time is a gap and gets backfilled; nothing is lost that way."""
+        served = [c for c in self.sim.connections(exchange, since_ms=since_ms, until_ms=until_ms)
+                  if c.get("ticks_sent") and c.get("client_conn_id")]
+        with pg.cursor() as cur:
+            cur.execute("SELECT conn_id FROM stream_sessions WHERE conn_id = ANY(%s)",
+                        ([c["client_conn_id"] for c in served],))
+            known = {r[0] for r in cur.fetchall()}
+        return [c for c in served if c["client_conn_id"] not in known]
 
     def trading_symbols(self, exchange: str) -> set[str]:
         return {x["symbol"] for x in self.sim.symbols(exchange) if x.get("status") == "TRADING"}
@@ -356,15 +374,64 @@ class PipelineHandle:
         assert not failed, f"gaps not filled: {failed[:3]}"
         return all_gaps
 
+    RECONCILE_SETTLE = timedelta(seconds=5)
+
+    def reconcile(self, figures: Figures, until_ms: int, timeout: float = 300) -> datetime:
+        """Run reconciliation in-process, as crypto_reconcile would, with a short settle, until
+        both exchanges are reconciled past the minute `until_ms` falls in (a run takes what has
+        settled; the next one the rest). Returns (and keeps for check_candles) how far both are.
+        The engine waits out its REST settle (30 s) for a minute that closed just before."""
+        from backfill.reconcile import run_reconcile
+
+        need = ceil_minute(_at(until_ms))
+        wait = (need + self.RECONCILE_SETTLE - datetime.now(UTC)).total_seconds()
+        if wait > 0:
+            time.sleep(wait + 0.2)
+        listed = {ex: self.trading_symbols(ex) for ex in EXCHANGES}
+        deadline = time.monotonic() + timeout
+        totals = dict.fromkeys(("runs", "stream_compared", "stream_differing", "stream_missing", "requests"), 0)
+        while True:
+            results = run_reconcile(settle=self.RECONCILE_SETTLE, listed=listed, workers=4)
+            failed = [r.to_dict() for r in results if not r.ok]
+            assert not failed, f"reconciliation failed: {failed}"
+            totals["runs"] += 1
+            for r in results:
+                for key in ("stream_compared", "stream_differing", "stream_missing", "requests"):
+                    totals[key] += r.summary.get(key, 0)
+            reached = self.reconciled()
+            if reached >= need:
+                break
+            assert time.monotonic() < deadline, f"reconciled only up to {reached}, {need} wanted"
+            time.sleep(1)
+        figures.add(reconcile_runs=totals["runs"], reconcile_requests=totals["requests"],
+                    stream_candles_compared=totals["stream_compared"],
+                    stream_candles_differing=totals["stream_differing"],
+                    stream_candles_missing=totals["stream_missing"])
+        self.reconciled_until = reached
+        return reached
+
+    @staticmethod
+    def reconciled() -> datetime:
+        """How far both exchanges are reconciled (reconcile_state; the epoch when one never was)."""
+        from backfill.reconcile import read_state
+
+        return min((read_state(ex) or {}).get("reconciled_until") or _at(0) for ex in EXCHANGES)
+
     def check_candles(self, pg, since_ms: int, until_ms: int, figures: Figures, *, truth_everywhere=False) -> None:
         """After fill_gaps: no minute of [since, until) is missing for any trading symbol, and
         every minute inside a filled gap (every minute, with truth_everywhere) holds the
-        simulator's true candle."""
+        simulator's true candle. After reconcile: EVERY minute of the window, for every trading
+        symbol of both exchanges, holds the true candle (OHLC and volume) with source 'rest'."""
         from backfill import gaps as gaps_mod
 
         lo = floor_minute(_at(since_ms))
         detected_until, self.detected_until = self.detected_until, None
-        if detected_until is not None:
+        reconciled_until, self.reconciled_until = self.reconciled_until, None
+        if reconciled_until is not None:
+            hi = ceil_minute(_at(until_ms))
+            assert reconciled_until >= hi, f"reconciled up to {reconciled_until}, the window ends {hi}"
+            truth_everywhere = True
+        elif detected_until is not None:
             # after fill_gaps: every minute the scenario touched that detection could see
             hi = min(ceil_minute(_at(until_ms)), detected_until)
             assert hi > lo, f"nothing to check: detection saw up to {detected_until}, window starts {lo}"
@@ -402,7 +469,7 @@ class PipelineHandle:
                             wrong += 1
                             examples.append(("wrong", exchange, symbol, minute.isoformat(), row, truth.get(minute)))
                     minute += timedelta(minutes=1)
-        figures.add(minutes_missing=missing, minutes_filled_checked=checked_rest, minutes_wrong=wrong)
+        figures.add(minutes_missing=missing, minutes_checked_vs_truth=checked_rest, minutes_wrong=wrong)
         assert missing == 0 and wrong == 0, f"candles: {missing} missing, {wrong} wrong, e.g. {examples[:4]}"
 
     def check_archive(self, s3, bucket: str, start_offsets: dict, end_offsets: dict, figures: Figures) -> None:

@@ -33,6 +33,7 @@ def test_published_ports_bind_loopback_and_match_the_native_stack():
     assert published["s3proxy"] == paths.S3_PORT - paths.PORT_OFFSET
     assert published["airflow-api-server"] == paths.AIRFLOW_PORT - paths.PORT_OFFSET
     assert published["sim"] == paths.SIM_PORT - paths.PORT_OFFSET
+    assert published["pipeline"] == paths.API_PORT - paths.PORT_OFFSET      # the prices server
 
 
 def test_pipeline_env_names_are_settings_fields():
@@ -40,7 +41,7 @@ def test_pipeline_env_names_are_settings_fields():
     fields = {f.upper() for f in Settings.model_fields}
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "POSTGRES_DSN", "S3_ENDPOINT_URL", "S3_BUCKET", "AWS_ACCESS_KEY_ID",
                  "AWS_SECRET_ACCESS_KEY", "BINANCE_WS_URL", "BINANCE_REST_URL", "KUCOIN_REST_URL", "SYMBOLS",
-                 "SUPERVISOR_SOCKET"):
+                 "SUPERVISOR_SOCKET", "API_HOST", "API_PORT"):
         assert name in env and name in fields
 
 
@@ -60,4 +61,17 @@ def test_airflow_connections_match_the_native_names():
 def test_pipeline_programs_are_the_design_names():
     conf = (ROOT / "streaming" / "supervisord.conf").read_text()
     programs = re.findall(r"^\[program:([\w-]+)\]", conf, re.M)
-    assert programs == ["extract-binance", "extract-kucoin", "transform", "load", "archive"]
+    assert programs == ["extract-binance", "extract-kucoin", "transform", "load", "archive", "api"]
+    group = re.search(r"^\[group:pipeline\]\nprograms=(.*)$", conf, re.M).group(1).split(",")
+    assert group == programs
+
+
+def test_the_prices_server_is_in_the_pipeline_image_and_the_native_stack():
+    from cryptopipe.stack.supervisor import PIPELINE_PROGRAMS
+
+    assert "api" in PIPELINE_PROGRAMS
+    conf = (ROOT / "streaming" / "supervisord.conf").read_text()
+    assert "command=%(ENV_CRYPTOPIPE_PYTHON)s -m cryptopipe serve" in conf
+    env = COMPOSE["services"]["pipeline"]["environment"]
+    assert env["API_PORT"] == str(paths.API_PORT - paths.PORT_OFFSET)
+

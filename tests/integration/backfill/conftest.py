@@ -76,6 +76,9 @@ class Window:
                             "AND event_time >= %s AND event_time < %s", (exchange, syms, lo, hi))
                 cur.execute("DELETE FROM gaps WHERE exchange = %s AND gap_start >= %s AND gap_start < %s "
                             "AND (symbol IS NULL OR symbol = ANY(%s))", (exchange, lo, hi, syms))
+                # per exchange and minute: the windows are private, so are their minutes' checks
+                cur.execute("DELETE FROM candle_checks WHERE exchange = %s AND minute >= %s AND minute < %s",
+                            (exchange, lo, self.end + timedelta(hours=2)))
             if self.conn_ids:
                 cur.execute("DELETE FROM stream_sessions WHERE conn_id = ANY(%s)", (self.conn_ids,))
 

@@ -210,3 +210,65 @@ def _shard_down(exchange, w, T, a, b, pg):
     found = mine(detect_gaps(now, lookback=timedelta(minutes=33), exchanges=[exchange]))
     assert found == [(b, T + 10 * M, T + 17 * M, "missing_candles,uncovered")]
     assert mine(detect_gaps(now, lookback=timedelta(minutes=33), exchanges=[exchange])) == []
+
+
+def test_start_up_minutes_before_and_during_the_first_session_are_found_and_filled(sim_rest, window, pg, monkeypatch):
+    """Issue 13, edges: the first detection runs at T+3:19, before the first session (T+3:24);
+    the next one at T+18:19. Between them they must find every minute of the lookback, the
+    minute before the stream began (T+2) and the partly seen T+3 included, and the backfills
+    make them the exchange's candles (the partly seen minute's stream candle replaced, and its
+    divergence recorded)."""
+    from common.settings import get_settings
+
+    exchange = "kucoin"
+    ctl = sim_rest.control
+    w = window(40)
+    T = w.start + 20 * M                       # the window holds the 20 minutes of lookback before T
+    symbols = w.use(exchange, pick_symbols(ctl, exchange, 2, 0))
+    monkeypatch.setenv("SYMBOLS", ",".join(symbols))
+    get_settings.cache_clear()
+    truth = {s: {c["open_ms"]: c for c in ctl.candles(exchange, s, ms(w.start), ms(w.end) - 1)} for s in symbols}
+    conn_id = f"bftest-{uuid.uuid4().hex[:12]}"
+    w.conn_ids.append(conn_id)
+    began = T + 3 * M + 24 * S
+    with pg.cursor() as cur:
+        cur.execute("INSERT INTO stream_sessions (conn_id, exchange, connected_at, subscribed_at, last_seen_at) "
+                    "VALUES (%s, %s, %s, %s, %s)", (conn_id, exchange, began - S, began, T + 18 * M + 10 * S))
+        for day in sorted({(T + i * M).date() for i in range(0, 20)}):
+            cur.execute("SELECT ensure_ticks_partition(%s)", (day,))
+        for symbol in symbols:
+            cur.executemany("INSERT INTO ticks (exchange, symbol, event_time, price, received_at) VALUES (%s, %s, %s, 1, %s)",
+                            [(exchange, symbol, T + i * M + 40 * S, T + i * M + 40 * S) for i in range(3, 18)])
+            rows = []
+            for i in range(3, 18):
+                true = truth[symbol][ms(T + i * M)]
+                # the first minute saw only its last 36 seconds: its open is the first tick it saw
+                open_ = true["close"] if i == 3 else true["open"]
+                rows.append((exchange, symbol, T + i * M, open_, true["high"], true["low"], true["close"]))
+            cur.executemany("INSERT INTO candles_1m (exchange, symbol, open_time, open, high, low, close, source) "
+                            "VALUES (%s, %s, %s, %s, %s, %s, %s, 'stream')", rows)
+
+    def mine(found):
+        return sorted((g.symbol, g.gap_start, g.gap_end, g.kind) for g in found
+                      if g.symbol in (None, *symbols) and w.start - 5 * M <= g.gap_start < w.end)
+
+    lookback = timedelta(minutes=20)
+    first = detect_gaps(T + 3 * M + 19 * S, lookback=lookback, exchanges=[exchange])
+    assert mine(first) == [(None, T - 17 * M, T + 2 * M, "uncovered")]
+    for gap in first:
+        if mine([gap]):
+            assert fill_gap(gap).ok
+    second = detect_gaps(T + 18 * M + 19 * S, lookback=lookback, exchanges=[exchange])
+    # the horizon (T-2 .. T+17) still reaches back past the first session: T+2 and T+3 are found
+    assert mine(second) == [(None, T + 2 * M, T + 4 * M, "uncovered")]
+    for gap in second:
+        if mine([gap]):
+            assert fill_gap(gap).ok
+    assert_matches_truth(pg, ctl, exchange, symbols, T - 17 * M, T + 4 * M, source="rest")
+    with pg.cursor() as cur:
+        cur.execute("SELECT symbols_compared, symbols_differing FROM candle_checks WHERE exchange = %s AND minute = %s",
+                    (exchange, T + 3 * M))
+        compared, differing = cur.fetchone()
+    assert compared == 2 and differing == sum(truth[s][ms(T + 3 * M)]["open"] != truth[s][ms(T + 3 * M)]["close"]
+                                              for s in symbols)
+    assert mine(detect_gaps(T + 18 * M + 19 * S, lookback=lookback, exchanges=[exchange])) == []

@@ -24,7 +24,7 @@ from common.codec.events import decode_event
 from common.codec.raw import frames_of, read_raw_meta
 from common.models import PipelineEvent
 from common.topics import PIPELINE_EVENTS, raw_topic
-from streaming.exchanges import BadFrame, get_adapter
+from common.exchanges import BadFrame, get_adapter
 
 ROOT = Path(__file__).resolve().parents[3]
 

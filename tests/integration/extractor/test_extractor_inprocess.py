@@ -9,10 +9,10 @@ import pytest
 
 from common.codec.raw import frames_of, read_raw_meta
 
-from streaming.exchanges import Binance
+from common.exchanges import Binance, KuCoin
 from streaming.extractor.events import Events
 from streaming.extractor.metrics import Metrics
-from streaming.extractor.runner import Extractor, plan_binance, plan_kucoin, shard_scopes
+from streaming.extractor.runner import Extractor
 from streaming.extractor.transport import Options
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,8 @@ class CollectingSink:
 async def _run(exchange, shards, sim, seconds, scopes=None):
     sink = CollectingSink()
     metrics = Metrics(exchange)
-    options = Options(stall_s=10, binance_ws_url=sim.url("BINANCE_WS_URL"), kucoin_rest_url=sim.url("KUCOIN_REST_URL"))
+    options = Options(stall_s=10, urls={"binance_ws_url": sim.url("BINANCE_WS_URL"),
+                                        "kucoin_rest_url": sim.url("KUCOIN_REST_URL")})
     x = Extractor(exchange, shards, sink, Events(exchange, sink, metrics), metrics, options, heartbeat_s=1,
                   label="inproc", scopes=scopes)
     task = asyncio.create_task(x.run())
@@ -70,9 +71,9 @@ def test_binance_shards_and_subscribe_messages(sim_factory, monkeypatch):
     sim = sim_factory(symbols=12, rate=60)
     symbols = [s["symbol"] for s in sim.control.symbols("binance") if s["status"] == "TRADING"][:9]
     monkeypatch.setattr(Binance, "MAX_URL_CHARS", 10)      # force SUBSCRIBE instead of URL streams
-    shards = plan_binance(symbols, [], 4)
+    shards = Binance.plan_shards(symbols, [], 4)
     assert [len(s) for s in shards] == [4, 4, 1]
-    records = asyncio.run(_run("binance", shards, sim, 5, shard_scopes("binance", symbols, shards)))
+    records = asyncio.run(_run("binance", shards, sim, 5, Binance.shard_scopes(symbols, shards)))
     conns = _by_conn(records, "binance_raw_data")
     assert len(conns) == 3
     assert _connected_scopes(records) == sorted(sorted(symbols[i:i + 4]) for i in (0, 4, 8))
@@ -88,8 +89,8 @@ def test_binance_shards_and_subscribe_messages(sim_factory, monkeypatch):
 def test_kucoin_symbol_topics_chunked(sim_factory):
     sim = sim_factory(symbols=12, rate=60)
     symbols = [s["symbol"] for s in sim.control.symbols("kucoin") if s["status"] == "TRADING"][:6]
-    shards = plan_kucoin(symbols, ["/market/match:" + symbols[0]], 4)
-    records = asyncio.run(_run("kucoin", shards, sim, 4, shard_scopes("kucoin", symbols, shards)))
+    shards = KuCoin.plan_shards(symbols, ["/market/match:" + symbols[0]], 4)
+    records = asyncio.run(_run("kucoin", shards, sim, 4, KuCoin.shard_scopes(symbols, shards)))
     conns = _by_conn(records, "kucoin_raw_data")
     assert _connected_scopes(records) == sorted([sorted(symbols[:4]), sorted(symbols[4:])])
     assert [sum(len(t.split(":")[1].split(",")) for t in s) for s in shards] == [4, 3]
@@ -103,7 +104,7 @@ def test_kucoin_symbol_topics_chunked(sim_factory):
 
 def test_binance_server_pings_are_answered(sim_factory):
     sim = sim_factory(symbols=8, rate=40, binance_ping_interval=0.5, binance_pong_timeout=1.5)
-    records = asyncio.run(_run("binance", plan_binance([], [], 1024), sim, 5))
+    records = asyncio.run(_run("binance", Binance.plan_shards([], [], 1024), sim, 5))
     conns = sim.control.connections("binance")
     assert len(conns) == 1, conns                          # never closed for a missing pong
     assert conns[0]["close_reason"] in (None, "client_closed")
@@ -116,8 +117,9 @@ def test_oversized_frame_ends_the_connection_on_record_and_streaming_resumes(sim
     async def go():
         sink = CollectingSink()
         metrics = Metrics("kucoin")
-        options = Options(stall_s=10, kucoin_rest_url=sim.url("KUCOIN_REST_URL"))
-        x = Extractor("kucoin", plan_kucoin([], [], 300), sink, Events("kucoin", sink, metrics), metrics, options,
+        options = Options(stall_s=10, urls={"kucoin_rest_url": sim.url("KUCOIN_REST_URL")})
+        shards = KuCoin.plan_shards([], [], 300)
+        x = Extractor("kucoin", shards, sink, Events("kucoin", sink, metrics), metrics, options,
                       heartbeat_s=1, label="big", backoff={"base_s": 0.1, "cap_s": 0.5})
         task = asyncio.create_task(x.run())
         await asyncio.sleep(2)

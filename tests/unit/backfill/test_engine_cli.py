@@ -85,3 +85,40 @@ def test_only_chunks_ending_within_the_settle_time_wait_and_never_longer():
     assert _wait_until_settled(now + timedelta(minutes=5), slept.append) == 0 and slept == []   # bogus: no wait
     waited = _wait_until_settled(now - timedelta(seconds=10), slept.append)
     assert SETTLE_S - 11 < waited <= SETTLE_S - 9 and slept == [waited]
+
+
+def test_reconcile_cli_says_when_reconciliation_is_off(monkeypatch, capsys):
+    from backfill.cli import reconcile_main
+    from common.settings import get_settings
+
+    monkeypatch.setenv("RECONCILE", "off")
+    get_settings.cache_clear()
+    try:
+        assert reconcile_main([]) == 0
+        assert "reconciliation is off (RECONCILE=off)" in capsys.readouterr().out
+        assert reconcile_main(["--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["status"] == "off"
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("argv, words", [(["--settle-seconds", "-1"], "--settle-seconds"),
+                                         (["--max-minutes", "0"], "--max-minutes"),
+                                         (["--workers", "99"], "--workers")])
+def test_reconcile_cli_rejects_bad_parameters(argv, words, capsys):
+    from backfill.cli import reconcile_main
+
+    assert reconcile_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "invalid parameters" in err and words in err
+
+
+def test_reconcile_setting_reads_on_and_off(monkeypatch):
+    from common.settings import Settings
+
+    for text, value in (("off", False), ("on", True), ("0", False), ("true", True)):
+        monkeypatch.setenv("RECONCILE", text)
+        assert Settings().reconcile is value
+    monkeypatch.delenv("RECONCILE")
+    assert Settings().reconcile is True and Settings().reconcile_settle_seconds == 120

@@ -1,6 +1,6 @@
 from datetime import datetime, timedelta, timezone
 
-from backfill.gaps import (clip, merge_intervals, minutes_to_intervals, scoped_uncovered, subtract_intervals,
+from backfill.intervals import (clip, merge_intervals, minutes_to_intervals, scoped_uncovered, subtract_intervals,
                            widen_to_minutes)
 
 UTC = timezone.utc
@@ -70,7 +70,58 @@ def test_rotation_overlap_is_covered():
 
 
 def test_findings_merge_with_their_kinds():
-    from backfill.gaps import merge_findings
+    from backfill.intervals import merge_findings
     got = merge_findings([((t(10, 11), t(10, 16)), {"missing_candles"}), ((t(10, 10), t(10, 17)), {"uncovered"}),
                           ((t(10, 17), t(10, 18)), {"missing_candles"}), ((t(10, 30), t(10, 31)), {"uncovered"})])
     assert got == [((t(10, 10), t(10, 18)), {"missing_candles", "uncovered"}), ((t(10, 30), t(10, 31)), {"uncovered"})]
+
+
+def test_silences_widen_by_a_minute_each_side_and_spans_carry_their_kinds():
+    from backfill.intervals import label_spans, silences
+
+    # silent 10:05 and 10:06: 10:04 and 10:07 were heard only in part; clipped to the horizon
+    assert silences([t(10, 5), t(10, 6)], t(10, 0), t(11, 0)) == [(t(10, 4), t(10, 8))]
+    assert silences([t(10, 0)], t(10, 0), t(11, 0)) == [(t(10, 0), t(10, 2))]
+    assert silences([], t(10, 0), t(11, 0)) == []
+    uncovered = [(t(10, 0), t(10, 5)), (t(10, 30), t(10, 31))]
+    silent = [(t(10, 4), t(10, 8)), (t(10, 40), t(10, 42))]
+    assert label_spans(uncovered, silent) == [((t(10, 0), t(10, 8)), {"uncovered", "silence"}),
+                                              ((t(10, 30), t(10, 31)), {"uncovered"}),
+                                              ((t(10, 40), t(10, 42)), {"silence"})]
+
+
+# -- the detection horizon: no minute between the lookback and the first session is lost -------
+
+def test_horizon_is_the_lookback_window_whenever_the_stream_began():
+    from backfill.intervals import detection_horizon
+
+    assert detection_horizon(t(20, 3, 19), timedelta(hours=6), timedelta(seconds=60)) == (t(14, 3), t(20, 2))
+    # two runs less than lookback - settle apart see horizons that overlap: nothing falls between
+    for gap in (timedelta(minutes=15), timedelta(hours=5, minutes=58)):
+        lo1, hi1 = detection_horizon(t(20, 3, 19), timedelta(hours=6), timedelta(seconds=60))
+        lo2, hi2 = detection_horizon(t(20, 3, 19) + gap, timedelta(hours=6), timedelta(seconds=60))
+        assert lo2 <= hi1 and hi2 > hi1
+
+
+def test_the_run_after_the_first_session_finds_the_minute_before_it_and_its_partly_seen_minute():
+    """Issue 13: the first detection ran at 20:03:19, before the first session (20:03:24). It
+    found 14:03..20:02 (no session: all uncovered). The next run, at 20:18:19, must find the
+    minutes before the session it has not seen yet, 20:02 and the partly seen 20:03."""
+    from backfill.intervals import detection_horizon, uncovered_minutes
+
+    lo, hi = detection_horizon(t(20, 3, 19), timedelta(hours=6), timedelta(seconds=60))
+    first_run = uncovered_minutes(lo, hi, [])
+    assert first_run == [(t(14, 3), t(20, 2))]
+    lo, hi = detection_horizon(t(20, 18, 19), timedelta(hours=6), timedelta(seconds=60))
+    second_run = uncovered_minutes(lo, hi, [(t(20, 3, 24), t(20, 18, 19))])
+    assert second_run == [(t(14, 18), t(20, 4))]
+    # together (detection never records a minute twice) they leave no minute of the window out
+    assert merge_intervals(first_run + second_run) == [(t(14, 3), t(20, 4))]
+
+
+def test_every_partly_seen_minute_at_a_gap_edge_is_uncovered():
+    from backfill.intervals import uncovered_minutes
+
+    coverage = [(t(10, 0, 30), t(10, 5, 10)), (t(10, 7, 50), t(10, 20))]
+    assert uncovered_minutes(t(10, 0), t(10, 20), coverage) == [(t(10, 0), t(10, 1)), (t(10, 5), t(10, 8))]
+    assert uncovered_minutes(t(10, 0), t(10, 20), [(t(9, 0), t(11, 0))]) == []

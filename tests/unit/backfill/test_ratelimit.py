@@ -134,3 +134,29 @@ def test_announced_limits_replace_the_default():
     k, _ = budget("kucoin")
     k.observe(200, {"gw-ratelimit-limit": "500", "gw-ratelimit-remaining": "400", "gw-ratelimit-reset": "1000"})
     assert k.server_limit == 500 and k.capacity == 400
+
+
+def test_reconciliation_spends_at_most_a_quarter_of_the_exchange_weight_beside_the_backfills():
+    from backfill.ratelimit import SHARES, reset_budgets
+
+    reset_budgets()
+    try:
+        rec, back = budget_for("binance", "reconcile"), budget_for("binance")
+        assert rec is budget_for("binance", "reconcile") and rec is not back
+        assert (rec.capacity, back.capacity) == (1500, 4800)                    # of 6,000 weight per minute
+        assert budget_for("kucoin", "reconcile").capacity == 500                # of 2,000 per 30 s
+        assert SHARES["reconcile"] <= 0.25
+        rec.set_server_limit(1200)                                              # the exchange announced less
+        assert rec.capacity == 300
+        with pytest.raises(ValueError, match="unknown budget purpose"):
+            budget_for("binance", "bulk")
+    finally:
+        reset_budgets()
+
+
+def test_a_quarter_share_makes_klines_requests_wait_for_the_next_window():
+    b, c = budget("binance", share=0.25)       # 1,500 weight per minute; a klines request weighs 2
+    for _ in range(750):
+        assert b.acquire(2) == 0
+    assert b.acquire(2) == pytest.approx(60, abs=1.0)
+    assert b.stats.weight == 1502 and b.stats.waits == 1

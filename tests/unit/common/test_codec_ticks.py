@@ -15,6 +15,7 @@ MS = NS // 1_000_000
 
 
 def tick(**kw):
+    """A Binance BTC-USDT tick with a 10-digit bid and a 24 h volume (fields overridable)."""
     base = dict(exchange="binance", symbol="BTC-USDT", event_time_ms=MS, price=Decimal("67220.01"),
                 received_ns=NS + 5, sequence=7, bid=Decimal("0.0000001141"), volume_24h=Decimal("12.5"))
     base.update(kw)

@@ -1,15 +1,15 @@
 import pytest
 
-from common.symbols import (BinanceSymbolMap, InvalidSymbol, canonical, check_canonical, from_ccxt, from_kucoin,
-                            to_binance, to_ccxt)
+from common.exchanges import Binance, KuCoin
+from common.symbols import InvalidSymbol, canonical, check_canonical, from_ccxt, to_ccxt
 
 
 def test_canonical_forms():
     assert canonical("btc", "usdt") == "BTC-USDT"
-    assert from_kucoin("eth-btc") == "ETH-BTC"
+    assert KuCoin.from_market_id("eth-btc") == "ETH-BTC"
     assert from_ccxt("SOL/USDC") == "SOL-USDC"
     assert to_ccxt("SOL-USDC") == "SOL/USDC"
-    assert to_binance("BNB-BTC") == "BNBBTC"
+    assert Binance.market_id("BNB-BTC") == "BNBBTC"
 
 
 @pytest.mark.parametrize("hostile", [
@@ -27,7 +27,7 @@ def test_binance_map_keeps_trading_only():
         {"symbol": "OLDBTC", "status": "BREAK", "baseAsset": "OLD", "quoteAsset": "BTC"},
         {"symbol": "EVIL", "status": "TRADING", "baseAsset": "E'V", "quoteAsset": "IL"},
     ]}
-    m = BinanceSymbolMap.from_exchange_info(info)
+    m = Binance.symbol_map(Binance.markets_from_listing(info))
     assert m.get("BTCUSDT") == "BTC-USDT"
     assert "OLDBTC" not in m and "EVIL" not in m
     assert len(m) == 1

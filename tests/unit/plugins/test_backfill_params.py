@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import backfill.gaps
+import backfill.fill
+import backfill.gap_store
 import backfill.validation
 from plugins import backfill_tasks
 from plugins.backfill_tasks import InvalidParams, plan, summarize, validate_and_claim, validate_params
@@ -98,14 +99,14 @@ def test_validate_task_normalizes_a_good_request():
 
 def test_an_invalid_request_leaves_the_gaps_it_names_as_they_were(monkeypatch):
     marked = []
-    monkeypatch.setattr(backfill.gaps, "mark", lambda gid, status, **kw: marked.append((gid, status, kw["error"])))
+    monkeypatch.setattr(backfill.gap_store, "mark", lambda gid, status, **kw: marked.append((gid, status, kw["error"])))
     with pytest.raises(InvalidParams):
         validate_params(params(symbols=["NOPE-USDT"], gap_ids=[41]), now=NOW, known_symbols=KNOWN)
     assert marked == []     # bad parameters are the run's fault: the gap stays repairable
 
 
 def test_claims_only_gaps_it_gets(monkeypatch):
-    monkeypatch.setattr(backfill.gaps, "claim", lambda gid: gid != 8)
+    monkeypatch.setattr(backfill.gap_store, "claim", lambda gid: gid != 8)
     out = validate_and_claim(params(gap_ids=[7, 8]), now=NOW, known_symbols=KNOWN)
     assert out["owned_gap_ids"] == [7]
     dry = validate_and_claim(params(gap_ids=[7], dry_run=True), now=NOW, known_symbols=KNOWN)
@@ -134,9 +135,9 @@ def batch_summary(**kw):
 
 
 def test_summary_marks_covered_gaps_filled(monkeypatch):
-    monkeypatch.setattr(backfill.gaps, "mark_covered", lambda request: [7])
+    monkeypatch.setattr(backfill.gap_store, "mark_covered", lambda request, listed: [7])
     marks = []
-    monkeypatch.setattr(backfill.gaps, "mark", lambda gid, status, **kw: marks.append((gid, status)))
+    monkeypatch.setattr(backfill.gap_store, "mark", lambda gid, status, **kw: marks.append((gid, status)))
     validated = {**validate_params(params(), now=NOW, known_symbols=KNOWN), "owned_gap_ids": [7]}
     out = summarize(validated, {"chunks": 2}, [batch_summary(), batch_summary(chunks_done=0, chunks_skipped=1,
                                                                                 rows_written=0)], 2)
@@ -146,9 +147,9 @@ def test_summary_marks_covered_gaps_filled(monkeypatch):
 
 
 def test_summary_with_a_lost_task_fails_its_gaps(monkeypatch):
-    monkeypatch.setattr(backfill.gaps, "mark_covered", lambda request: pytest.fail("must not fill"))
+    monkeypatch.setattr(backfill.gap_store, "mark_covered", lambda request, listed: pytest.fail("must not fill"))
     marks = []
-    monkeypatch.setattr(backfill.gaps, "mark", lambda gid, status, **kw: marks.append((gid, status, kw["error"])))
+    monkeypatch.setattr(backfill.gap_store, "mark", lambda gid, status, **kw: marks.append((gid, status, kw["error"])))
     validated = {**validate_params(params(), now=NOW, known_symbols=KNOWN), "owned_gap_ids": [7]}
     out = summarize(validated, {"chunks": 3}, [batch_summary(), None], 3)
     assert not out["ok"] and out["batches_failed"] == 2
@@ -159,7 +160,7 @@ def test_summary_with_a_lost_task_fails_its_gaps(monkeypatch):
 
 def fake_gap(gid, exchange, symbol, minute_from, minute_to):
     t = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
-    return backfill.gaps.Gap(gid, exchange, symbol, t + timedelta(minutes=minute_from),
+    return backfill.gap_store.Gap(gid, exchange, symbol, t + timedelta(minutes=minute_from),
                              t + timedelta(minutes=minute_to), "open", "missing_candles", t, None, None, None)
 
 
@@ -175,10 +176,10 @@ def gaps_world(monkeypatch):
                                                     now=NOW, known_symbols=KNOWN,
                                                     max_window=gap.gap_end - gap.gap_start)
 
-    monkeypatch.setattr(backfill.gaps, "open_gaps", lambda limit=100: sorted(world["gaps"],
+    monkeypatch.setattr(backfill.gap_store, "open_gaps", lambda limit=100: sorted(world["gaps"],
                                                                                key=lambda g: g.gap_start)[:limit])
-    monkeypatch.setattr(backfill.gaps, "request_for_gap", request_for_gap)
-    monkeypatch.setattr(backfill.gaps, "mark", lambda gid, status, **kw: world["marks"].append((gid, status,
+    monkeypatch.setattr(backfill.fill, "request_for_gap", request_for_gap)
+    monkeypatch.setattr(backfill.gap_store, "mark", lambda gid, status, **kw: world["marks"].append((gid, status,
                                                                                                  kw.get("error"))))
     return world
 

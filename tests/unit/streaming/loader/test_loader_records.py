@@ -1,26 +1,15 @@
 """Loader, pure parts: which transformed records and pipeline events it accepts, and how."""
-import json
-from decimal import Decimal
 
 import pytest
 
-from common.models import PipelineEvent, Tick
-from streaming.consumer_loop import Metrics, StopFlag
 from common.codec import BadRecord
 from common.codec.events import decode_event
 from common.codec.ticks import encode_batches, tick_line
+from common.models import PipelineEvent
+from streaming.consumer_loop import Metrics, StopFlag
 from streaming.loader import Loader, merge_events
+from tests.unit.common.test_codec_ticks import MS, NS, tick  # noqa: F401 - the same sample tick
 from tests.unit.streaming.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
-
-NS = 1_764_000_000_000_000_000
-MS = NS // 1_000_000
-
-
-def tick(**kw):
-    base = dict(exchange="binance", symbol="BTC-USDT", event_time_ms=MS, price=Decimal("67220.01"),
-                received_ns=NS + 5, sequence=7, bid=Decimal("0.0000001141"), volume_24h=Decimal("12.5"))
-    base.update(kw)
-    return Tick(**base)
 
 
 def test_events_merge_per_connection_with_first_disconnect_reason():

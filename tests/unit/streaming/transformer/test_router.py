@@ -7,14 +7,15 @@ import pytest
 
 from common.codec.ticks import decode_ticks, partition_for
 from common.models import Tick
-from common.symbols import BinanceSymbolMap
+from common.exchanges import Binance
 from streaming.consumer_loop import Metrics
-from streaming.transformer import Router, SymbolMetadata, symbol_map_from_file
+from streaming.symbol_metadata import SymbolMetadata, symbol_map_from_file
+from streaming.transformer import Router
 from tests.conftest import SAMPLES
 from tests.unit.streaming.kafka_fakes import FakeMessage, FakeProducer
 
 RECEIVED_NS = 1_795_000_000_000_000_000
-BINANCE_MAP = symbol_map_from_file(SAMPLES / "binance-rest-exchangeInfo-spot-trimmed-2021-10-12.json")
+BINANCE_MAP = symbol_map_from_file(SAMPLES / "binance-rest-exchangeInfo-spot-trimmed-2021-10-12.json", "binance")
 
 
 def msg(topic, value, offset=0, partition=0, received_ns=RECEIVED_NS):
@@ -212,7 +213,7 @@ def test_symbol_map_file_keeps_only_trading_symbols():
     raw = json.loads((SAMPLES / "binance-rest-exchangeInfo-spot-trimmed-2021-10-12.json").read_text())["response"]
     breaking = [s["symbol"] for s in raw["symbols"] if s["status"] != "TRADING"]
     assert breaking and not set(breaking) & set(BINANCE_MAP)
-    assert len(BINANCE_MAP) == len(BinanceSymbolMap.from_exchange_info(raw))
+    assert len(BINANCE_MAP) == len(Binance.symbol_map(Binance.markets_from_listing(raw)))
 
 
 def test_scheduled_refresh_runs_in_the_background_and_the_router_picks_it_up():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from streaming.exchanges import Binance, KuCoin
+from common.exchanges import Binance, KuCoin
 
 from .samples import RECEIVED_NS, jsonl_frames
 
@@ -37,4 +37,4 @@ def test_bench_kucoin_ticker_frame(benchmark):
 
 def test_bench_classify(benchmark):
     frame = jsonl_frames("kucoin-ws-live-2026-10-03.jsonl")[0]
-    assert benchmark(KuCoin.classify, frame).kind == "message"
+    assert benchmark(KuCoin.classify, frame).kind == "data"

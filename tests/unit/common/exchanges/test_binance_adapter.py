@@ -6,8 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from common.symbols import BinanceSymbolMap
-from streaming.exchanges import BadFrame, Binance, Reject, UnknownSymbol, get_adapter
+from common.exchanges import BadFrame, Binance, Control, Reject, UnknownSymbol, get_adapter
 
 from .samples import RECEIVED_NS, binance_exchange_info, capture_frames, compact, json_file, jsonl_frames
 
@@ -16,7 +15,7 @@ MINI_ARR = "binance-miniTicker-arr-2022-10-14.json"
 
 @pytest.fixture(scope="module")
 def symbol_map() -> dict[str, str]:
-    m = BinanceSymbolMap.from_exchange_info(binance_exchange_info())
+    m = Binance.symbol_map(Binance.markets_from_listing(binance_exchange_info()))
     out = {raw: m.get(raw) for raw in ("BTCUSDT", "ETHUSDT", "ETHBTC", "BNBBTC", "NKNUSDT", "BLZETH", "LRCBTC",
                                        "RUNEEUR", "LINKBTC")}
     assert all(out.values())
@@ -40,8 +39,8 @@ def test_symbol_map_values_must_be_canonical():
         Binance({"BTCUSDT": "BTC/USDT"})
 
 
-def test_accepts_binance_symbol_map_object():
-    m = BinanceSymbolMap.from_exchange_info(binance_exchange_info())
+def test_accepts_the_symbol_map_built_from_exchange_info():
+    m = Binance.symbol_map(Binance.markets_from_listing(binance_exchange_info()))
     adapter = Binance(m)
     assert adapter.symbols["BTCUSDT"] == "BTC-USDT"
     assert "BREAK" not in json.dumps(adapter.symbols)
@@ -289,10 +288,10 @@ def test_combined_url_and_subscribe():
 
 def test_classify():
     docs = json_file("binance-docs-examples.json")["websocket_streams"]
-    assert Binance.classify(compact(docs["serverShutdown_raw"]))[0] == "server_shutdown"
-    assert Binance.classify(compact(docs["serverShutdown_combined"]))[0] == "server_shutdown"
-    assert Binance.classify(compact(docs["subscribe_response"])) == ("result", 1)
-    kind, detail = Binance.classify(compact(json.loads(jsonl_frames("binance-ws-errors-observed.jsonl")[0])["frame"]))
-    assert kind == "error" and detail["code"] == 2
-    assert Binance.classify(jsonl_frames("binance-ws-unicorn-fy-2020.jsonl")[4])[0] == "data"
-    assert Binance.classify(b"{oops")[0] == "malformed"
+    assert Binance.classify(compact(docs["serverShutdown_raw"])).kind == "server_shutdown"
+    assert Binance.classify(compact(docs["serverShutdown_combined"])).kind == "server_shutdown"
+    assert Binance.classify(compact(docs["subscribe_response"])) == Control("result", "1")
+    error = Binance.classify(compact(json.loads(jsonl_frames("binance-ws-errors-observed.jsonl")[0])["frame"]))
+    assert error.kind == "error" and error.data["code"] == 2 and error.code == 2
+    assert Binance.classify(jsonl_frames("binance-ws-unicorn-fy-2020.jsonl")[4]).kind == "data"
+    assert Binance.classify(b"{oops").kind == "malformed"

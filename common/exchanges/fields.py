@@ -1,10 +1,11 @@
-"""What every exchange adapter shares: the error types, the strict field readers and the frame guards.
+"""What every exchange plug's parser shares: the error types, the frame guards and the strict
+field readers.
 
 Parsing is pure: bytes in, `common.models.Tick` out, no clock, no network. The only notion of
 "now" is the `received_ns` the caller passes in, which bounds how far in the future an exchange
 timestamp may be.
 
-Hostile-input rules (every adapter):
+Hostile-input rules (every plug):
 - frames larger than `max_frame_bytes` -> `oversized`; JSON nested deeper than `MAX_DEPTH` ->
   `too_deep`; undecodable bytes or bad JSON -> `malformed_json`; `NaN`/`Infinity` literals -> `non_finite`.
 - JSON is decoded by `common.jsoncodec` (orjson; the standard library when orjson refuses a
@@ -29,7 +30,6 @@ from typing import Any
 from common import jsoncodec
 from common.codec.limits import (EPOCH_FLOOR_MS, INT64_MAX, MAX_EVENT_AHEAD_MS, MAX_NUMBER_CHARS,  # noqa: F401
                                  PLAIN_DECIMAL)
-from common.models import Tick
 
 MAX_DEPTH = 8                      # deepest legit ticker frame: wrapper -> array -> object (3)
 # the limits every hop shares (common.codec.limits): decimals, times, int64
@@ -57,7 +57,7 @@ class BadFrame(ValueError):
 
 
 class UnknownSymbol(BadFrame):
-    """The exchange symbol is not in the adapter's symbol map (refresh the metadata and retry)."""
+    """The exchange symbol is not in the plug's symbol map (refresh the metadata and retry)."""
 
     def __init__(self, symbol: str):
         self.symbol = symbol
@@ -66,7 +66,7 @@ class UnknownSymbol(BadFrame):
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """One bad element of a multi-ticker frame (Binance `!miniTicker@arr`)."""
+    """One bad element of a multi-ticker frame (e.g. Binance `!miniTicker@arr`)."""
     index: int
     error: BadFrame
     element: Any          # the decoded JSON element (dict/list/str/...), for the DLQ record
@@ -76,50 +76,26 @@ class Reject:
         return self.error.reason
 
 
-class ExchangeAdapter:
-    """One subclass per exchange; `name` is the exchange id used in topics and tables."""
-
-    name: str = ""
-    max_frame_bytes: int = 1 << 20
-
-    def parse_ticks(self, raw: bytes, received_ns: int, rejects: list[Reject] | None = None) -> list[Tick]:
-        """Pure: frame bytes -> ticks. [] for control frames; BadFrame for bad input.
-
-        Multi-ticker frames: with `rejects=None` (the default) one bad element makes the whole
-        frame raise (the first element's BadFrame / UnknownSymbol) - all or nothing, never a silent
-        drop. Pass a list to get the good ticks returned and every bad element appended to it as
-        a `Reject` instead (frame-level faults - bad JSON, oversized - still raise).
-        """
-        raise NotImplementedError
-
-    def lost_symbols(self, raw: bytes, rejects: list[Reject]) -> set[str]:
-        """Best effort, never raises: the canonical symbols whose data a bad frame (or its
-        rejected elements) held, so a dead letter can name them; empty = unknown (the loss is
-        then taken as exchange-wide)."""
-        return set()
-
-    # ------------------------------------------------------------------ shared guards
-
-    def decode(self, raw: bytes | str) -> Any:
-        """Size, depth and JSON checks; returns the decoded value."""
-        if isinstance(raw, str):
-            raw = raw.encode("utf-8")
-        if not isinstance(raw, (bytes, bytearray, memoryview)):
-            raise BadFrame("malformed_json", f"expected bytes, got {type(raw).__name__}")
-        raw = bytes(raw)
-        if len(raw) > self.max_frame_bytes:
-            raise BadFrame("oversized", f"{len(raw)} bytes > {self.max_frame_bytes}")
-        # fewer opening brackets than the limit cannot nest deeper (one-ticker frames: 2)
-        if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and json_depth(raw) > MAX_DEPTH:
-            raise BadFrame("too_deep", f"nesting > {MAX_DEPTH}")
-        try:
-            return jsoncodec.loads(raw, parse_constant=_reject_constant)
-        except BadFrame:
-            raise
-        except RecursionError:
-            raise BadFrame("too_deep", "json recursion limit") from None
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise BadFrame("malformed_json", str(exc)[:120]) from None
+def decode_frame(raw: bytes | str, max_frame_bytes: int) -> Any:
+    """Size, depth and JSON checks; returns the decoded value (BadFrame otherwise)."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise BadFrame("malformed_json", f"expected bytes, got {type(raw).__name__}")
+    raw = bytes(raw)
+    if len(raw) > max_frame_bytes:
+        raise BadFrame("oversized", f"{len(raw)} bytes > {max_frame_bytes}")
+    # fewer opening brackets than the limit cannot nest deeper (one-ticker frames: 2)
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and json_depth(raw) > MAX_DEPTH:
+        raise BadFrame("too_deep", f"nesting > {MAX_DEPTH}")
+    try:
+        return jsoncodec.loads(raw, parse_constant=_reject_constant)
+    except BadFrame:
+        raise
+    except RecursionError:
+        raise BadFrame("too_deep", "json recursion limit") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadFrame("malformed_json", str(exc)[:120]) from None
 
 
 def json_depth(raw: bytes) -> int:

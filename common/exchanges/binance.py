@@ -1,4 +1,5 @@
-"""Binance spot market streams: protocol pieces (URLs, SUBSCRIBE, frame classes) and pure parsing.
+"""Binance, the plug: spot market streams (URLs, SUBSCRIBE, frame classes, pure parsing), the
+connection's protocol steps, the market list and the REST rules.
 
 Frames handled (see tests/fixtures/exchange-samples/, SOURCES.md):
 - `24hrMiniTicker` (`<sym>@miniTicker`, and `!miniTicker@arr`: a bare JSON array in the raw form,
@@ -12,45 +13,68 @@ Frames handled (see tests/fixtures/exchange-samples/, SOURCES.md):
 - anything else (`kline`, `depthUpdate`, `avgPrice`, ...) -> BadFrame("unsupported_event:<e>"):
   we never subscribe to them, so one arriving is worth a dead-letter record, not silence.
 
-Websocket-level pings are answered by the websockets library with the same payload; there is no
-text ping on this API.
+Connection: `$BINANCE_WS_URL/stream?streams=...` (SUBSCRIBE messages when the list is too long
+for a URL); websocket-level pings are answered by the websockets library with the same payload
+(there is no text ping on this API); `serverShutdown` asks for a rotation.
+
+REST (`/api/v3/klines` through ccxt): rows `[openTime ms, "o", "h", "l", "c", "v", ...]`, at most
+1000 per request; weight 6000 per minute (announced in exchangeInfo `rateLimits`), the IP's
+weight this minute in `x-mbx-used-weight-1m`, 418 = IP ban ("banned until <ms>").
 """
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 from common.models import Tick
-from common.symbols import InvalidSymbol, check_canonical
+from common.symbols import check_canonical
 
-from .base import (BadFrame, ExchangeAdapter, Reject, UnknownSymbol, event_ms, optional_amount, optional_price,
-                   price_field, require, require_dict, sequence_field)
+from .base import DATA, MALFORMED, Control, Exchange, RateHeaders, RestLimits, Session, SessionEnded, log
+from .fields import (BadFrame, Reject, UnknownSymbol, event_ms, optional_amount, optional_price, price_field, require,
+                     require_dict, sequence_field)
 
 _MAX_RAW_SYMBOL = 40
+_BANNED_UNTIL = re.compile(r"banned until (\d{12,14})")
+_SHUTDOWN = Control("server_shutdown")
 
 
-class Binance(ExchangeAdapter):
+class Binance(Exchange):
     name = "binance"
     max_frame_bytes = 8 << 20        # !miniTicker@arr for ~2000 symbols is ~400 kB
 
     # exchange limits (web-socket-streams.md)
     MAX_STREAMS_PER_CONNECTION = 1024
+    MAX_PER_CONNECTION = MAX_STREAMS_PER_CONNECTION
     # `!miniTicker@arr` pushes each changed symbol once a second, carrying its last trade: a tick's
     # exchange time may precede its push by up to a second
     PUSH_INTERVAL_MS = 1000
     MAX_MESSAGES_PER_SECOND = 5       # incoming control messages per connection
+    UPLINK_LIMIT = (MAX_MESSAGES_PER_SECOND - 1, 1.0)      # stay under 5/s
+    SUBSCRIBE_BATCH = 200             # streams per SUBSCRIBE message
     CONNECTION_LIFETIME_S = 24 * 3600
     MAX_URL_CHARS = 8000              # beyond this, subscribe with SUBSCRIBE messages instead
+    WS_URL_SETTING = "binance_ws_url"
+    LIVE_WS_URL = "wss://stream.binance.com:9443"
+    EXTRACTOR_METRICS_PORT = 9101
+    NEEDS_SYMBOL_MAP = True           # BTCUSDT cannot be split without the market list
 
     DEFAULT_STREAMS = ("!miniTicker@arr",)
     # standard channel -> Binance stream suffix
     CHANNELS = {"mini_ticker": "miniTicker", "ticker": "ticker", "book_ticker": "bookTicker",
                 "trade": "trade", "agg_trade": "aggTrade"}
 
-    def __init__(self, symbol_map: Mapping[str, str] | None = None):
-        self._symbols: dict[str, str] = {}
-        self.update_symbols(symbol_map or {})
+    # REST (spot API docs: limits, klines)
+    REST_URL_SETTING = "binance_rest_url"
+    LIVE_REST_URL = "https://api.binance.com"
+    CCXT_ID = "binance"
+    CANDLES_PER_REQUEST = 1000
+    REST_LIMITS = RestLimits(server_limit=6000, window_s=60.0, weights={"ohlcv": 2, "markets": 20})
+    RATE_HEADERS = ("x-mbx-used-weight", "x-mbx-used-weight-1m")
+
+    def __init__(self, symbol_map=None):
+        super().__init__(symbol_map)
         self._parsers = {
             "24hrMiniTicker": self._mini_ticker,
             "24hrTicker": self._ticker,
@@ -58,21 +82,21 @@ class Binance(ExchangeAdapter):
             "aggTrade": self._agg_trade,
         }
 
-    def update_symbols(self, symbol_map: Mapping[str, str]) -> None:
-        """Replace the {BTCUSDT: BTC-USDT} map (e.g. after UnknownSymbol, from a fresh load_markets)."""
-        if hasattr(symbol_map, "_map"):          # common.symbols.BinanceSymbolMap
-            symbol_map = symbol_map._map      # noqa: SLF001 - read-only use
-        fresh = {}
-        for raw, canonical in dict(symbol_map).items():
-            try:
-                fresh[str(raw)] = check_canonical(canonical)
-            except InvalidSymbol as exc:
-                raise ValueError(f"binance symbol map: {exc}") from None
-        self._symbols = fresh
+    # ------------------------------------------------------------------ markets
 
-    @property
-    def symbols(self) -> dict[str, str]:
-        return dict(self._symbols)
+    @classmethod
+    def market_id(cls, symbol: str) -> str:
+        """BTC-USDT -> BTCUSDT."""
+        return check_canonical(symbol).replace("-", "")
+
+    @classmethod
+    def markets_from_listing(cls, doc: Any) -> list[dict]:
+        """An exchangeInfo response -> ccxt-shaped markets (TRADING = active)."""
+        if not isinstance(doc, dict) or not isinstance(doc.get("symbols"), list):
+            raise ValueError("binance: not an exchangeInfo response")
+        return [{"id": item["symbol"], "base": item.get("baseAsset"), "quote": item.get("quoteAsset"), "spot": True,
+                 "active": item.get("status") == "TRADING"}
+                for item in doc["symbols"] if isinstance(item, dict) and isinstance(item.get("symbol"), str)]
 
     # ------------------------------------------------------------------ protocol (pure)
 
@@ -80,7 +104,7 @@ class Binance(ExchangeAdapter):
     def stream_name(cls, canonical_symbol: str, channel: str = "mini_ticker") -> str:
         """BTC-USDT, 'trade' -> 'btcusdt@trade'."""
         suffix = cls.CHANNELS.get(channel, channel)
-        return f"{check_canonical(canonical_symbol).replace('-', '').lower()}@{suffix}"
+        return f"{cls.market_id(canonical_symbol).lower()}@{suffix}"
 
     @classmethod
     def shard_streams(cls, streams: Iterable[str], per_connection: int | None = None) -> list[list[str]]:
@@ -88,6 +112,19 @@ class Binance(ExchangeAdapter):
         limit = min(per_connection or cls.MAX_STREAMS_PER_CONNECTION, cls.MAX_STREAMS_PER_CONNECTION)
         unique = list(dict.fromkeys(streams))
         return [unique[i:i + limit] for i in range(0, len(unique), limit)] or [[]]
+
+    @classmethod
+    def plan_shards(cls, symbols: list[str], extra: list[str], per_connection: int) -> list[list[str]]:
+        streams = [cls.stream_name(s, "mini_ticker") for s in symbols] if symbols else list(cls.DEFAULT_STREAMS)
+        return cls.shard_streams(streams + list(extra), per_connection)
+
+    @classmethod
+    def carried_symbols(cls, symbols: list[str]) -> Callable[[str], list[str] | None]:
+        by_stream = {cls.stream_name(s, "mini_ticker"): s for s in symbols}
+
+        def carried(item: str) -> list[str] | None:
+            return None if item in cls.DEFAULT_STREAMS else [by_stream[item]] if item in by_stream else []
+        return carried
 
     @classmethod
     def combined_url(cls, base_url: str, streams: list[str]) -> str:
@@ -108,34 +145,71 @@ class Binance(ExchangeAdapter):
                           separators=(",", ":"))
 
     @staticmethod
-    def classify(raw: bytes | str) -> tuple[str, Any]:
-        """Cheap control-frame triage for the transport: (kind, detail).
-
-        kinds: `data`, `server_shutdown`, `result` (detail = id), `error` (detail = the error
-        object), `malformed`. Data frames are not decoded fully here: the extractor forwards bytes.
-        """
+    def classify(raw: bytes | str) -> Control:
+        """Cheap control-frame triage for the transport: kinds `data`, `server_shutdown`, `result`
+        (id), `error` (code, data = the error object), `malformed`. Data frames are not decoded
+        fully here: the extractor forwards bytes."""
         head = raw[:200] if isinstance(raw, (bytes, bytearray)) else raw[:200].encode()
         if b"serverShutdown" in head:
-            return "server_shutdown", None
+            return _SHUTDOWN
         if head.startswith(b'{"stream"') or head.startswith(b"["):
-            return "data", None
+            return DATA
         try:
             obj = json.loads(raw, parse_float=Decimal)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            return "malformed", None
+            return MALFORMED
         if isinstance(obj, dict):
             if "stream" in obj and "data" in obj:
                 data = obj["data"]
                 if isinstance(data, dict) and data.get("e") == "serverShutdown":
-                    return "server_shutdown", None
-                return "data", None
+                    return _SHUTDOWN
+                return DATA
             if obj.get("e") == "serverShutdown":
-                return "server_shutdown", None
+                return _SHUTDOWN
+            ident = None if obj.get("id") is None else str(obj.get("id"))
             if "error" in obj:
-                return "error", obj.get("error")
+                error = obj.get("error")
+                code = error.get("code") if isinstance(error, dict) else None
+                return Control("error", ident, code if isinstance(code, int) else None, error)
             if "result" in obj and "id" in obj:
-                return "result", obj.get("id")
-        return "data", None
+                return Control("result", ident)
+        return DATA
+
+    @staticmethod
+    def tick_count(raw: bytes) -> int:
+        return raw.count(b'"e":"24hr') or raw.count(b'"s":')
+
+    @classmethod
+    def session(cls, spec: list[str], link) -> Session:
+        return BinanceSession(cls, spec, link)
+
+    # ------------------------------------------------------------------ REST
+
+    @classmethod
+    def ohlcv_params(cls, since_ms: int, minutes: int) -> dict:
+        # an inclusive `until` for the chunk's last minute: the answer never runs past the chunk
+        return {"until": since_ms + minutes * 60_000 - 1}
+
+    @classmethod
+    def read_rate_headers(cls, number) -> RateHeaders:
+        return RateHeaders(used=number("x-mbx-used-weight-1m"), used_window_s=60.0)
+
+    @classmethod
+    def server_limit_from_markets(cls, body: str | None) -> float | None:
+        """exchangeInfo `rateLimits`: REQUEST_WEIGHT per 1 MINUTE."""
+        try:
+            for item in json.loads(body or "{}").get("rateLimits") or []:
+                if (item.get("rateLimitType") == "REQUEST_WEIGHT" and item.get("interval") == "MINUTE"
+                        and int(item.get("intervalNum", 1)) == 1):
+                    return item.get("limit")
+        except (ValueError, TypeError, AttributeError):
+            pass      # no usable announcement: keep the documented default
+        return None
+
+    @classmethod
+    def banned_until_ms(cls, body: str | None) -> int | None:
+        match = _BANNED_UNTIL.search(body or "")
+        return int(match.group(1)) if match else None
 
     # ------------------------------------------------------------------ parsing (pure)
 
@@ -248,3 +322,35 @@ class Binance(ExchangeAdapter):
                     event_time_ms=event_ms(require(obj, "E"), "E", received_ns),
                     price=price_field(obj, "p"), received_ns=received_ns,
                     sequence=sequence_field(require(obj, "a"), "a"), last_size=optional_amount(obj, "q"))
+
+
+class BinanceSession(Session):
+    """One connection: connect to the combined-stream URL (or bare `/stream` + SUBSCRIBE messages);
+    `serverShutdown` asks for a rotation; an error reply ends the connection."""
+
+    async def open(self) -> dict:
+        link = self.link
+        base = Binance.endpoint(link.options.urls, Binance.WS_URL_SETTING, Binance.LIVE_WS_URL)
+        url = Binance.combined_url(base, self.spec)
+        await link.connect(url)
+        self._subscribe_by_message = url.endswith("/stream") and bool(self.spec)
+        return {"streams": len(self.spec), "url": url.split("?")[0]}
+
+    async def run(self) -> None:
+        if not self._subscribe_by_message:
+            return
+        n = Binance.SUBSCRIBE_BATCH
+        for i in range(0, len(self.spec), n):
+            await self.link.send(Binance.subscribe_message(self.spec[i:i + n], i // n + 1))
+
+    def on_control(self, ctl: Control) -> None:
+        if ctl.kind == "server_shutdown":
+            log.info("%s: serverShutdown received: rotating", self.link.conn_id)
+            self.link.rotate()
+        elif ctl.kind == "error":
+            log.error("%s: error reply %s", self.link.conn_id, str(ctl.data)[:200])
+            raise SessionEnded("subscribe_error")
+
+    def on_first_data(self) -> None:
+        # Binance covers time from the first data frame (there is no subscribe ack on URL streams)
+        self.link.emit("subscribed", streams=len(self.spec))
