@@ -127,7 +127,9 @@ def headline(doc: dict) -> dict:
     if isinstance(peer, dict) and peer.get("mode"):
         out["peer"] = step_figures(peer.get("max"))
     d, p = out.get("defaults"), out.get("peer")
-    if d and p and p.get("stored_ticks_per_s"):
+    searched = (ours.get("defaults") or {}).get("mode") == "max" and isinstance(peer, dict) and peer.get("mode") == "max"
+    # a ratio of maxima: at one fixed rate the two are offered different ticks (peer.py)
+    if searched and d and p and p.get("stored_ticks_per_s"):
         out["ratio_vs_peer"] = d["stored_ticks_per_s"] / p["stored_ticks_per_s"]
     past = ours.get("past_capacity")
     if past:
