@@ -1,16 +1,19 @@
-"""`cryptopipe bench`: end-to-end benchmark of the pipeline on the real local stack, with
-cryptofeed (from PyPI, in its own venv) side by side on the same machine and the same feed.
+"""`cryptopipe bench`: the pipeline on the real local stack, fed by the project's simulator, with
+cryptofeed (from PyPI, in its own venv) measured the same way in the same run.
 
-    cryptopipe bench                                  # 30 s at the default rate, ours only
-    cryptopipe bench --rate 10000 --duration 60 --peer cryptofeed --json out.json
-    cryptopipe bench --rate max                       # step the rate up until the pipeline stops keeping up
-    cryptopipe bench --soak                           # one hour, RSS sampled every 10 s
-    cryptopipe bench --profile DIR                    # transformer, loader and extractors under cProfile
+    cryptopipe bench --rate max --duration 60 --peer cryptofeed --json F
+        the maximum SUSTAINED ticks/s into Postgres with the shipped defaults (lag on every topic,
+        the archiver's included, does not grow over the window), its latency, CPU per tick and
+        RSS of every process; the same search with tuned flags; one step past capacity (RSS);
+        cryptofeed at its own maximum; the limit lines (simulator, Kafka and Postgres alone) and
+        the cost of the `ticks` primary key
+    cryptopipe bench --rate 10000 --duration 60 --json F      one fixed-rate step
+    cryptopipe bench --rate 10000 --profile DIR               every daemon under cProfile
+    cryptopipe bench --soak --rate 1000                       one hour, RSS sampled every 10 s
 
-Both systems are driven by the project's simulator (a private instance per run), write to the
-same Kafka and Postgres (their own topics and tables), and are measured the same way: rows
-committed per second, receipt -> commit latency from the rows' transaction ids sampled against
-pg_current_snapshot(), consumer lag or in-memory backlog, CPU and RSS per process.
+--rate is offered ticks/s over both exchanges: the simulator's symbols and trade rate are derived
+from it (cryptopipe/bench/feed.py). Daemon flags (--batch-size, --poll-timeout, --linger-ms,
+--batch-linger-ms, --archive-max-age, --*-workers) change the run from the shipped defaults.
 """
 from __future__ import annotations
 
@@ -18,152 +21,153 @@ import argparse
 import shlex
 import signal
 import sys
+import tempfile
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
 
-MAX_RATE_STEPS = (2500.0, 5000.0, 7500.0, 10000.0, 15000.0, 20000.0, 30000.0, 40000.0, 60000.0, 80000.0, 100000.0)
+# the tuned figures' flags (the shipped defaults are the daemons' own); see docs/benchmarks.md
+DEFAULT_TUNED = "--poll-timeout 0.05 --batch-linger-ms 50"
+RAMP_START = 5000.0
+PAST_CAPACITY_FACTOR = 2.0
+
+
+def _daemon_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=None, help="transform/load/archive --batch-size (records)")
+    p.add_argument("--poll-timeout", type=float, default=None, help="transform/load/archive --poll-timeout (s)")
+    p.add_argument("--linger-ms", type=int, default=None, help="extractors' producer --linger-ms")
+    p.add_argument("--batch-linger-ms", type=float, default=None, help="KuCoin extractor's --batch-linger-ms")
+    p.add_argument("--archive-max-age", type=float, default=None, help="archiver --max-age (s)")
+    for d in ("transform", "load", "archive"):
+        p.add_argument(f"--{d}-workers", type=int, default=1, help=f"{d} instances in one consumer group (default 1)")
+
+
+def tuning_of(args):
+    from cryptopipe.bench.ours import Tuning
+
+    return Tuning(batch_size=args.batch_size, poll_timeout=args.poll_timeout, linger_ms=args.linger_ms,
+                  batch_linger_ms=args.batch_linger_ms, archive_max_age=args.archive_max_age,
+                  transform_workers=args.transform_workers, load_workers=args.load_workers,
+                  archive_workers=args.archive_workers)
+
+
+def parse_tuning(flags: str):
+    p = argparse.ArgumentParser(prog="--tuned", add_help=False, exit_on_error=False)
+    _daemon_flags(p)
+    try:
+        return tuning_of(p.parse_args(shlex.split(flags)))
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise SystemExit(f"cryptopipe bench: --tuned {flags!r}: {exc}") from None
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cryptopipe bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--duration", type=float, default=None,
-                   help="measured window, seconds (default 30; 3600 with --soak)")
-    p.add_argument("--warmup", type=float, default=5.0, help="seconds after the first stored row (default 5)")
     p.add_argument("--rate", default="5000",
-                   help="simulator trades/s per exchange (KuCoin sends one ticker per trade, Binance one "
-                        "miniTicker per changed symbol per second), or 'max' (default 5000)")
-    p.add_argument("--symbols", type=int, default=500, help="simulator symbols per exchange (default 500)")
-    p.add_argument("--exchanges", default="binance,kucoin", help="comma-separated (default binance,kucoin)")
+                   help="offered ticks/s over both exchanges (default 5000: one step), or 'max' to search for the "
+                        "maximum sustained rate (about 35 minutes with the peer, see docs/benchmarks.md)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="measured window per step, s (default 60, the shortest window a sustained figure allows; "
+                        "3600 with --soak)")
+    p.add_argument("--warmup", type=float, default=10.0, help="seconds after the first stored row (default 10)")
+    p.add_argument("--symbols", type=int, default=None,
+                   help="simulator symbols (default: one per ~3 ticks/s of --rate, see feed.py)")
+    p.add_argument("--exchanges", default=None, help="comma-separated (default: every exchange of the registry)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--batch-size", type=int, default=5000, help="transformer/loader/archiver batch size")
-    p.add_argument("--poll-timeout", type=float, default=0.5,
-                   help="transformer/loader/archiver --poll-timeout: how long a batch may wait to fill (default 0.5)")
-    p.add_argument("--linger-ms", type=int, default=5, help="extractors' producer linger (default 5)")
-    p.add_argument("--archive-max-age", type=float, default=None,
-                   help="archiver --max-age: seconds an S3 object may stay open (default: the archiver's 60)")
-    p.add_argument("--no-archive", action="store_true", help="do not run the S3 archiver alongside")
+    _daemon_flags(p)
+    p.add_argument("--no-archive", action="store_true", help="do not run the S3 archiver (not a sustained figure)")
+    p.add_argument("--tuned", default=None, metavar="FLAGS",
+                   help=f"daemon flags of the tuned figures, or 'none' (default with --rate max: {DEFAULT_TUNED!r}; "
+                        "with a fixed rate: none)")
+    p.add_argument("--ramp", default=None, metavar="R1,R2,...",
+                   help="--rate max: these steps (ticks/s) instead of x1.5 from --ramp-start, then bisection")
+    p.add_argument("--ramp-start", type=float, default=RAMP_START, help=f"first step of --rate max (default {RAMP_START:g})")
+    p.add_argument("--max-steps", type=int, default=12, help="--rate max: at most this many steps per search")
+    p.add_argument("--no-past-capacity", action="store_true",
+                   help=f"--rate max: skip the step at {PAST_CAPACITY_FACTOR:g}x the maximum (RSS past capacity)")
+    p.add_argument("--limits", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure the limit lines and the primary key's cost (default: with --rate max)")
+    p.add_argument("--limit-seconds", type=float, default=10.0, help="seconds per limit line (default 10)")
+    p.add_argument("--limit-batch-ticks", type=int, default=10_000,
+                   help="ticks per Postgres transaction in the Postgres limit line (default 10,000)")
     p.add_argument("--peer", choices=["none", "cryptofeed"], default="none",
-                   help="also run the peer on the same feed and report the ratio")
+                   help="also run the peer, at its own maximum with --rate max")
     p.add_argument("--peer-only", action="store_true", help="run only the peer (with --peer)")
     p.add_argument("--soak", action="store_true",
-                   help="one-hour run (unless --duration is given) sampling RSS every 10 s")
+                   help="one-hour fixed-rate run (unless --duration is given) sampling RSS every 10 s")
     p.add_argument("--profile", metavar="DIR",
-                   help="run transformer, loader and extractors under cProfile, stats in DIR")
+                   help="run every daemon under cProfile (with --rate max: one extra step at half the maximum, "
+                        "as cProfile about doubles the daemons' cost)")
     p.add_argument("--json", metavar="PATH", help="write every figure and series as JSON")
     p.add_argument("--work-dir", default=None, help="logs of the child processes (default: a temp dir)")
-    p.add_argument("--keep-topics", action="store_true", help="do not delete the run's Kafka topics")
+    p.add_argument("--keep-topics", action="store_true", help="do not delete the steps' Kafka topics")
     return p
 
 
-def _config(args, rate: float):
-    import tempfile
-
-    from cryptopipe.bench.ours import RunConfig
-
-    exchanges = tuple(e.strip() for e in args.exchanges.split(",") if e.strip())
-    from common.exchanges import EXCHANGES
-
-    bad = [e for e in exchanges if e not in EXCHANGES]
-    if bad or not exchanges:
-        raise SystemExit(f"cryptopipe bench: unknown exchange(s) {bad or exchanges}")
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="cryptopipe-bench-"))
-    duration = args.duration if args.duration is not None else (3600.0 if args.soak else 30.0)
-    sample_interval = 10.0 if args.soak else 1.0
-    clock_interval = 0.1 if args.soak else 0.02
-    return RunConfig(commit_clock_interval=clock_interval, duration=duration, warmup=args.warmup, rate=rate, symbols=args.symbols, exchanges=exchanges,
-                     seed=args.seed, sample_interval=sample_interval, batch_size=args.batch_size,
-                     poll_timeout=args.poll_timeout, linger_ms=args.linger_ms,
-                     profile_dir=Path(args.profile) if args.profile else None, work_dir=work,
-                     keep_topics=args.keep_topics, archive=not args.no_archive,
-                     archive_max_age=args.archive_max_age)
-
-
-def _run_max(args, settings, console, run_fn, label: str) -> tuple[dict, list[dict]]:
-    """Step the rate up; the best step is the highest sustained rate that kept up with its feed
-    (rows into Postgres >= 95% of offered, lag bounded). Stops at the first step that does not keep
-    up. Both systems are judged on Postgres, the sink the headline figure counts; the peer's Kafka
-    sink is reported beside it."""
-    steps, best, result = [], None, None
-    for rate in MAX_RATE_STEPS:
-        cfg = _config(args, rate)
-        result = run_fn(cfg, settings, log=lambda m: console.print(m, style="dim"))
-        keeping_up = result["lag_bounded"] and result["sustained_ticks_per_s"] >= 0.95 * result["offered_ticks_per_s"]
-        steps.append({"rate": rate, "offered": result["offered_ticks_per_s"],
-                      "sustained": result["sustained_ticks_per_s"], "lag_bounded": result["lag_bounded"],
-                      "kept_up": keeping_up})
-        console.print(f"{label} step rate={rate:,.0f}: offered {result['offered_ticks_per_s']:,.0f}/s, "
-                      f"sustained {result['sustained_ticks_per_s']:,.0f}/s, "
-                      f"{'kept up' if keeping_up else 'did NOT keep up'}")
-        if keeping_up and (best is None or result["sustained_ticks_per_s"] > best["sustained_ticks_per_s"]):
-            best = result
-        if not keeping_up:
-            break
-        # the feed (simulator + extractors) stopped delivering more: more rate measures nothing new
-        offered = [st["offered"] for st in steps]
-        if len(offered) >= 3 and max(offered[-2:]) < 1.05 * max(offered[:-2]):
-            steps[-1]["stopped"] = "feed-bound: offered ticks/s stopped growing for two steps"
-            console.print(f"{label}: the feed stopped growing; stopping the ramp")
-            break
-    chosen = best or result
-    chosen["max_steps"] = steps
-    return chosen, steps
-
-
 def _terminate(signum, _frame):
-    # SIGTERM unwinds like Ctrl-C, so every child process and topic of the run is cleaned up
+    # SIGTERM unwinds like Ctrl-C, so every child process, topic and the bench database are cleaned up
     raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     console = Console()
     started = datetime.now(timezone.utc)
-    command = "cryptopipe bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    from cryptopipe.bench.ours import env_summary, run_ours
+    rate_arg = str(args.rate).strip().lower()
+    if rate_arg == "max" and args.soak:
+        console.print("cryptopipe bench: --soak needs a fixed --rate", style="red")
+        return 2
+    try:
+        rate = None if rate_arg == "max" else float(rate_arg)
+        ramp = [float(x) for x in args.ramp.split(",") if x.strip()] if args.ramp else None
+    except ValueError:
+        console.print(f"cryptopipe bench: --rate must be a number or 'max' (got {args.rate!r}), "
+                      f"--ramp numbers (got {args.ramp!r})", style="red")
+        return 2
+    from common.exchanges import EXCHANGES
+
+    exchanges = tuple(e.strip() for e in (args.exchanges or ",".join(EXCHANGES)).split(",") if e.strip())
+
+    if not exchanges or any(e not in EXCHANGES for e in exchanges):
+        console.print(f"cryptopipe bench: unknown exchange(s) in {args.exchanges!r}", style="red")
+        return 2
+    tuned_flags = args.tuned if args.tuned is not None else (DEFAULT_TUNED if rate is None else "none")
+    tuned = None if tuned_flags.strip().lower() in ("", "none") else parse_tuning(tuned_flags)
+    limits = args.limits if args.limits is not None else rate is None
+
+    from cryptopipe.bench.database import bench_database
+    from cryptopipe.bench.ours import RunConfig, env_summary
+    from cryptopipe.bench.report import render, write_json
+    from cryptopipe.bench.run import Plan, run_plan
     from cryptopipe.stack.manager import ensure_core
 
     console.print("bench: making sure Kafka, Postgres and S3 are up", style="dim")
     settings = ensure_core()
-    doc: dict = {"command": command, "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-                 "environment": env_summary(), "ours": None, "peer": None, "ratio": None}
-    rate_arg = str(args.rate).strip().lower()
-    if rate_arg != "max":
-        try:
-            rate = float(rate_arg)
-        except ValueError:
-            console.print(f"cryptopipe bench: --rate must be a number or 'max', not {args.rate!r}", style="red")
-            return 2
-    else:
-        rate = None
-    if not args.peer_only:
-        if rate is None:
-            doc["ours"], _ = _run_max(args, settings, console, run_ours, "cryptopipe")
-        else:
-            doc["ours"] = run_ours(_config(args, rate), settings, log=lambda m: console.print(m, style="dim"))
-    if args.peer == "cryptofeed":
-        from cryptopipe.bench.peer import PeerUnavailable, run_cryptofeed
-
-        try:
-            if rate is None:
-                doc["peer"], _ = _run_max(args, settings, console, run_cryptofeed, "cryptofeed")
-            else:
-                doc["peer"] = run_cryptofeed(_config(args, rate), settings, log=lambda m: console.print(m, style="dim"))
-        except PeerUnavailable as exc:
-            doc["peer_error"] = str(exc)
-        ours, peer = doc["ours"], doc["peer"]
-        if ours and peer and peer["sustained_ticks_per_s"]:
-            doc["ratio"] = ours["sustained_ticks_per_s"] / peer["sustained_ticks_per_s"]
-        if ours and peer and peer.get("sustained_both_sinks_ticks_per_s"):
-            doc["ratio_both_sinks"] = ours["sustained_ticks_per_s"] / peer["sustained_both_sinks_ticks_per_s"]
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="cryptopipe-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    duration = args.duration if args.duration is not None else (3600.0 if args.soak else 60.0)
+    doc: dict = {"command": "cryptopipe bench " + " ".join(shlex.quote(a) for a in argv),
+                 "date": started.strftime("%Y-%m-%d %H:%M UTC"), "environment": env_summary()}
+    run_id = uuid.uuid4().hex[:8]
+    with bench_database(settings.postgres_dsn, run_id) as dsn:
+        base = RunConfig(duration=duration, warmup=args.warmup, symbols=args.symbols, exchanges=exchanges,
+                         seed=args.seed, sample_interval=10.0 if args.soak else 1.0,
+                         commit_clock_interval=0.1 if args.soak else 0.02, tuning=tuning_of(args),
+                         archive=not args.no_archive, work_dir=work, keep_topics=args.keep_topics, dsn=dsn,
+                         capture=work / "captured-transformed.pkl" if limits else None)
+        plan = Plan(rate=rate, ramp=ramp, ramp_start=args.ramp_start, tuned=tuned,
+                    past_capacity=rate is None and not args.no_past_capacity,
+                    peer=args.peer == "cryptofeed", peer_only=args.peer_only, limits=limits,
+                    limit_seconds=args.limit_seconds, limit_batch_ticks=args.limit_batch_ticks,
+                    profile_dir=Path(args.profile) if args.profile else None,
+                    past_capacity_factor=PAST_CAPACITY_FACTOR, max_steps=args.max_steps)
+        doc.update(run_plan(plan, base, settings, lambda m: console.print(m, style="dim")))
     doc["environment_after"] = {"loadavg_1_5_15": env_summary()["loadavg_1_5_15"]}
-    render_doc = dict(doc)
-    from cryptopipe.bench.report import render, write_json
-
-    render(render_doc, console)
+    render(doc, console)
     if args.json:
         write_json(doc, args.json)
         console.print(f"figures written to {args.json}", style="dim")

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import io
+import math
 import threading
 import time
 import urllib.request
@@ -70,14 +71,15 @@ def metric_sum(samples: dict, name: str, **labels: str) -> float:
 # --------------------------------------------------------------------------- consumer lag
 
 class LagProbe:
-    """Lag of one consumer group on some topics: sum over partitions of high watermark - committed."""
+    """One consumer group on some topics: committed lag (sum over partitions of high watermark -
+    committed offset) and the sum of the high watermarks (records written to the topics so far)."""
 
     def __init__(self, group: str, topics: list[str]):
-        from common.kafka import make_consumer
-
         self.group = group
         self.topics = topics
         # a consumer that never subscribes does not join the group: it only reads its offsets
+        from common.kafka import make_consumer
+
         self.consumer = make_consumer(group, {"log_level": 2})
         self.parts: list[TopicPartition] = []
         for t in topics:
@@ -85,43 +87,96 @@ class LagProbe:
             if md is not None:
                 self.parts += [TopicPartition(t, p) for p in md.partitions]
 
-    def lag(self) -> int | None:
+    def sample(self) -> tuple[int, int] | None:
+        """(committed lag, sum of high watermarks), or None when the broker did not answer."""
         try:
             committed = self.consumer.committed(self.parts, timeout=5)
-            total = 0
+            lag = high_sum = 0
             for tp in committed:
                 _lo, hi = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)
-                # no commit yet: everything since the start offset the bench committed counts
+                # no commit yet: the bench's topics are new, so everything written counts
                 base = tp.offset if tp.offset >= 0 else 0
-                total += max(0, hi - base)
-            return total
+                lag += max(0, hi - base)
+                high_sum += hi
+            return lag, high_sum
         except Exception:  # noqa: BLE001 - a missed sample is a gap in the series, not a failure
             return None
+
+    def lag(self) -> int | None:
+        s = self.sample()
+        return None if s is None else s[0]
 
     def close(self) -> None:
         self.consumer.close()
 
 
-def slope(points: list[tuple[float, float]]) -> float | None:
-    """Least-squares slope of (t, y) points (units of y per second)."""
-    if len(points) < 3:
-        return None
+def trend(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least-squares slope of (t, y) points (units of y per second) and its standard error."""
     n = len(points)
+    if n < 3:
+        return None
     mt = sum(t for t, _ in points) / n
     my = sum(y for _, y in points) / n
     den = sum((t - mt) ** 2 for t, _ in points)
     if den == 0:
         return None
-    return sum((t - mt) * (y - my) for t, y in points) / den
+    b = sum((t - mt) * (y - my) for t, y in points) / den
+    a = my - b * mt
+    resid = sum((y - a - b * t) ** 2 for t, y in points)
+    return b, math.sqrt(resid / (n - 2) / den)
 
 
-def lag_is_bounded(slope_per_s: float | None, window_s: float, offered_per_s: float, batch: int = 0) -> bool:
-    """Lag is bounded when its trend over the window adds less than two seconds of feed (or two
-    batches, whichever is more): batch consumers lag in a sawtooth of about one batch, so a flat
-    trend with that ripple is a pipeline keeping up, and a steady climb is one falling behind."""
-    if slope_per_s is None:
-        return True
-    return slope_per_s * window_s <= max(2 * batch, 2 * offered_per_s, 1.0)
+def slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (t, y) points (units of y per second)."""
+    tr = trend(points)
+    return None if tr is None else tr[0]
+
+
+# "Lag does not grow": over the window, the least-squares trend of a group's lag, in seconds of
+# that group's inflow, adds at most this much per second (0.01: less than 0.6 s of feed per
+# minute), or is not distinguishable from no trend at all (within two standard errors of 0, or
+# less than two records over the window).
+# A consumer keeping 99 % of its feed fails it over 60 s (+0.6 s of feed, a steady climb); the
+# ripple of a batch consumer (about one poll of feed, sampled once a second) moves a 60-sample
+# trend by ~0.002 s/s, and on short windows the standard error keeps that ripple from failing it.
+GROWTH_BOUND_S_PER_S = 0.01
+MIN_SUSTAINED_WINDOW_S = 60.0
+
+
+def lag_verdict(points: list[tuple[float, float]], inflow_per_s: float,
+                bound: float = GROWTH_BOUND_S_PER_S) -> dict:
+    """The growth test of one group's lag series (records) against its inflow (records/s)."""
+    values = [v for _, v in points]
+    tr = trend(points)
+    b, se = tr if tr is not None else (0.0, 0.0)
+    growth = b / inflow_per_s if inflow_per_s > 0 else (0.0 if b <= 0 else math.inf)
+    significant = b > 2 * se
+    # a lag measured in records cannot be said to grow by less than two of them over the window
+    visible = len(points) >= 2 and b * (points[-1][0] - points[0][0]) >= 2
+    return {"max": max(values) if values else None, "last": values[-1] if values else None,
+            "mean": sum(values) / len(values) if values else None, "samples": len(values),
+            "inflow_records_per_s": inflow_per_s, "slope_records_per_s": b, "slope_se": se,
+            "growth_s_per_s": growth, "bound_s_per_s": bound, "significant": significant,
+            "grows": growth > bound and significant and visible}
+
+
+def rss_trend(samples: list[tuple[float, int]]) -> dict:
+    """Peak, first/last 10 % means (MB) and least-squares slopes (MB per minute) of RSS samples,
+    over the whole window and over its second half (a bounded buffer filling up early in the
+    window, e.g. librdkafka's prefetch queue, shows in the first slope, not in the second)."""
+    if not samples:
+        return {"peak_rss_mb": None, "rss_first_mb": None, "rss_last_mb": None, "rss_slope_mb_per_min": None,
+                "rss_slope_last_half_mb_per_min": None}
+    rss = [r for _, r in samples]
+    tenth = max(1, len(rss) // 10)
+    mb = [(t, r / 2**20) for t, r in samples]
+    whole, half = slope(mb), slope(mb[len(mb) // 2:])
+    return {"peak_rss_mb": max(rss) / 2**20, "rss_first_mb": sum(rss[:tenth]) / tenth / 2**20,
+            "rss_last_mb": sum(rss[-tenth:]) / tenth / 2**20,
+            "rss_slope_mb_per_min": None if whole is None else whole * 60,
+            "rss_slope_last_half_mb_per_min": None if half is None else half * 60,
+            # every sample (1 s, or 10 s in a soak): the flatness is in the shape, not two means
+            "rss_mb_series": [round(r / 2**20, 1) for r in rss]}
 
 
 # --------------------------------------------------------------------------- commit clock

@@ -144,49 +144,78 @@ class SimProc(Proc):
 
 
 def find_infra() -> dict[str, list[psutil.Process]]:
-    """The shared services' processes on this machine (context for the per-process table)."""
+    """This stack's shared services (the machine may run other stacks: their Kafka, Postgres and
+    S3Proxy are not ours to count): Kafka and S3Proxy by the properties file of this stack's
+    folder on their command line, Postgres as the postmaster of this stack's cluster (its pid
+    file) and its children."""
+    from cryptopipe.stack.manager import make_context
+    from cryptopipe.stack.postgres import Postgres
+
+    ctx = make_context()
+    kafka_props = str(ctx.paths.kafka_dir / "server.properties")
+    s3_props = str(ctx.paths.s3_dir / "s3proxy.properties")
     out: dict[str, list[psutil.Process]] = {"kafka": [], "postgres": [], "s3proxy": []}
-    for p in psutil.process_iter(["name", "cmdline", "username"]):
+    for p in psutil.process_iter(["cmdline"]):
         try:
-            cmd = " ".join(p.info["cmdline"] or ())
-            if "kafka.Kafka" in cmd:
+            cmd = p.info["cmdline"] or ()
+            if "kafka.Kafka" in cmd and kafka_props in cmd:
                 out["kafka"].append(p)
-            elif "s3proxy" in cmd and "java" in (p.info["name"] or ""):
+            elif s3_props in cmd:
                 out["s3proxy"].append(p)
-            elif (p.info["name"] or "") == "postgres":
-                out["postgres"].append(p)
         except psutil.Error:
             continue
+    try:
+        pid_file = Postgres().data_dir(ctx) / "postmaster.pid"
+        postmaster = psutil.Process(int(pid_file.read_text().split("\n", 1)[0]))
+        out["postgres"] = [postmaster, *postmaster.children()]
+    except (OSError, ValueError, psutil.Error):
+        pass
     return out
 
 
 class InfraSampler:
-    """CPU seconds and RSS of the shared services, summed over their processes."""
+    """CPU seconds and RSS of this stack's shared services, summed over their processes. Postgres
+    forks a backend per connection: the process list is read again at each mark, a process is
+    counted over the part of the window it lived, and the postmaster's reaped children count
+    through its children_* times."""
 
     def __init__(self) -> None:
         self.groups = find_infra()
-        self.cpu_start: dict[str, float] = {}
-        self.cpu_end: dict[str, float] = {}
+        self.cpu: dict[str, float] = {k: 0.0 for k in self.groups}
+        self._start: dict[int, float] = {}
         self.peak_rss: dict[str, int] = {k: 0 for k in self.groups}
         self.wall = [0.0, 0.0]
 
-    def _cpu(self, name: str) -> float:
-        total = 0.0
-        for p in self.groups[name]:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
-            except psutil.Error:
-                continue
-        return total
+    @staticmethod
+    def _cpu_of(p: psutil.Process) -> float | None:
+        try:
+            t = p.cpu_times()
+            return t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
+        except psutil.Error:
+            return None
 
     def mark_start(self) -> None:
-        self.groups = find_infra()  # postgres forks a backend per connection: refresh
-        self.cpu_start = {k: self._cpu(k) for k in self.groups}
+        self.groups = find_infra()
+        self._start = {}
+        for procs in self.groups.values():
+            for p in procs:
+                c = self._cpu_of(p)
+                if c is not None:
+                    self._start[p.pid] = c
         self.wall[0] = time.monotonic()
 
     def mark_end(self) -> None:
-        self.cpu_end = {k: self._cpu(k) for k in self.groups}
+        seen_at_start = self._start
+        self.groups = find_infra()
+        for name, procs in self.groups.items():
+            total = 0.0
+            for p in procs:
+                c = self._cpu_of(p)
+                if c is None:
+                    continue
+                # a backend born during the window counts from its start
+                total += c - seen_at_start.get(p.pid, 0.0)
+            self.cpu[name] = max(0.0, total)
         self.wall[1] = time.monotonic()
 
     def sample(self) -> None:
@@ -197,17 +226,15 @@ class InfraSampler:
                     total += p.memory_info().rss
                 except psutil.Error:
                     continue
-            self.peak_rss[name] = max(self.peak_rss[name], total)
+            self.peak_rss[name] = max(self.peak_rss.get(name, 0), total)
 
     def rows(self) -> list[dict]:
         wall = self.wall[1] - self.wall[0]
         rows = []
         for name in self.groups:
-            cpu = None
-            if wall > 0 and name in self.cpu_start and name in self.cpu_end:
-                cpu = 100.0 * max(0.0, self.cpu_end[name] - self.cpu_start[name]) / wall
-            rows.append({"process": f"{name} (shared)", "cpu_percent": cpu, "peak_rss_mb": self.peak_rss[name] / 2**20,
-                         "pids": len(self.groups[name])})
+            cpu = 100.0 * self.cpu.get(name, 0.0) / wall if wall > 0 else None
+            rows.append({"process": name, "shared": True, "cpu_percent": cpu,
+                         "peak_rss_mb": self.peak_rss.get(name, 0) / 2**20, "pids": len(self.groups[name])})
         return rows
 
 
