@@ -366,7 +366,7 @@ class Archiver:
 
 def main(argv: list[str] | None = None) -> int:
     p = base_parser("cryptopipe archive", "raw topics -> S3 (gzip JSON lines)", DEFAULT_GROUP,
-                    metrics_port(DEFAULT_METRICS_PORT))
+                    metrics_port(DEFAULT_METRICS_PORT), poll_timeout=0.5)   # off the latency path
     p.add_argument("--topic-suffix", default="", help="suffix of every topic name (tests)")
     p.add_argument("--max-records", type=int, default=Rotation.max_records, help="records per object")
     p.add_argument("--max-bytes", type=int, default=Rotation.max_bytes, help="uncompressed bytes per object")

@@ -259,13 +259,17 @@ def commit_sync(consumer: Consumer, offsets: list[TopicPartition], give_up_after
 
 # --------------------------------------------------------------------------- cli
 
-def base_parser(prog: str, description: str, group: str, metrics_port: int) -> argparse.ArgumentParser:
+def base_parser(prog: str, description: str, group: str, metrics_port: int,
+                poll_timeout: float = 0.05) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--group", default=group, help=f"consumer group id (default {group})")
     p.add_argument("--metrics-port", type=int, default=metrics_port,
                    help=f"serve /metrics on 127.0.0.1:PORT, 0 disables (default {metrics_port})")
     p.add_argument("--batch-size", type=int, default=5000, help="max records per durable batch")
-    p.add_argument("--poll-timeout", type=float, default=0.5, help="seconds to wait for a batch")
+    # a batch is what arrived within the poll timeout (records are batches of ticks, so a batch
+    # rarely fills): the timeout is the latency each hop adds at low rates
+    p.add_argument("--poll-timeout", type=float, default=poll_timeout,
+                   help=f"seconds to wait for a batch (default {poll_timeout})")
     p.add_argument("--log-level", default="INFO")
     return p
 

@@ -212,7 +212,7 @@ class Router:
 
 class Transformer:
     def __init__(self, consumer, producer, router: Router, metrics: Metrics, stop: StopFlag,
-                 topics: list[str], batch_size: int = 5000, poll_timeout: float = 0.5):
+                 topics: list[str], batch_size: int = 5000, poll_timeout: float = 0.05):
         self.consumer = consumer
         self.producer = producer
         self.router = router

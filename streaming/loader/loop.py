@@ -40,7 +40,7 @@ _RETRYABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.error
 
 class Loader:
     def __init__(self, consumer, producer, writer: TickWriter, metrics: Metrics, stop: StopFlag,
-                 topic_suffix: str = "", batch_size: int = 5000, poll_timeout: float = 0.5,
+                 topic_suffix: str = "", batch_size: int = 5000, poll_timeout: float = 0.05,
                  retention_days: int = 0, group: str = DEFAULT_GROUP):
         self.consumer = consumer
         self.producer = producer
