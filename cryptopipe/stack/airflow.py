@@ -89,6 +89,11 @@ class Airflow(Component):
     name = "airflow"
     program = "airflow-api-server"
     port = AIRFLOW_PORT
+    always_listed = True
+    start_timeout = 180              # db checks, the api-server's workers and a first scheduler heartbeat
+
+    def programs(self, ctx: StackContext) -> tuple[str, ...]:
+        return PROGRAMS
 
     def install(self, ctx: StackContext) -> None:
         if not Path(airflow_bin(ctx)).exists():

@@ -18,8 +18,14 @@ class StackContext:
 
 class Component:
     name: str = ""
-    program: str = ""                # supervisord program name
+    program: str = ""                # supervisord program name (the first, if it runs several)
     port: int | None = None
+    start_timeout: float = 90        # seconds from start to healthy before `up` fails
+    always_listed: bool = False      # `status` lists it even when supervisord does not declare it
+
+    def programs(self, ctx: StackContext) -> tuple[str, ...]:
+        """Every supervisord program this component runs (started together, judged together)."""
+        return (self.program,)
 
     def install(self, ctx: StackContext) -> None:
         """Download or locate what the component needs (idempotent, cached)."""

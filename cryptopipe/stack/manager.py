@@ -8,7 +8,6 @@ import sys
 import time
 
 from cryptopipe.stack import supervisor
-from cryptopipe.stack.airflow import PROGRAMS as AIRFLOW_PROGRAMS
 from cryptopipe.stack.airflow import Airflow
 from cryptopipe.stack.component import Component, StackContext
 from cryptopipe.stack.kafka import Kafka
@@ -20,6 +19,8 @@ from cryptopipe.stack.secrets import ensure_generated, read_env_file, write_env_
 from cryptopipe.stack.sim import Simulator, sim_endpoints
 
 CORE: tuple[Component, ...] = (Postgres(), Kafka(), S3Proxy())
+# every component a stack may run, in start order
+ALL: tuple[Component, ...] = (*CORE, Simulator(), Airflow())
 SIM_KEYS = ("BINANCE_WS_URL", "BINANCE_REST_URL", "KUCOIN_REST_URL", "SIM_CONTROL_URL")
 
 
@@ -113,7 +114,7 @@ def bring_up(ctx: StackContext, comps: list[Component]) -> None:
 
 
 def _bring_up(ctx: StackContext, comps: list[Component]) -> None:
-    _record_profile(ctx, [p for c in comps for p in (AIRFLOW_PROGRAMS if isinstance(c, Airflow) else (c.program,))])
+    _record_profile(ctx, [p for c in comps for p in c.programs(ctx)])
     with step("supervisord"):
         supervisor.ensure_running(ctx, supervisor.render_conf(ctx, _all_sections(ctx)))
     for comp in comps:
@@ -121,12 +122,11 @@ def _bring_up(ctx: StackContext, comps: list[Component]) -> None:
             comp.install(ctx)
         with step(f"{comp.name}: prepare"):
             comp.prepare(ctx)
-        programs = AIRFLOW_PROGRAMS if isinstance(comp, Airflow) else (comp.program,)
         check_port_free(ctx, comp)
         with step(f"{comp.name}: start"):
-            for program in programs:
+            for program in comp.programs(ctx):
                 supervisor.start_program(ctx, program, comp.log_path(ctx))
-            wait_until(lambda: comp.healthy(ctx), 180 if isinstance(comp, Airflow) else 90,
+            wait_until(lambda: comp.healthy(ctx), comp.start_timeout,
                        f"{comp.name} on port {comp.port}", comp.log_path(ctx))
         with step(f"{comp.name}: initialise"):
             comp.after_start(ctx)
@@ -220,7 +220,7 @@ def stop_component(name: str) -> None:
 def start_component(name: str) -> None:
     ctx = make_context()
     supervisor.start_program(ctx, name)
-    comp = {c.program: c for c in (*CORE, Simulator(), Airflow())}.get(name)
+    comp = next((c for c in ALL if name in c.programs(ctx)), None)
     if comp is not None:
         wait_until(lambda: comp.healthy(ctx), 120, f"{name}", comp.log_path(ctx))
 
@@ -230,7 +230,9 @@ def down() -> int:
     if not supervisor.running(ctx):
         console.print("stack is not running")
         return 0
-    order = [*supervisor.PIPELINE_PROGRAMS, *AIRFLOW_PROGRAMS, "sim", "s3proxy", "kafka", "postgres"]
+    # the pipeline first, then every component in the reverse of its start order
+    order = [*supervisor.PIPELINE_PROGRAMS,
+             *(p for comp in reversed(ALL) for p in comp.programs(ctx))]
     states = supervisor.program_states(ctx)
     for program in order:
         if states.get(program, {}).get("state") in ("RUNNING", "STARTING", "BACKOFF"):
@@ -258,15 +260,18 @@ def status() -> dict:
     states = supervisor.program_states(ctx)
     expected = expected_programs(ctx)
     comps = {}
-    for comp in (*CORE, Simulator(), Airflow()):
-        if comp.program not in states and not isinstance(comp, Airflow):
+    for comp in ALL:
+        if not any(p in states for p in comp.programs(ctx)) and not comp.always_listed:
             continue
-        state = states.get(comp.program, {}).get("state", "ABSENT")
+        # a component of several programs is as well as its worst program
+        program_states = [states.get(p, {}).get("state", "ABSENT") for p in comp.programs(ctx)]
+        state = next((s for s in program_states if s != "RUNNING"), "RUNNING")
         try:
             healthy = bool(comp.healthy(ctx)) if state == "RUNNING" else False
         except Exception:
             healthy = False
-        comps[comp.name] = {"state": state, "healthy": healthy, "expected": comp.program in expected, **comp.describe(ctx)}
+        comps[comp.name] = {"state": state, "healthy": healthy, "expected": any(p in expected for p in comp.programs(ctx)),
+                           **comp.describe(ctx)}
     if "api" in states:
         from cryptopipe.stack.api import api_status
 
