@@ -11,13 +11,12 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from plugins.schedules import periodic
+
 
 @dag(
     dag_id="crypto_cross_check",
-    schedule=timedelta(hours=1),
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
-    catchup=False,
-    max_active_runs=1,
+    **periodic(timedelta(hours=1), retry_delay=timedelta(minutes=1)),
     tags=["cryptopipe", "validation"],
     doc_md=__doc__,
     params={
@@ -30,7 +29,6 @@ from airflow.sdk import Param, dag, get_current_context, task
         "lookback_hours": Param(1, type="number", minimum=0, maximum=24,
                                 description="checked again before them (windows crossing the previous run)"),
     },
-    default_args={"retries": 1, "retry_delay": timedelta(minutes=1)},
 )
 def crypto_cross_check():
     @task

@@ -7,20 +7,19 @@ backfill/gap_store.py.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, get_current_context, task
+
+from plugins.schedules import periodic
 
 INTERVAL_MINUTES = int(os.environ.get("CRYPTOPIPE_GAP_DETECTION_MINUTES", "15"))
 
 
 @dag(
     dag_id="crypto_gap_detection",
-    schedule=timedelta(minutes=INTERVAL_MINUTES),
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
-    catchup=False,
-    max_active_runs=1,
+    **periodic(timedelta(minutes=INTERVAL_MINUTES), retry_delay=timedelta(seconds=30)),
     tags=["cryptopipe", "backfill"],
     doc_md=__doc__,
     params={
@@ -31,7 +30,6 @@ INTERVAL_MINUTES = int(os.environ.get("CRYPTOPIPE_GAP_DETECTION_MINUTES", "15"))
         "max_backfills": Param(20, type="integer", minimum=0, maximum=200,
                                description="open gaps (oldest first) triggered per run"),
     },
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
 )
 def crypto_gap_detection():
     @task

@@ -8,22 +8,20 @@ Logic: backfill/reconcile.py (where a run starts, how much it does, what it reco
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from airflow.sdk import Param, dag, task
 
 from common.settings import get_settings
 from common.topics import EXCHANGES
+from plugins.schedules import periodic
 
 INTERVAL_MINUTES = get_settings().reconcile_interval_minutes
 
 
 @dag(
     dag_id="crypto_reconcile",
-    schedule=timedelta(minutes=INTERVAL_MINUTES),
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
-    catchup=False,
-    max_active_runs=1,
+    **periodic(timedelta(minutes=INTERVAL_MINUTES), retry_delay=timedelta(seconds=60)),
     tags=["cryptopipe", "backfill"],
     doc_md=__doc__,
     params={
@@ -34,7 +32,6 @@ INTERVAL_MINUTES = get_settings().reconcile_interval_minutes
                              description="the most minutes one run reconciles per exchange "
                                          "(empty: RECONCILE_MAX_MINUTES)"),
     },
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=60)},
 )
 def crypto_reconcile():
     @task(max_active_tis_per_dagrun=len(EXCHANGES))

@@ -7,21 +7,19 @@ Logic: plugins/supervision.py (decisions), plugins/hooks/, plugins/operators/str
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from airflow.sdk import Param, dag
 
 from plugins.operators.stream_supervisor import StreamSupervisorOperator
+from plugins.schedules import periodic
 
 INTERVAL_MINUTES = int(os.environ.get("CRYPTOPIPE_SUPERVISOR_MINUTES", "5"))
 
 
 @dag(
     dag_id="crypto_stream_supervisor",
-    schedule=timedelta(minutes=INTERVAL_MINUTES),
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
-    catchup=False,
-    max_active_runs=1,
+    **periodic(timedelta(minutes=INTERVAL_MINUTES)),
     dagrun_timeout=timedelta(minutes=INTERVAL_MINUTES * 2),
     tags=["cryptopipe", "streaming"],
     doc_md=__doc__,
