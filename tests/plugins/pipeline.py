@@ -106,14 +106,14 @@ class PipelineHandle:
         return pid
 
     def stop(self, program: str) -> None:
-        from cryptopipe.stack.manager import stop_component
+        from tests.plugins.stack import stop_program
 
-        stop_component(program)
+        stop_program(program)
 
     def start(self, program: str) -> None:
-        from cryptopipe.stack.manager import start_component
+        from tests.plugins.stack import start_program
 
-        start_component(program)
+        start_program(program)
 
     def all_running(self, except_=()) -> dict:
         """The programs that should run and do not (`except_`: stopped on purpose by the scenario)."""
