@@ -213,10 +213,18 @@ def restart_streaming_daemons(ctx: StackContext) -> None:
     states = supervisor.program_states(ctx)
     running = [p for p in supervisor.PIPELINE_PROGRAMS
                if states.get(p, {}).get("state") in ("RUNNING", "STARTING", "BACKOFF")]
-    for program in running:
-        with step(f"{program}: restart with the new settings"):
-            supervisor.stop_program(ctx, program)
-            supervisor.start_program(ctx, program, ctx.paths.logs / f"{program}.log")
+    if not running:
+        return
+
+    def restart(program: str) -> None:
+        supervisor.stop_program(ctx, program)
+        supervisor.start_program(ctx, program, ctx.paths.logs / f"{program}.log")
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with step(f"restart {', '.join(running)} with the new settings"), ThreadPoolExecutor(len(running)) as pool:
+        for done in [pool.submit(restart, program) for program in running]:
+            done.result()
 
 
 def warn_if_exchanges_unreachable(ctx: StackContext) -> None:

@@ -42,11 +42,11 @@ def open_subscriptions(sim, exchange: str) -> set[str]:
     return {s for c in sim.control.connections(exchange) if c["closed_ms"] is None for s in c["subscriptions"]}
 
 
-def planned_subscriptions(exchange: str) -> set[str]:
+def planned_subscriptions(exchange: str, symbols=SYMBOLS) -> set[str]:
     from common.exchanges import plug
 
     p = plug(exchange)
-    return {s for shard in p.plan_shards(SYMBOLS, [], p.MAX_PER_CONNECTION) for s in shard}
+    return {s for shard in p.plan_shards(symbols, [], p.MAX_PER_CONNECTION) for s in shard}
 
 
 def program_pids(ctx) -> dict[str, int]:
@@ -156,12 +156,23 @@ def test_endpoints_and_symbols_given_to_stack_up_reach_the_daemons_and_are_remem
         assert open_subscriptions(second, exchange) == planned_subscriptions(exchange)
 
     # status says what the daemons run with
+    # (a shell's own setting is named, not shown as the daemons')
     out = subprocess.run([sys.executable, "-m", "cryptopipe", "stack", "status", "--json"],
-                         env=cli_env(ctx), capture_output=True, text=True, timeout=60)
+                         env=cli_env(ctx, BINANCE_WS_URL="ws://127.0.0.1:1/elsewhere"), capture_output=True,
+                         text=True, timeout=60)
     cfg = json.loads(out.stdout)["configuration"]
     assert cfg["endpoints"] == given and cfg["symbols"] == SYMBOLS
+    assert cfg["environment_overrides"] == ["BINANCE_WS_URL"]
     table = subprocess.run([sys.executable, "-m", "cryptopipe", "stack", "status"],
                            env={**cli_env(ctx), "COLUMNS": "250"}, capture_output=True, text=True, timeout=60)
     for url in given.values():
         assert url in table.stdout
     assert ",".join(SYMBOLS) in table.stdout
+
+    # a changed setting restarts the running daemons, which take it; the rest stays remembered
+    stack_up(ctx, SYMBOLS="BTC-USDT")
+    assert {k: read_env_file(ctx.paths.env_file)[k] for k in given} == given
+    assert all(program_pids(ctx)[p] != pids[p] for p in pids), (pids, program_pids(ctx))
+    for exchange in EXCHANGES:
+        wait_for(lambda: open_subscriptions(second, exchange) == planned_subscriptions(exchange, ["BTC-USDT"]), 90,
+                 f"extract-{exchange} subscribed to BTC-USDT alone on the second simulator")
