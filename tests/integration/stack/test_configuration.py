@@ -114,16 +114,20 @@ def test_endpoints_and_symbols_given_to_stack_up_reach_the_daemons_and_are_remem
     assert {k: remembered[k] for k in given} == given and remembered["SYMBOLS"] == ",".join(SYMBOLS)
     assert ctx.paths.source_file.read_text() == "sim"
 
-    # both extractors on the second simulator, subscribed to the symbol filter only
+    bundled = SimControl(sim_endpoints()["SIM_CONTROL_URL"])
+    bundled_calls = dict(bundled.status()["rest_calls"])
+
+    # both extractors on the second simulator, subscribed to the symbol filter only; the
+    # transformer loads Binance's market list from it (the daemons' only Binance REST call)
     for exchange in EXCHANGES:
         wait_for(lambda: open_subscriptions(second, exchange) == planned_subscriptions(exchange), 90,
                  f"extract-{exchange} subscribed to {SYMBOLS} on the second simulator")
-    bundled = SimControl(sim_endpoints()["SIM_CONTROL_URL"])
+    wait_for(lambda: second.control.status()["rest_calls"]["binance"] > 0, 90,
+             "the transformer's market list from the second simulator")
     wait_for(lambda: not bundled.status()["connections"], 30, "no connection left on the bundled simulator")
 
     # a backfill from a shell and one in the environment of Airflow's tasks fetch from the second simulator
     calls = dict(second.control.status()["rest_calls"])
-    bundled_calls = dict(bundled.status()["rest_calls"])
     end = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=5)
     start = end - timedelta(minutes=5)
     daemon_env = supervisor.supervisord_env(ctx)
