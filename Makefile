@@ -1,5 +1,8 @@
 # cryptopipe — the two commands: `make up SOURCE=sim` (run) and `make test` (test).
-SOURCE ?= live
+# SOURCE=live|sim; unset, `make up` keeps the stack's remembered source (live at the first up).
+# Settings variables in make's environment or on its command line (BINANCE_WS_URL=..., SYMBOLS=...)
+# reach the stack and are remembered (README, Configuration).
+SOURCE ?=
 PYTEST_ARGS ?=
 PY = $(shell scripts/bootstrap.sh)
 
@@ -9,7 +12,7 @@ venv:
 	@scripts/bootstrap.sh >/dev/null
 
 up: venv
-	@$(PY) -m cryptopipe stack up --source $(SOURCE)
+	@$(PY) -m cryptopipe stack up $(if $(SOURCE),--source $(SOURCE),)
 
 down: venv
 	@$(PY) -m cryptopipe stack down

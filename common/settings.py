@@ -125,6 +125,20 @@ class Settings(BaseSettings):
     cross_check_threshold_bps: float = Field(50.0, gt=0)
     cross_check_min_minutes: int = Field(3, ge=1)
 
+    @field_validator("*")
+    @classmethod
+    def _check_url(cls, value, info):
+        # every exchange endpoint (`<exchange>_ws_url`, `<exchange>_rest_url`) is a URL of its kind
+        if info.field_name.endswith("_ws_url"):
+            schemes = ("ws://", "wss://")
+        elif info.field_name.endswith("_rest_url"):
+            schemes = ("http://", "https://")
+        else:
+            return value
+        if not str(value).startswith(schemes):
+            raise ValueError(f"{info.field_name.upper()} must start with {' or '.join(schemes)}, got {value[:80]!r}")
+        return value
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split_symbols(cls, value):
@@ -133,6 +147,36 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [s.strip() for s in value.split(",") if s.strip()]
         return list(value)
+
+
+# Settings the local stack sets itself on every `make up` (its ports, the generated logins, the
+# loopback address it binds): `make up` never takes them from its caller's environment (README,
+# "Configuration"). Every other field is a variable `make up` passes on to the stack.
+STACK_OWNED: frozenset[str] = frozenset({
+    "kafka_bootstrap_servers", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+    "kafka_sasl_password", "postgres_dsn", "s3_endpoint_url", "aws_access_key_id", "aws_secret_access_key",
+    "supervisor_socket", "api_host", "api_port",
+})
+
+
+def variable(field: str) -> str:
+    """The environment variable (and stack.env key) of a settings field."""
+    return field.upper()
+
+
+def stack_variables() -> tuple[str, ...]:
+    """The variables `make up` takes from its environment and remembers in stack.env."""
+    return tuple(variable(f) for f in Settings.model_fields if f not in STACK_OWNED)
+
+
+def owned_variables() -> tuple[str, ...]:
+    """The variables of the settings the local stack sets itself (plus librdkafka's names for them)."""
+    names = []
+    for f in sorted(STACK_OWNED):
+        names.append(variable(f))
+        alias = Settings.model_fields[f].validation_alias
+        names += [a.upper() for a in getattr(alias, "choices", ()) if isinstance(a, str) and a != f]
+    return tuple(names)
 
 
 @lru_cache(maxsize=1)

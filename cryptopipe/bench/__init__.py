@@ -143,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     from cryptopipe.bench.ours import RunConfig, env_summary
     from cryptopipe.bench.report import render, write_json
     from cryptopipe.bench.run import Plan, run_plan
-    from cryptopipe.stack.manager import ensure_core
+    from common.settings import get_settings
+    from cryptopipe.stack.manager import up
 
     console.print("bench: making sure Kafka, Postgres and S3 are up", style="dim")
-    settings = ensure_core()
+    up(core_only=True)
+    settings = get_settings()
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="cryptopipe-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     duration = args.duration if args.duration is not None else (3600.0 if args.soak else 60.0)

@@ -68,9 +68,9 @@ def run(args) -> dict:
     from cryptopipe.bench.procs import Proc, SimProc, free_port, python
 
     from cryptopipe.stack.kafka_auth import LOAD_GROUP, TRANSFORM_GROUP, client_env
-    from cryptopipe.stack.manager import ensure_core
+    from cryptopipe.stack.manager import up
 
-    ensure_core()           # Kafka, Postgres and S3 of the local stack (started if needed)
+    up(core_only=True)      # Kafka, Postgres and S3 of the local stack (started if needed)
     settings = get_settings()
     run_id = uuid.uuid4().hex[:8]
     suffix = f"_benchapi{run_id}"

@@ -1,4 +1,6 @@
-"""`cryptopipe stack up [--source live|sim] [--core] [--no-airflow] | down | clean | status [--json]`."""
+"""`cryptopipe stack up [--source live|sim] [--core] [--no-airflow] | down | clean | status [--json]`.
+`stack up` passes the settings variables of its environment (common.settings.stack_variables) to
+the stack, which remembers them in stack.env (README, "Configuration")."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +22,18 @@ def print_status(st: dict) -> None:
         table.add_row(name, c["state"], "yes" if c["healthy"] else "no", c.get("address", ""), c.get("use", ""),
                       c.get("auth", ""))
     console.print(table)
+    cfg = st["configuration"]
+    conf = Table("setting", "value")
+    for var, url in cfg["endpoints"].items():
+        conf.add_row(var, url)
+    conf.add_row("SYMBOLS", ",".join(cfg["symbols"]) or "(every symbol the exchanges stream)")
+    for var, value in cfg["remembered"].items():
+        if var not in cfg["endpoints"] and var != "SYMBOLS":
+            conf.add_row(var, value)
+    console.print(conf)
+    if cfg["environment_overrides"]:
+        console.print(f"[yellow]your environment sets {', '.join(cfg['environment_overrides'])}: commands run "
+                      "here use it; the stack's daemons do not until `make up` is given it[/yellow]")
     progs = Table("program", "state", "pid", "uptime")
     for name, p in st["programs"].items():
         progs.add_row(name, p["state"], str(p["pid"] or ""), f"{p['uptime_s']}s")
@@ -28,11 +42,30 @@ def print_status(st: dict) -> None:
     console.print(f"settings and secrets: {st['env_file']}   logs: {st['logs']}")
 
 
+def settings_from_caller() -> dict[str, str]:
+    """The settings variables this command's environment gives (remembered in stack.env). The
+    variables of what the stack owns (its addresses and logins) are dropped from this process's
+    environment too, so that its own steps (topics, bucket, migrations) reach the stack it runs."""
+    import os
+
+    from cryptopipe.stack import config
+
+    owned = config.owned_in_environment(os.environ)
+    if owned:
+        print(f"cryptopipe stack: ignoring {', '.join(owned)} from the environment: the stack sets "
+              "its own (README, Configuration)", file=sys.stderr)
+        for key in owned:
+            del os.environ[key]
+    return config.from_environment(os.environ)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="cryptopipe stack")
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="install and start the local stack")
-    up.add_argument("--source", choices=("live", "sim"), default="live")
+    up.add_argument("--source", choices=("live", "sim"), default=None,
+                    help="exchange endpoints: the live exchanges or the bundled simulator (default: the "
+                         "stack's remembered source; live at the first up)")
     up.add_argument("--core", action="store_true", help="only Kafka, Postgres and S3")
     up.add_argument("--no-airflow", action="store_true")
     up.add_argument("--no-pipeline", action="store_true", help="do not start the streaming daemons")
@@ -47,7 +80,7 @@ def main(argv: list[str]) -> int:
     try:
         if args.cmd == "up":
             return manager.up(args.source, core_only=args.core, with_airflow=not args.no_airflow,
-                              with_pipeline=not args.no_pipeline)
+                              with_pipeline=not args.no_pipeline, env=settings_from_caller())
         if args.cmd == "down":
             return manager.down()
         if args.cmd == "clean":

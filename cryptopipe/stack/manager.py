@@ -7,6 +7,7 @@ from contextlib import contextmanager
 import sys
 import time
 
+from cryptopipe.stack import config as stack_config
 from cryptopipe.stack import supervisor
 from cryptopipe.stack.airflow import Airflow
 from cryptopipe.stack.component import Component, StackContext
@@ -21,7 +22,7 @@ from cryptopipe.stack.sim import Simulator, sim_endpoints
 CORE: tuple[Component, ...] = (Postgres(), Kafka(), S3Proxy())
 # every component a stack may run, in start order
 ALL: tuple[Component, ...] = (*CORE, Simulator(), Airflow())
-SIM_KEYS = ("BINANCE_WS_URL", "BINANCE_REST_URL", "KUCOIN_REST_URL", "SIM_CONTROL_URL")
+SIM_CONTROL = "SIM_CONTROL_URL"       # the bundled simulator's control API, in stack.env while source=sim
 
 
 def make_context(source: str | None = None) -> StackContext:
@@ -35,10 +36,29 @@ def make_context(source: str | None = None) -> StackContext:
     return StackContext(paths=paths, env=env, source=source, python=python_bin())
 
 
-def write_stack_env(ctx: StackContext) -> None:
+def configure(ctx: StackContext, given: dict[str, str | None], *, source_given: bool) -> None:
+    """ctx.env after this `up`: the remembered values, what it was given and the source's
+    endpoints (cryptopipe/stack/config.py has the rules); StepFailed when the daemons would refuse
+    a value."""
+    endpoints = sim_endpoints() if ctx.source == "sim" else {}
+    values = stack_config.merge(ctx.env, given, source_given=source_given, source_endpoints=endpoints)
+    values.pop(SIM_CONTROL, None)
+    if SIM_CONTROL in endpoints:
+        values[SIM_CONTROL] = endpoints[SIM_CONTROL]
+    try:
+        stack_config.check(values)
+    except stack_config.ConfigError as exc:
+        raise StepFailed(f"not started: {exc}") from None
+    ctx.env = values
+
+
+def write_stack_env(ctx: StackContext) -> bool:
+    """Write ctx.env and the values the stack owns (its ports, the admin's Kafka login) to
+    stack.env; True when the file's content changed."""
     from cryptopipe.stack.kafka_auth import ADMIN, client_env
     from cryptopipe.stack.paths import API_PORT, KAFKA_PORT, S3_PORT
 
+    before = read_env_file(ctx.paths.env_file)
     values = dict(ctx.env)
     values.update({
         "POSTGRES_DSN": dsn_for(ctx, "cryptopipe"),
@@ -49,10 +69,6 @@ def write_stack_env(ctx: StackContext) -> None:
         "SUPERVISOR_SOCKET": str(ctx.paths.supervisor_socket),
         "API_PORT": str(API_PORT),
     })
-    for key in SIM_KEYS:
-        values.pop(key, None)
-    if ctx.source == "sim":
-        values.update(sim_endpoints())
     ctx.env = values
     write_env_file(ctx.paths.env_file, values)
     ctx.paths.source_file.write_text(ctx.source)
@@ -62,6 +78,7 @@ def write_stack_env(ctx: StackContext) -> None:
     from common.settings import get_settings
 
     get_settings.cache_clear()
+    return values != before
 
 
 def components(ctx: StackContext, *, with_airflow: bool) -> list[Component]:
@@ -157,32 +174,22 @@ def check_port_free(ctx: StackContext, comp: Component) -> None:
                          "stop it (or the other stack using it) and run again")
 
 
-def ensure_core(source: str | None = None):
-    """Kafka, Postgres and S3 running, migrated, topics and bucket created; returns Settings.
-    Used by the test fixtures and by `stack up --core`."""
-    ctx = make_context(source)
-    write_stack_env(ctx)
-    bring_up(ctx, list(CORE))
-    from common.settings import get_settings
-
-    return get_settings()
-
-
-def up(source: str = "live", *, core_only: bool = False, with_airflow: bool = True,
+def up(source: str | None = None, *, core_only: bool = False, with_airflow: bool = True,
        with_pipeline: bool = True, sim_args: str | None = None, env: dict[str, str | None] | None = None) -> int:
-    """Bring the stack up. `env`: settings to write into stack.env for every program (None removes one)."""
+    """Bring the stack up (`core_only`: Kafka, Postgres and S3, migrated, topics and bucket made).
+    `source`: live | sim, None keeps the remembered one. `env`: settings to remember in stack.env
+    for every program ("" or None forgets one); the `stack up` command passes its caller's settings
+    variables here, a program calling up() passes what it means (its own environment plays no part)."""
     started = time.monotonic()
     ctx = make_context(source)
     if sim_args is not None:
         ctx.env["CRYPTOPIPE_SIM_ARGS"] = sim_args
-    for key, value in (env or {}).items():
-        if value is None:
-            ctx.env.pop(key, None)
-        else:
-            ctx.env[key] = value
-    write_stack_env(ctx)
-    if source == "live" and not core_only and with_pipeline:
-        warn_if_exchanges_unreachable()
+    configure(ctx, dict(env or {}), source_given=source is not None)
+    changed = write_stack_env(ctx)
+    if changed:
+        restart_streaming_daemons(ctx)
+    if ctx.source == "live" and not core_only and with_pipeline:
+        warn_if_exchanges_unreachable(ctx)
     comps = list(CORE) if core_only else components(ctx, with_airflow=with_airflow)
     bring_up(ctx, comps)
     if with_pipeline and not core_only:
@@ -195,34 +202,50 @@ def up(source: str = "live", *, core_only: bool = False, with_airflow: bool = Tr
 
         with step("airflow: DAGs parsed and unpaused"):
             set_dags_paused(ctx, False)
-    console.print(f"[bold green]stack up[/bold green] ({time.monotonic() - started:.1f}s, source={source}) — "
-                  "`make status` shows addresses and logins")
+    console.print(f"[bold green]stack up[/bold green] ({time.monotonic() - started:.1f}s, source={ctx.source}) — "
+                  "`make status` shows addresses, logins and the exchange endpoints")
     return 0
 
 
-def warn_if_exchanges_unreachable() -> None:
-    import socket
+def restart_streaming_daemons(ctx: StackContext) -> None:
+    """The streaming daemons read stack.env when they start: the running ones start again after
+    it changed (Airflow's tasks read it at each run; the services take nothing from it)."""
+    states = supervisor.program_states(ctx)
+    running = [p for p in supervisor.PIPELINE_PROGRAMS
+               if states.get(p, {}).get("state") in ("RUNNING", "STARTING", "BACKOFF")]
+    if not running:
+        return
 
-    for host in ("stream.binance.com", "api.kucoin.com"):
+    def restart(program: str) -> None:
+        supervisor.stop_program(ctx, program)
+        supervisor.start_program(ctx, program, ctx.paths.logs / f"{program}.log")
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with step(f"restart {', '.join(running)} with the new settings"), ThreadPoolExecutor(len(running)) as pool:
+        for done in [pool.submit(restart, program) for program in running]:
+            done.result()
+
+
+def warn_if_exchanges_unreachable(ctx: StackContext) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    for name, url in effective_endpoints(ctx).items():
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
         try:
-            socket.create_connection((host, 443), timeout=3).close()
-        except OSError as exc:
-            console.print(f"[yellow]! {host} is unreachable ({exc}); the extractors will keep retrying. "
+            socket.create_connection((parts.hostname, port), timeout=3).close()
+        except (OSError, ValueError) as exc:
+            console.print(f"[yellow]! {name} {url} is unreachable ({exc}); the extractors will keep retrying. "
                           "On a machine without internet run `make up SOURCE=sim`.[/yellow]")
             return
 
 
-def stop_component(name: str) -> None:
-    """Stop one program (fault tests: 'kafka', 's3proxy', 'postgres', a pipeline program)."""
-    supervisor.stop_program(make_context(), name)
-
-
-def start_component(name: str) -> None:
-    ctx = make_context()
-    supervisor.start_program(ctx, name)
-    comp = next((c for c in ALL if name in c.programs(ctx)), None)
-    if comp is not None:
-        wait_until(lambda: comp.healthy(ctx), 120, f"{name}", comp.log_path(ctx))
+def effective_endpoints(ctx: StackContext) -> dict[str, str]:
+    """{variable: URL} of every exchange endpoint, as the daemons read them from stack.env."""
+    settings = stack_config.settings_from(ctx.env)
+    return {var: str(getattr(settings, var.lower())) for var in stack_config.endpoint_variables()}
 
 
 def down() -> int:
@@ -278,6 +301,7 @@ def status() -> dict:
         comps["api"] = api_status(states["api"]["state"], "api" in expected)
     return {
         "source": ctx.source,
+        "configuration": configuration(ctx),
         "supervisord": {"running": supervisor.running(ctx), "socket": str(ctx.paths.supervisor_socket)},
         "components": comps,
         "programs": {name: {"state": s["state"], "pid": s["pid"], "uptime_s": s["uptime_s"],
@@ -291,23 +315,22 @@ def status() -> dict:
     }
 
 
+def configuration(ctx: StackContext) -> dict:
+    """What the daemons and Airflow's tasks run with: the exchange endpoints, the symbol filter
+    ([] = every symbol), the settings remembered in stack.env, and the settings variables of the
+    caller's environment that differ (commands run there use them; the stack does not)."""
+    import os
+
+    from common.settings import stack_variables
+
+    remembered = {k: ctx.env[k] for k in stack_variables() if k in ctx.env}
+    return {"endpoints": effective_endpoints(ctx),
+            "symbols": list(stack_config.settings_from(ctx.env).symbols),
+            "remembered": remembered,
+            "environment_overrides": sorted(k for k, v in stack_config.from_environment(os.environ).items()
+                                            if remembered.get(k) != v)}
+
+
 def fail(exc: StepFailed) -> int:
     print(f"cryptopipe stack: {exc}", file=sys.stderr)
     return 1
-
-
-def ensure_airflow(source: str | None = None) -> dict:
-    """Core services plus Airflow running (for Airflow integration tests); returns how to reach it:
-    {"url", "user", "password", "env"} where env is the environment Airflow's processes use."""
-    from cryptopipe.stack.airflow import ADMIN_USER, airflow_env
-    from cryptopipe.stack.paths import AIRFLOW_PORT
-
-    from cryptopipe.stack.airflow import set_dags_paused
-
-    ctx = make_context(source)
-    write_stack_env(ctx)
-    bring_up(ctx, [*CORE, Airflow()])
-    # tests drive detection, reconciliation and supervision themselves: no scheduled run may race them
-    set_dags_paused(ctx, True, dag_ids=("crypto_gap_detection", "crypto_stream_supervisor", "crypto_reconcile"))
-    return {"url": f"http://127.0.0.1:{AIRFLOW_PORT}", "user": ADMIN_USER,
-            "password": ctx.env["CRYPTOPIPE_AIRFLOW_ADMIN_PASSWORD"], "env": airflow_env(ctx)}

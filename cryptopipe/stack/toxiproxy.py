@@ -12,7 +12,8 @@ into the cache and kept as `<cache>/bin/toxiproxy-server-2.12.0`; later calls re
 
 Kafka needs the broker to advertise the proxy's address: the stack's broker has a listener for
 that (`TOXI`, SCRAM-authenticated like the client listener, see cryptopipe/stack/kafka.py);
-`ensure_kafka_toxi_listener()` restarts a broker started before that listener existed.
+the fault tests' fixture (tests/plugins/toxiproxy.py) restarts a broker started before that
+listener existed.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def binary_path() -> Path:
 
 
 @contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -64,7 +65,7 @@ def ensure_toxiproxy_binary(log=None) -> Path:
     target = binary_path()
     if target.exists():
         return target
-    with _file_lock(cache_home() / "bin" / ".toxiproxy-build.lock"):
+    with file_lock(cache_home() / "bin" / ".toxiproxy-build.lock"):
         if target.exists():
             return target
         go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
@@ -245,34 +246,6 @@ def kafka_toxi_listener_up(timeout: float = 5.0) -> bool:
     except Exception:
         return False
     return any(b.port == KAFKA_TOXI_PROXY_PORT for b in md.brokers.values())
-
-
-def ensure_kafka_toxi_listener(log=None) -> None:
-    """The stack running, its broker listening on the TOXI listener; restarts a broker that was
-    started before cryptopipe/stack/kafka.py had that listener (once per machine)."""
-    from cryptopipe.stack.manager import ensure_core, make_context, stack_lock, start_component, stop_component
-
-    ensure_core()        # rewrites server.properties (Kafka.prepare) with the TOXI listener
-    if kafka_toxi_listener_up():
-        return
-    ctx = make_context()
-    with _file_lock(ctx.paths.run / "kafka-toxi-restart.lock"):
-        if kafka_toxi_listener_up():      # another process restarted it meanwhile
-            return
-        props = (ctx.paths.kafka_dir / "server.properties").read_text()
-        if f"TOXI://127.0.0.1:{KAFKA_TOXI_PORT}" not in props:
-            raise ToxiproxyError(f"{ctx.paths.kafka_dir / 'server.properties'} has no TOXI listener "
-                                 "after ensure_core(): cryptopipe/stack/kafka.py is out of date")
-        if log:
-            log("restarting Kafka to add its TOXI listener (once)")
-        with stack_lock(ctx):
-            stop_component("kafka")
-            start_component("kafka")
-    deadline = time.monotonic() + 60
-    while not kafka_toxi_listener_up():
-        if time.monotonic() > deadline:
-            raise ToxiproxyError(f"Kafka restarted but does not answer on 127.0.0.1:{KAFKA_TOXI_PORT}")
-        time.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:

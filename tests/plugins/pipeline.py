@@ -36,7 +36,9 @@ from backfill.validation import ceil_minute, floor_minute
 E2E_SIM_ARGS = "--symbols 12 --rate 240 --truth-max 3000000 --seed 7"
 # S3 objects uploaded after 10 s instead of 60: every `settle(archive=True)` waits for the archiver's
 # upload and commit, and the suite settles a dozen times
-E2E_ENV = {"ARCHIVE_MAX_AGE_SECONDS": "10"}
+# and every symbol streamed, whatever SYMBOLS the stack remembers from a developer's `make up`
+# ("" forgets it for the run; the fixture puts the remembered values back afterwards)
+E2E_ENV = {"ARCHIVE_MAX_AGE_SECONDS": "10", "SYMBOLS": ""}
 EXCHANGES = ("binance", "kucoin")
 UTC = timezone.utc
 
@@ -106,14 +108,14 @@ class PipelineHandle:
         return pid
 
     def stop(self, program: str) -> None:
-        from cryptopipe.stack.manager import stop_component
+        from tests.plugins.stack import stop_program
 
-        stop_component(program)
+        stop_program(program)
 
     def start(self, program: str) -> None:
-        from cryptopipe.stack.manager import start_component
+        from tests.plugins.stack import start_program
 
-        start_component(program)
+        start_program(program)
 
     def all_running(self, except_=()) -> dict:
         """The programs that should run and do not (`except_`: stopped on purpose by the scenario)."""
@@ -543,6 +545,7 @@ def live_pipeline(stack):
     conn.autocommit = True
     truncate_pipeline_tables(conn)
     conn.close()
+    remembered = {key: ctx.env.get(key) for key in E2E_ENV}
     manager.up("sim", with_airflow=False, sim_args=E2E_SIM_ARGS, env=E2E_ENV)
     get_settings.cache_clear()
     handle = PipelineHandle(manager.make_context(), SimControl(sim_endpoints()["SIM_CONTROL_URL"]))
@@ -554,6 +557,9 @@ def live_pipeline(stack):
             supervisor.stop_program(ctx, program)
         except Exception:
             pass
-    for key in E2E_ENV:                 # the stack's own settings again for its next `up`
-        ctx.env.pop(key, None)
+    for key, value in remembered.items():      # the stack's own settings again for its next `up`
+        if value is None:
+            ctx.env.pop(key, None)
+        else:
+            ctx.env[key] = value
     manager.write_stack_env(ctx)

@@ -67,12 +67,43 @@ def _lock_kafka_proxy_port(path):
             time.sleep(1)
 
 
+def ensure_kafka_toxi_listener(log=None) -> None:
+    """The stack running, its broker listening on the TOXI listener; restarts a broker that was
+    started before cryptopipe/stack/kafka.py had that listener (once per machine)."""
+    from cryptopipe.stack.kafka import KAFKA_TOXI_PORT
+    from cryptopipe.stack.manager import make_context, stack_lock
+    from cryptopipe.stack.toxiproxy import ToxiproxyError, file_lock, kafka_toxi_listener_up
+    from tests.plugins.stack import core_up, start_program, stop_program
+
+    core_up()        # rewrites server.properties (Kafka.prepare) with the TOXI listener
+    if kafka_toxi_listener_up():
+        return
+    ctx = make_context()
+    with file_lock(ctx.paths.run / "kafka-toxi-restart.lock"):
+        if kafka_toxi_listener_up():      # another process restarted it meanwhile
+            return
+        props = (ctx.paths.kafka_dir / "server.properties").read_text()
+        if f"TOXI://127.0.0.1:{KAFKA_TOXI_PORT}" not in props:
+            raise ToxiproxyError(f"{ctx.paths.kafka_dir / 'server.properties'} has no TOXI listener "
+                                 "after `stack up --core`: cryptopipe/stack/kafka.py is out of date")
+        if log:
+            log("restarting Kafka to add its TOXI listener (once)")
+        with stack_lock(ctx):
+            stop_program("kafka")
+            start_program("kafka")
+    deadline = time.monotonic() + 60
+    while not kafka_toxi_listener_up():
+        if time.monotonic() > deadline:
+            raise ToxiproxyError(f"Kafka restarted but does not answer on 127.0.0.1:{KAFKA_TOXI_PORT}")
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def toxi_proxies(stack, toxiproxy):
     from cryptopipe.stack.kafka import KAFKA_TOXI_PORT, KAFKA_TOXI_PROXY_PORT
     from cryptopipe.stack.manager import make_context, port_owner
     from cryptopipe.stack.paths import POSTGRES_PORT, S3_PORT
-    from cryptopipe.stack.toxiproxy import ensure_kafka_toxi_listener, port_open
+    from cryptopipe.stack.toxiproxy import port_open
 
     lock = _lock_kafka_proxy_port(make_context().paths.run / "toxiproxy-kafka-proxy.lock")
     try:

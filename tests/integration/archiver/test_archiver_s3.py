@@ -144,14 +144,14 @@ def s3_up(s3) -> bool:
 
 @pytest.mark.faults
 def test_s3_outage_delays_the_archive_and_loses_nothing(s3, topics, tmp_path):
-    from cryptopipe.stack.manager import start_component, stop_component
+    from tests.plugins.stack import start_program, stop_program
 
     topic = "binance_raw_data" + topics
     group = "archiver-test-" + uuid.uuid4().hex
     d = Daemon(archive_args(topics, group, max_age=1.0), tmp_path, "outage").start()
     sent = produce_partitions(topic, per_side=500)
     wait_until(drained(group, topic), 120, "the archive before the outage", [d])
-    stop_component("s3proxy")
+    stop_program("s3proxy")
     observed_down = 0
     try:
         more = {}
@@ -169,7 +169,7 @@ def test_s3_outage_delays_the_archive_and_loses_nothing(s3, topics, tmp_path):
             time.sleep(1)
         assert d.alive()
     finally:
-        start_component("s3proxy")
+        start_program("s3proxy")
     assert observed_down > 0
     wait_until(drained(group, topic), 120, "the archive after the outage", [d])
     assert d.term() == 0

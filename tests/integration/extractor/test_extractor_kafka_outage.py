@@ -14,7 +14,7 @@ BROKER_DOWN_S = 60
 
 
 def test_broker_down_60s_spool_and_replay(stack, sim_factory, tmp_path):
-    from cryptopipe.stack.manager import start_component, stop_component
+    from tests.plugins.stack import start_program, stop_program
 
     sim = sim_factory(symbols=20, rate=60)
     binance = start_extractor("binance", sim, tmp_path)
@@ -25,13 +25,13 @@ def test_broker_down_60s_spool_and_replay(stack, sim_factory, tmp_path):
     wait_for(lambda: sim.control.truth("kucoin", limit=1) and sim.control.truth("binance", limit=1), 20,
              "first ticks")
     time.sleep(3)
-    stop_component("kafka")
+    stop_program("kafka")
     try:
         time.sleep(BROKER_DOWN_S)       # unless a concurrent session's stack fixture restarts it sooner
         assert all(r.proc.poll() is None for r in (binance, kucoin, small)), "an extractor died"
         assert any(p.stat().st_size for p in kucoin.spool_dir.glob("*.seg")), "nothing was spooled"
     finally:
-        start_component("kafka")
+        start_program("kafka")
     for run in (binance, kucoin, small):
         wait_for(lambda run=run: "spool drained" in run.log(), 90, f"{run.label} spool drained", interval=1)
     time.sleep(3)

@@ -277,14 +277,14 @@ def test_a_lost_user_comes_back_with_the_next_up(stack, stack_ctx):
     from confluent_kafka.admin import ScramMechanism, UserScramCredentialDeletion
 
     from cryptopipe.stack.kafka import broker_admin
-    from cryptopipe.stack.manager import ensure_core
+    from tests.plugins.stack import core_up
 
     broker = broker_admin(stack_ctx)
     for f in broker.alter_user_scram_credentials(
             [UserScramCredentialDeletion("api", ScramMechanism.SCRAM_SHA_512)]).values():
         f.result(timeout=30)
     assert auth_failed(refused(as_identity("api")))
-    ensure_core()
+    core_up()
     assert make_admin(QUIET, settings=as_identity("api")).list_topics(timeout=10).topics
 
 

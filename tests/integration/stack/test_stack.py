@@ -179,10 +179,10 @@ def test_status_json_is_stable_and_healthy(stack):
 
 def test_second_up_is_idempotent(stack, stack_ctx):
     from cryptopipe.stack import supervisor
-    from cryptopipe.stack.manager import ensure_core
+    from tests.plugins.stack import core_up
 
     before = supervisor.program_states(stack_ctx)
-    ensure_core()
+    core_up()
     after = supervisor.program_states(stack_ctx)
     assert set(before) == set(after)
     for name in ("kafka", "postgres", "s3proxy"):
