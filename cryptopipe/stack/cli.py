@@ -6,6 +6,7 @@ import json
 import sys
 
 from cryptopipe.stack.progress import StepFailed
+from cryptopipe.stack.scale import WORKER_KEYS
 
 
 def print_status(st: dict) -> None:
@@ -28,6 +29,19 @@ def print_status(st: dict) -> None:
     console.print(f"settings and secrets: {st['env_file']}   logs: {st['logs']}")
 
 
+def scale_env(args) -> dict[str, str]:
+    """KAFKA_BROKERS, KAFKA_HOSTS, *_WORKERS for `up`: a flag, else the environment, else 1 (each
+    `up` says how many, as it says the source: a stack does not stay a cluster by omission)."""
+    import os
+
+    from cryptopipe.stack.scale import BROKERS_KEY, HOSTS_KEY, settings_from
+
+    given = {BROKERS_KEY: args.brokers, **{k: getattr(args, k) for k in WORKER_KEYS.values()}}
+    values = {k: (str(v) if v is not None else os.environ.get(k) or "1") for k, v in given.items()}
+    values[HOSTS_KEY] = os.environ.get(HOSTS_KEY) or "loopback"
+    return settings_from(values)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="cryptopipe stack")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -36,6 +50,11 @@ def main(argv: list[str]) -> int:
     up.add_argument("--core", action="store_true", help="only Kafka, Postgres and S3")
     up.add_argument("--no-airflow", action="store_true")
     up.add_argument("--no-pipeline", action="store_true", help="do not start the streaming daemons")
+    up.add_argument("--brokers", type=int, default=None,
+                    help="Kafka nodes: 1 (default) or 3 (RF 3, min ISR 2); default $KAFKA_BROKERS or 1")
+    for program, key in WORKER_KEYS.items():
+        up.add_argument(f"--{program}-workers", type=int, default=None, dest=key,
+                        help=f"{program} processes (one consumer group); default ${key} or 1")
     sub.add_parser("down", help="stop everything, keep data")
     sub.add_parser("clean", help="stop everything and delete the stack's data")
     st = sub.add_parser("status")
@@ -47,7 +66,7 @@ def main(argv: list[str]) -> int:
     try:
         if args.cmd == "up":
             return manager.up(args.source, core_only=args.core, with_airflow=not args.no_airflow,
-                              with_pipeline=not args.no_pipeline)
+                              with_pipeline=not args.no_pipeline, env=scale_env(args))
         if args.cmd == "down":
             return manager.down()
         if args.cmd == "clean":
