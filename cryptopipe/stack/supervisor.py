@@ -70,7 +70,14 @@ def scale_programs(ctx: StackContext, text: str) -> str:
             header = f"[program:{program}]\n"
             if header not in text:
                 raise StepFailed(f"{PIPELINE_CONF} declares no [program:{program}] to run {n} of")
-            text = text.replace(header, f"{header}numprocs={n}\nprocess_name=%(program_name)s_%(process_num)02d\n")
+            head, rest = text.split(header, 1)
+            section, sep, tail = rest.partition("\n[")
+            log = f"/logs/{program}.log\n"
+            if log not in section:
+                raise StepFailed(f"{PIPELINE_CONF}: [program:{program}] logs elsewhere than logs/{program}.log")
+            section = section.replace(log, f"/logs/{program}_%(process_num)02d.log\n")
+            text = (f"{head}{header}numprocs={n}\nprocess_name=%(program_name)s_%(process_num)02d\n"
+                    f"{section}{sep}{tail}")
     return text
 
 

@@ -25,6 +25,7 @@ import os
 import signal
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -117,10 +118,16 @@ class PipelineHandle:
 
     def all_running(self, except_=()) -> dict:
         """The programs that should run and do not (`except_`: stopped on purpose by the scenario)."""
+        from cryptopipe.stack.kafka import Kafka
+        from cryptopipe.stack.supervisor import processes
+
         states = {i["name"]: i["statename"] for i in self.rpc().getAllProcessInfo()}
-        wanted = ("kafka", "postgres", "s3proxy", "sim", "extract-binance", "extract-kucoin", "transform", "load",
-                  "archive")
-        return {p: states.get(p) for p in wanted if p not in except_ and states.get(p) != "RUNNING"}
+        # every broker of a cluster, every process of a daemon run several times (`load_01`)
+        programs = (*Kafka().programs(self.ctx), "postgres", "s3proxy", "sim", "extract-binance", "extract-kucoin",
+                    "transform", "load", "archive")
+        wanted = [p for program in programs if program not in except_
+                  for p in processes(self.ctx, program) if p not in except_]
+        return {p: states.get(p) for p in wanted if states.get(p) != "RUNNING"}
 
     def wait_streaming(self, pg, timeout: float = 120) -> None:
         """Both exchanges deliver again (a fresh tick stored): scenarios start from a live stream,
@@ -506,6 +513,33 @@ class PipelineHandle:
         figures.add(archived_records=total, archive_missing=missing, archive_duplicates=dups)
         assert missing == 0, f"{missing} raw records are not in S3"
         assert dups == 0, f"{dups} raw records are in S3 more than once"
+
+
+@contextmanager
+def scenario(h, pg, s3, bucket, name, *, archive=True, candles=True, stopped=()):
+    """One fault scenario: from a live stream, the body injects the fault; afterwards everything
+    produced in the window has gone through (lag back to 0), the ticks are accounted for against the
+    simulator's log, every raw record is in S3 once, candles are the truth after detection,
+    backfill and reconciliation, and no process is left dead (but those `stopped` on purpose)."""
+    from common.topics import RAW_TOPICS
+
+    h.wait_streaming(pg)
+    raw_start = h.end_offsets(RAW_TOPICS)
+    t0 = now_ms()
+    fig = Figures(name)
+    yield fig
+    t1 = now_ms()
+    raw_end = h.end_offsets(RAW_TOPICS)
+    h.settle(archive=archive, timeout=300)
+    h.check_ticks(pg, t0, t1, fig)
+    if archive:
+        h.check_archive(s3, bucket, raw_start, raw_end, fig)
+    if candles:
+        h.fill_gaps(fig, t0, t1)
+        h.reconcile(fig, t1)
+        h.check_candles(pg, t0, t1, fig)
+    fig.print()
+    assert h.all_running(except_=stopped) == {}, "a process was left dead"
 
 
 def _at(ms: int) -> datetime:

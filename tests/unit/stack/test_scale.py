@@ -112,7 +112,7 @@ def test_workers_become_numprocs_with_numbered_process_names(tmp_path):
     assert "--instance %(process_num)d" in transform
     for section in (transform, load, archive):
         assert 'CRYPTOPIPE_PROCESS_NUM="%(process_num)d"' in section
-        assert "logs/%(process_name)s.log" in section
+    assert "logs/load_%(process_num)02d.log" in load and "logs/archive.log" in archive
     assert supervisor.pipeline_processes(c) == [
         "extract-binance", "extract-kucoin", "transform_00", "transform_01", "transform_02", "load_00", "load_01",
         "archive", "api"]
