@@ -141,10 +141,11 @@ def test_broker_killed_and_back_after_60s(cluster, pg, s3, stack):
         while time.monotonic() - down_since < BROKER_DOWN_S:
             under.append(health(h)["under_replicated"])
             time.sleep(5)
+        back = time.monotonic()
         h.start(program)
         fig.add(broker=program, broker_down_s=BROKER_DOWN_S, under_replicated_max=max(under))
         assert max(under) > 0, "no partition lost a replica: the killed broker held none"
-        wait_fully_replicated(h, fig, time.monotonic())
+        wait_fully_replicated(h, fig, back)
         time.sleep(10)
 
 
@@ -165,10 +166,11 @@ def test_broker_cut_off_the_network_for_30s(cluster, pg, s3, stack):
                 under.append(got["under_replicated"])
         finally:
             netns.set_link(node, True)
+        back = time.monotonic()
         fig.add(broker=f"kafka-{node}", cut_off_s=CUT_OFF_S, under_replicated_max=max(under))
         # the quorum held: the other two kept the cluster answering and took the node's leaderships
         assert max(under) > 0, "no partition lost an in-sync replica while its broker was cut off"
-        wait_fully_replicated(h, fig, time.monotonic())
+        wait_fully_replicated(h, fig, back)
         assert h.info(f"kafka-{node}")["statename"] == "RUNNING"
         time.sleep(10)
 

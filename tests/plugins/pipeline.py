@@ -189,12 +189,38 @@ class PipelineHandle:
             return not behind or None
         wait_for(done, timeout, f"consumer group {group} to commit {targets}")
 
+    @staticmethod
+    def spool_bytes(exchange: str) -> float | None:
+        """The bytes `exchange`'s extractor holds in its on-disk spool (what Kafka did not
+        acknowledge in time), from its /metrics; None when it does not answer."""
+        import urllib.request
+
+        from common.exchanges import plug
+        from common.settings import metrics_port
+
+        url = f"http://127.0.0.1:{metrics_port(plug(exchange).EXTRACTOR_METRICS_PORT)}/metrics"
+        try:
+            text = urllib.request.urlopen(url, timeout=3).read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("cryptopipe_extractor_spool_bytes{") and f'exchange="{exchange}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def wait_spools_drained(self, timeout: float) -> None:
+        """Every record an extractor spooled while Kafka was not acknowledging (a broker lost, a
+        partition's leader moving) has been produced: only then do the topics' ends hold it."""
+        wait_for(lambda: all(self.spool_bytes(ex) == 0 for ex in EXCHANGES) or None, timeout,
+                 "the extractors' spools to drain into Kafka")
+
     def settle(self, timeout: float = 120, archive: bool = False) -> None:
         """Wait until everything produced so far has gone through transform and load (and the
         archive, when asked). Offsets are committed only after the durable write they cover."""
         from common.topics import DLQ_TOPICS, PIPELINE_EVENTS, RAW_TOPICS, TRANSFORMED_TOPICS
 
         time.sleep(1.0)
+        self.wait_spools_drained(timeout)
         raw = self.end_offsets(RAW_TOPICS)
         self.wait_consumed("transformer", raw, timeout)
         # the dead letters too: the loader records them for gap detection
