@@ -83,27 +83,32 @@ def make_admin(overrides: dict | None = None, settings: Settings | None = None) 
     return AdminClient(_base(overrides, settings))
 
 
-def ensure_topics(admin: AdminClient | None = None, timeout: float = 30.0) -> list[str]:
-    """Create the DESIGN.md topics that are missing; returns the names created."""
+def ensure_topics(admin: AdminClient | None = None, timeout: float = 30.0, *, replication: int = 1,
+                  min_insync: int = 1, min_partitions: int = 1) -> list[str]:
+    """Create the DESIGN.md topics that are missing, with `replication` replicas and
+    min.insync.replicas=`min_insync` (a cluster: 3 and 2), the partitioned ones with at least
+    `min_partitions` (one per consumer-group member); returns the names created."""
     settings = get_settings()
     admin = admin or make_admin()
     existing = set(admin.list_topics(timeout=timeout).topics)
-    wanted = {name: spec for name, spec in topic_specs(settings.topic_partitions, settings.raw_retention_ms).items()
-              if name not in existing}
+    specs = topic_specs(max(settings.topic_partitions, min_partitions), settings.raw_retention_ms, min_insync)
+    wanted = {name: spec for name, spec in specs.items() if name not in existing}
     if wanted:
         # a concurrent creator may win the race: TOPIC_ALREADY_EXISTS is fine here
         create_topics({name: spec["partitions"] for name, spec in wanted.items()}, admin, timeout,
-                      configs={name: spec["config"] for name, spec in wanted.items()}, exist_ok=True)
+                      configs={name: spec["config"] for name, spec in wanted.items()}, exist_ok=True,
+                      replication=replication)
     return list(wanted)
 
 
 def create_topics(partitions: dict[str, int], admin: AdminClient | None = None, timeout: float = 30.0, *,
-                  configs: dict[str, dict] | None = None, exist_ok: bool = False) -> None:
-    """Create topics {name: partitions} (replication 1, `configs[name]` as topic config) and wait
-    for each; raises on a failure (a topic that already exists only without `exist_ok`)."""
+                  configs: dict[str, dict] | None = None, exist_ok: bool = False, replication: int = 1) -> None:
+    """Create topics {name: partitions} (`replication` replicas, `configs[name]` as topic config)
+    and wait for each; raises on a failure (a topic that already exists only without `exist_ok`)."""
     admin = admin or make_admin()     # held until every future settled: a collected client never settles them
     configs = configs or {}
-    futures = admin.create_topics([NewTopic(n, num_partitions=p, replication_factor=1, config=configs.get(n, {}))
+    futures = admin.create_topics([NewTopic(n, num_partitions=p, replication_factor=replication,
+                                            config=configs.get(n, {}))
                                    for n, p in partitions.items()], operation_timeout=timeout)
     for f in futures.values():
         try:

@@ -46,9 +46,21 @@ def port_offset() -> int:
     return offset
 
 
+PROCESS_PORT_STRIDE = 100
+
+
 def metrics_port(base: int) -> int:
-    """A daemon's default /metrics port (9101-9105 on the default stack), moved with the stack."""
-    return base + port_offset()
+    """A daemon's default /metrics port (9101-9105 on the default stack), moved with the stack;
+    the Nth process of a daemon run several times (CRYPTOPIPE_PROCESS_NUM, supervisord's
+    process_num) adds N * 100: load_01 serves on 9204."""
+    raw = os.environ.get("CRYPTOPIPE_PROCESS_NUM") or "0"
+    try:
+        num = int(raw)
+    except ValueError:
+        raise SystemExit(f"CRYPTOPIPE_PROCESS_NUM must be a whole number, got {raw[:20]!r}") from None
+    if not 0 <= num < 50:
+        raise SystemExit(f"CRYPTOPIPE_PROCESS_NUM must be from 0 to 49, got {num}")
+    return base + port_offset() + PROCESS_PORT_STRIDE * num
 
 
 class Settings(BaseSettings):

@@ -31,13 +31,15 @@ DLQ_TOPICS = tuple(dlq_topic(e) for e in EXCHANGES)
 ALL_TOPICS = RAW_TOPICS + TRANSFORMED_TOPICS + DLQ_TOPICS + (PIPELINE_EVENTS,)
 
 
-def topic_specs(partitions: int, raw_retention_ms: int) -> dict[str, dict]:
-    """Topic -> {partitions, config}. Raw and transformed topics get `partitions`; the rest 1."""
+def topic_specs(partitions: int, raw_retention_ms: int, min_insync: int = 1) -> dict[str, dict]:
+    """Topic -> {partitions, config}. Raw and transformed topics get `partitions`; the rest 1.
+    `min_insync`: the replicas a write needs before it is acknowledged (acks=all)."""
+    isr = {"min.insync.replicas": str(min_insync)}
     specs = {}
     for t in RAW_TOPICS + TRANSFORMED_TOPICS:
         specs[t] = {"partitions": partitions,
-                    "config": {"retention.ms": str(raw_retention_ms), "compression.type": "producer"}}
+                    "config": {"retention.ms": str(raw_retention_ms), "compression.type": "producer", **isr}}
     for t in DLQ_TOPICS:
-        specs[t] = {"partitions": 1, "config": {"retention.ms": str(30 * 24 * 3600 * 1000)}}
-    specs[PIPELINE_EVENTS] = {"partitions": 1, "config": {"retention.ms": str(30 * 24 * 3600 * 1000)}}
+        specs[t] = {"partitions": 1, "config": {"retention.ms": str(30 * 24 * 3600 * 1000), **isr}}
+    specs[PIPELINE_EVENTS] = {"partitions": 1, "config": {"retention.ms": str(30 * 24 * 3600 * 1000), **isr}}
     return specs

@@ -160,15 +160,26 @@ def _stuck_reason(program: ProgramStatus, watch: Watch, seen: dict, prev: Previo
             f"{stalled:.0f}s (since {since}; limit {policy.stall_s:.0f}s)")
 
 
+def watched_program(name: str, watches: Mapping[str, Watch]) -> str | None:
+    """The watched program a supervisord process belongs to: itself, or `load` for `load_01`
+    (a program run with numprocs>1, TRANSFORM/LOAD/ARCHIVE_WORKERS); None when not watched. Each
+    process is judged on its own, by its program's group progress."""
+    if name in watches:
+        return name
+    base, sep, num = name.rpartition("_")
+    return base if sep and num.isdigit() and base in watches else None
+
+
 def assess(obs: Observation, policy: Policy, previous: Mapping[str, Previous] | None = None) -> list[Verdict]:
     """One verdict per watched program (the same supervisord also runs Postgres, Kafka, Airflow:
     those are not this supervisor's business); `action='restart'` for the dead and the stuck."""
     previous = previous or {}
     verdicts = []
     for prog in obs.programs:
-        if prog.name not in policy.watches:
+        watched = watched_program(prog.name, policy.watches)
+        if watched is None:
             continue
-        seen = observed_for(prog.name, obs, policy)
+        seen = observed_for(watched, obs, policy)
         seen.update({"pid": prog.pid, "uptime_s": round(prog.uptime_s, 3)})
         if prog.state in DEAD_STATES or (prog.state == "STOPPED" and policy.restart_stopped):
             detail = f"; {prog.spawnerr}" if prog.spawnerr else ""
@@ -182,7 +193,7 @@ def assess(obs: Observation, policy: Policy, previous: Mapping[str, Previous] | 
             v = Verdict(prog.name, prog.state, HEALTHY,
                         f"running for {prog.uptime_s:.0f}s, within the start-up grace", seen)
         else:
-            reason = _stuck_reason(prog, policy.watches[prog.name], seen, previous.get(prog.name), policy,
+            reason = _stuck_reason(prog, policy.watches[watched], seen, previous.get(prog.name), policy,
                                    obs.at)
             if reason:
                 v = Verdict(prog.name, prog.state, STUCK, reason, seen, action="restart")

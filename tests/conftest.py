@@ -16,8 +16,14 @@ pytest_plugins = ["tests.plugins.stack", "tests.plugins.sim", "tests.plugins.pip
 _ORDER = ("tests/unit/", "tests/integration/", "tests/benchmarks/", "tests/e2e/", "tests/faults/")
 
 
+# the cluster scenarios turn the stack into a three-broker cluster: after every other scenario
+_LAST = "tests/faults/test_cluster_faults.py"
+
+
 def _rank(item) -> int:
     path = Path(str(item.fspath)).resolve().relative_to(ROOT).as_posix()
+    if path == _LAST:
+        return len(_ORDER) + 1
     for i, prefix in enumerate(_ORDER):
         if path.startswith(prefix):
             return i

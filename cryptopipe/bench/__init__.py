@@ -10,10 +10,15 @@ cryptofeed (from PyPI, in its own venv) measured the same way in the same run.
     cryptopipe bench --rate 10000 --duration 60 --json F      one fixed-rate step
     cryptopipe bench --rate 10000 --profile DIR               every daemon under cProfile
     cryptopipe bench --soak --rate 1000                       one hour, RSS sampled every 10 s
+    KAFKA_BROKERS=3 make up SOURCE=sim, then
+    cryptopipe bench --rate max --tuned "--replication 3"     RF 1 vs RF 3 on three brokers
+    cryptopipe bench --rate max --tuned "--transform-workers 2 --load-workers 2 --archive-workers 2"
+                                                              one process of each consumer vs two
 
 --rate is offered ticks/s over both exchanges: the simulator's symbols and trade rate are derived
 from it (cryptopipe/bench/feed.py). Daemon flags (--batch-size, --poll-timeout, --linger-ms,
---batch-linger-ms, --archive-max-age, --*-workers) change the run from the shipped defaults.
+--batch-linger-ms, --archive-max-age, --*-workers, --replication) change the run from the
+shipped defaults; --tuned FLAGS measures the same search again with FLAGS, in the same run.
 """
 from __future__ import annotations
 
@@ -42,6 +47,8 @@ def _daemon_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archive-max-age", type=float, default=None, help="archiver --max-age (s)")
     for d in ("transform", "load", "archive"):
         p.add_argument(f"--{d}-workers", type=int, default=1, help=f"{d} instances in one consumer group (default 1)")
+    p.add_argument("--replication", type=int, default=1, choices=(1, 3),
+                   help="replicas of the run's topics (3: min.insync.replicas=2; needs a KAFKA_BROKERS=3 stack)")
 
 
 def tuning_of(args):
@@ -50,7 +57,7 @@ def tuning_of(args):
     return Tuning(batch_size=args.batch_size, poll_timeout=args.poll_timeout, linger_ms=args.linger_ms,
                   batch_linger_ms=args.batch_linger_ms, archive_max_age=args.archive_max_age,
                   transform_workers=args.transform_workers, load_workers=args.load_workers,
-                  archive_workers=args.archive_workers)
+                  archive_workers=args.archive_workers, replication=args.replication)
 
 
 def parse_tuning(flags: str):

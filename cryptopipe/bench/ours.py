@@ -49,6 +49,7 @@ class Tuning:
     transform_workers: int = 1
     load_workers: int = 1
     archive_workers: int = 1
+    replication: int = 1                   # the run's topics' replicas (3: min.insync.replicas=2, needs 3 brokers)
 
     def flags(self) -> list[str]:
         """The bench flags that reproduce this tuning (empty: the shipped defaults)."""
@@ -56,7 +57,7 @@ class Tuning:
         for name in ("batch_size", "poll_timeout", "linger_ms", "batch_linger_ms", "archive_max_age"):
             if getattr(self, name) is not None:
                 out += ["--" + name.replace("_", "-"), f"{getattr(self, name):g}"]
-        for name in ("transform_workers", "load_workers", "archive_workers"):
+        for name in ("transform_workers", "load_workers", "archive_workers", "replication"):
             if getattr(self, name) != 1:
                 out += ["--" + name.replace("_", "-"), str(getattr(self, name))]
         return out
@@ -220,7 +221,9 @@ def run_ours(cfg: RunConfig, settings, log=print) -> dict:
     topics[f"pipeline_events{suffix}"] = 1
     if cfg.dsn:
         empty_pipeline_tables(cfg.dsn)
-    create_topics(topics)
+    min_isr = 2 if tuning.replication >= 3 else 1
+    create_topics(topics, replication=tuning.replication,
+                  configs={t: {"min.insync.replicas": str(min_isr)} for t in topics})
     log(f"ours{' ' + cfg.label if cfg.label else ''}: {cfg.ticks_per_s:,.0f} ticks/s "
         f"({feed.symbols} symbols, sim --rate {feed.rate:,.0f}), {tuning.describe()}; run {run_id}, logs in {logs}")
 

@@ -8,6 +8,7 @@ import json
 import sys
 
 from cryptopipe.stack.progress import StepFailed
+from cryptopipe.stack.scale import WORKER_KEYS
 
 
 def print_status(st: dict) -> None:
@@ -59,6 +60,15 @@ def settings_from_caller() -> dict[str, str]:
     return config.from_environment(os.environ)
 
 
+def scale_flags(args) -> dict[str, str]:
+    """`--brokers N`, `--transform-workers N`, ...: the flags given (they win over the environment
+    and are remembered like it)."""
+    from cryptopipe.stack.scale import BROKERS_KEY
+
+    given = {BROKERS_KEY: args.brokers, **{k: getattr(args, k) for k in WORKER_KEYS.values()}}
+    return {k: str(v) for k, v in given.items() if v is not None}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="cryptopipe stack")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -69,6 +79,11 @@ def main(argv: list[str]) -> int:
     up.add_argument("--core", action="store_true", help="only Kafka, Postgres and S3")
     up.add_argument("--no-airflow", action="store_true")
     up.add_argument("--no-pipeline", action="store_true", help="do not start the streaming daemons")
+    up.add_argument("--brokers", type=int, default=None,
+                    help="Kafka nodes: 1 or 3 (RF 3, min ISR 2); default $KAFKA_BROKERS, else the remembered count, else 1")
+    for program, key in WORKER_KEYS.items():
+        up.add_argument(f"--{program}-workers", type=int, default=None, dest=key,
+                        help=f"{program} processes (one consumer group); default ${key}, else the remembered count, else 1")
     sub.add_parser("down", help="stop everything, keep data")
     sub.add_parser("clean", help="stop everything and delete the stack's data")
     st = sub.add_parser("status")
@@ -80,7 +95,8 @@ def main(argv: list[str]) -> int:
     try:
         if args.cmd == "up":
             return manager.up(args.source, core_only=args.core, with_airflow=not args.no_airflow,
-                              with_pipeline=not args.no_pipeline, env=settings_from_caller())
+                              with_pipeline=not args.no_pipeline,
+                              env={**settings_from_caller(), **scale_flags(args)})
         if args.cmd == "down":
             return manager.down()
         if args.cmd == "clean":

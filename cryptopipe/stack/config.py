@@ -28,7 +28,9 @@ def endpoint_variables() -> tuple[str, ...]:
 
 def from_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The settings variables `environ` gives (names matched as pydantic-settings does, any case)."""
-    wanted = set(stack_variables())
+    from cryptopipe.stack.scale import SCALE_KEYS
+
+    wanted = {*stack_variables(), *SCALE_KEYS}     # the daemons' settings and how many of each run
     return {key.upper(): value for key, value in environ.items() if key.upper() in wanted}
 
 

@@ -56,13 +56,14 @@ def write_stack_env(ctx: StackContext) -> bool:
     """Write ctx.env and the values the stack owns (its ports, the admin's Kafka login) to
     stack.env; True when the file's content changed."""
     from cryptopipe.stack.kafka_auth import ADMIN, client_env
-    from cryptopipe.stack.paths import API_PORT, KAFKA_PORT, S3_PORT
+    from cryptopipe.stack.kafka import bootstrap_servers
+    from cryptopipe.stack.paths import API_PORT, S3_PORT
 
     before = read_env_file(ctx.paths.env_file)
     values = dict(ctx.env)
     values.update({
         "POSTGRES_DSN": dsn_for(ctx, "cryptopipe"),
-        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{KAFKA_PORT}",
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers(ctx),
         **client_env(ADMIN, ctx.env),      # tools and tests are admin; each daemon gets its own identity
         "S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
         "S3_BUCKET": values.get("S3_BUCKET", "cryptopipe"),
@@ -193,7 +194,7 @@ def up(source: str | None = None, *, core_only: bool = False, with_airflow: bool
     comps = list(CORE) if core_only else components(ctx, with_airflow=with_airflow)
     bring_up(ctx, comps)
     if with_pipeline and not core_only:
-        _record_profile(ctx, list(supervisor.PIPELINE_PROGRAMS))
+        _record_profile(ctx, supervisor.pipeline_processes(ctx))
         with step("streaming daemons"):
             for program in supervisor.PIPELINE_PROGRAMS:
                 supervisor.start_program(ctx, program, ctx.paths.logs / f"{program}.log")
@@ -254,7 +255,7 @@ def down() -> int:
         console.print("stack is not running")
         return 0
     # the pipeline first, then every component in the reverse of its start order
-    order = [*supervisor.PIPELINE_PROGRAMS,
+    order = [*supervisor.pipeline_processes(ctx),
              *(p for comp in reversed(ALL) for p in comp.programs(ctx))]
     states = supervisor.program_states(ctx)
     for program in order:

@@ -19,6 +19,14 @@ KAFKA_CONTROLLER_PORT = 9093 + PORT_OFFSET
 KAFKA_INTERNAL_PORT = 9094 + PORT_OFFSET       # the broker's own listener (cryptopipe/stack/kafka.py)
 KAFKA_TOXI_PORT = 19092 + PORT_OFFSET          # Kafka's listener for network-fault tests
 KAFKA_TOXI_PROXY_PORT = 19192 + PORT_OFFSET    # ... and the Toxiproxy port it advertises
+
+
+def kafka_node_ports(node: int) -> tuple[int, int, int]:
+    """(client, controller, internal) ports of node 1, 2, ... of a KAFKA_BROKERS>1 cluster:
+    9192-9194, 9292-9294, 9392-9394 (+ offset), clear of the single broker's and the daemons'."""
+    return tuple(base + 100 * node + PORT_OFFSET for base in (9092, 9093, 9094))  # type: ignore[return-value]
+
+
 POSTGRES_PORT = 5432 + PORT_OFFSET
 S3_PORT = 9000 + PORT_OFFSET
 AIRFLOW_PORT = 8080 + PORT_OFFSET

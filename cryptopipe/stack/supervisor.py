@@ -13,6 +13,7 @@ from common.supervisor_rpc import supervisor_proxy
 from cryptopipe.stack.component import StackContext
 from cryptopipe.stack.paths import PORT_OFFSET, repo_root
 from cryptopipe.stack.progress import StepFailed, wait_until
+from cryptopipe.stack.scale import WORKER_KEYS, process_names, program_of_process, workers
 
 PIPELINE_CONF = repo_root() / "streaming" / "supervisord.conf"
 PIPELINE_PROGRAMS = (*(f"extract-{e}" for e in EXCHANGES), "transform", "load", "archive", "api")
@@ -55,7 +56,34 @@ def pipeline_sections(ctx: StackContext) -> str:
                              "(cryptopipe/stack/kafka_auth.py generates one per identity)")
         return ctx.env[key].replace("%", "%%")
 
-    return re.sub(r"%\(ENV_(CRYPTOPIPE_KAFKA_PASSWORD_\w+)\)s", password, PIPELINE_CONF.read_text())
+    text = re.sub(r"%\(ENV_(CRYPTOPIPE_KAFKA_PASSWORD_\w+)\)s", password, PIPELINE_CONF.read_text())
+    return scale_programs(ctx, text)
+
+
+def scale_programs(ctx: StackContext, text: str) -> str:
+    """TRANSFORM/LOAD/ARCHIVE_WORKERS > 1: that program runs `numprocs` processes, named
+    `<program>_00`, `<program>_01`, ... (supervisord's %(process_num)d also gives each its own
+    transactional.id instance and metrics port, see streaming/supervisord.conf)."""
+    for program in WORKER_KEYS:
+        n = workers(ctx, program)
+        if n > 1:
+            header = f"[program:{program}]\n"
+            if header not in text:
+                raise StepFailed(f"{PIPELINE_CONF} declares no [program:{program}] to run {n} of")
+            head, rest = text.split(header, 1)
+            section, sep, tail = rest.partition("\n[")
+            log = f"/logs/{program}.log\n"
+            if log not in section:
+                raise StepFailed(f"{PIPELINE_CONF}: [program:{program}] logs elsewhere than logs/{program}.log")
+            section = section.replace(log, f"/logs/{program}_%(process_num)02d.log\n")
+            text = (f"{head}{header}numprocs={n}\nprocess_name=%(program_name)s_%(process_num)02d\n"
+                    f"{section}{sep}{tail}")
+    return text
+
+
+def pipeline_processes(ctx: StackContext) -> list[str]:
+    """Every streaming daemon's process name (`transform`, or `transform_00`, `transform_01`, ...)."""
+    return [name for program in PIPELINE_PROGRAMS for name in process_names(ctx, program)]
 
 
 def supervisord_env(ctx: StackContext) -> dict[str, str]:
@@ -166,25 +194,35 @@ def program_states(ctx: StackContext) -> dict[str, dict]:
     return out
 
 
-def full_name(ctx: StackContext, program: str) -> str:
-    return "pipeline:" + program if program in PIPELINE_PROGRAMS else program
+def full_name(ctx: StackContext, process: str) -> str:
+    """supervisord's name of a process: `pipeline:load` or `pipeline:load_01` for a daemon."""
+    return "pipeline:" + process if program_of_process(process) in PIPELINE_PROGRAMS else process
+
+
+def processes(ctx: StackContext, name: str) -> list[str]:
+    """A program's processes (`load` -> `load_00`, `load_01` with LOAD_WORKERS=2), or one process."""
+    return process_names(ctx, name) if name in PIPELINE_PROGRAMS else [name]
 
 
 def start_program(ctx: StackContext, program: str, log: Path | None = None) -> None:
-    try:
-        rpc(ctx).supervisor.startProcess(full_name(ctx, program), True)
-    except xmlrpc.client.Fault as fault:
-        if "ALREADY_STARTED" in fault.faultString:
-            return
-        raise StepFailed(f"supervisord could not start {program}: {fault.faultString}", log)
+    """Start a program (each of its processes) or one process (`load_01`)."""
+    for process in processes(ctx, program):
+        try:
+            rpc(ctx).supervisor.startProcess(full_name(ctx, process), True)
+        except xmlrpc.client.Fault as fault:
+            if "ALREADY_STARTED" in fault.faultString:
+                continue
+            raise StepFailed(f"supervisord could not start {process}: {fault.faultString}", log)
 
 
 def stop_program(ctx: StackContext, program: str) -> None:
-    try:
-        rpc(ctx).supervisor.stopProcess(full_name(ctx, program), True)
-    except xmlrpc.client.Fault as fault:
-        if "NOT_RUNNING" not in fault.faultString:
-            raise
+    """Stop a program (each of its processes) or one process."""
+    for process in processes(ctx, program):
+        try:
+            rpc(ctx).supervisor.stopProcess(full_name(ctx, process), True)
+        except xmlrpc.client.Fault as fault:
+            if "NOT_RUNNING" not in fault.faultString and "BAD_NAME" not in fault.faultString:
+                raise
 
 
 def shutdown(ctx: StackContext, timeout: float = 180) -> None:

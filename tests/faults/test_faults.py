@@ -16,40 +16,18 @@ Two scenarios are about candles alone: the stack starting (the first detection r
 first session) and a 40 s exchange outage with reconciliation on.
 """
 import time
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from common.topics import DLQ_TOPICS, RAW_TOPICS
 from backfill.validation import floor_minute
-from tests.plugins.pipeline import Figures, _at, now_ms
+from tests.plugins.pipeline import Figures, _at, now_ms, scenario
 
 pytestmark = pytest.mark.faults
 
 UTC = timezone.utc
 S3_OUTAGE_S = 300
-
-
-@contextmanager
-def scenario(h, pg, s3, bucket, name, *, archive=True, candles=True, stopped=()):
-    h.wait_streaming(pg)
-    raw_start = h.end_offsets(RAW_TOPICS)
-    t0 = now_ms()
-    fig = Figures(name)
-    yield fig
-    t1 = now_ms()
-    raw_end = h.end_offsets(RAW_TOPICS)
-    h.settle(archive=archive, timeout=300)
-    h.check_ticks(pg, t0, t1, fig)
-    if archive:
-        h.check_archive(s3, bucket, raw_start, raw_end, fig)
-    if candles:
-        h.fill_gaps(fig, t0, t1)
-        h.reconcile(fig, t1)
-        h.check_candles(pg, t0, t1, fig)
-    fig.print()
-    assert h.all_running(except_=stopped) == {}, "a process was left dead"
 
 
 # ---------------------------------------------------------------- S3 down for five minutes

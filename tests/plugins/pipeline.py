@@ -25,6 +25,7 @@ import os
 import signal
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -119,10 +120,16 @@ class PipelineHandle:
 
     def all_running(self, except_=()) -> dict:
         """The programs that should run and do not (`except_`: stopped on purpose by the scenario)."""
+        from cryptopipe.stack.kafka import Kafka
+        from cryptopipe.stack.supervisor import processes
+
         states = {i["name"]: i["statename"] for i in self.rpc().getAllProcessInfo()}
-        wanted = ("kafka", "postgres", "s3proxy", "sim", "extract-binance", "extract-kucoin", "transform", "load",
-                  "archive")
-        return {p: states.get(p) for p in wanted if p not in except_ and states.get(p) != "RUNNING"}
+        # every broker of a cluster, every process of a daemon run several times (`load_01`)
+        programs = (*Kafka().programs(self.ctx), "postgres", "s3proxy", "sim", "extract-binance", "extract-kucoin",
+                    "transform", "load", "archive")
+        wanted = [p for program in programs if program not in except_
+                  for p in processes(self.ctx, program) if p not in except_]
+        return {p: states.get(p) for p in wanted if states.get(p) != "RUNNING"}
 
     def wait_streaming(self, pg, timeout: float = 120) -> None:
         """Both exchanges deliver again (a fresh tick stored): scenarios start from a live stream,
@@ -184,12 +191,38 @@ class PipelineHandle:
             return not behind or None
         wait_for(done, timeout, f"consumer group {group} to commit {targets}")
 
+    @staticmethod
+    def spool_bytes(exchange: str) -> float | None:
+        """The bytes `exchange`'s extractor holds in its on-disk spool (what Kafka did not
+        acknowledge in time), from its /metrics; None when it does not answer."""
+        import urllib.request
+
+        from common.exchanges import plug
+        from common.settings import metrics_port
+
+        url = f"http://127.0.0.1:{metrics_port(plug(exchange).EXTRACTOR_METRICS_PORT)}/metrics"
+        try:
+            text = urllib.request.urlopen(url, timeout=3).read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("cryptopipe_extractor_spool_bytes{") and f'exchange="{exchange}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def wait_spools_drained(self, timeout: float) -> None:
+        """Every record an extractor spooled while Kafka was not acknowledging (a broker lost, a
+        partition's leader moving) has been produced: only then do the topics' ends hold it."""
+        wait_for(lambda: all(self.spool_bytes(ex) == 0 for ex in EXCHANGES) or None, timeout,
+                 "the extractors' spools to drain into Kafka")
+
     def settle(self, timeout: float = 120, archive: bool = False) -> None:
         """Wait until everything produced so far has gone through transform and load (and the
         archive, when asked). Offsets are committed only after the durable write they cover."""
         from common.topics import DLQ_TOPICS, PIPELINE_EVENTS, RAW_TOPICS, TRANSFORMED_TOPICS
 
         time.sleep(1.0)
+        self.wait_spools_drained(timeout)
         raw = self.end_offsets(RAW_TOPICS)
         self.wait_consumed("transformer", raw, timeout)
         # the dead letters too: the loader records them for gap detection
@@ -508,6 +541,33 @@ class PipelineHandle:
         figures.add(archived_records=total, archive_missing=missing, archive_duplicates=dups)
         assert missing == 0, f"{missing} raw records are not in S3"
         assert dups == 0, f"{dups} raw records are in S3 more than once"
+
+
+@contextmanager
+def scenario(h, pg, s3, bucket, name, *, archive=True, candles=True, stopped=()):
+    """One fault scenario: from a live stream, the body injects the fault; afterwards everything
+    produced in the window has gone through (lag back to 0), the ticks are accounted for against the
+    simulator's log, every raw record is in S3 once, candles are the truth after detection,
+    backfill and reconciliation, and no process is left dead (but those `stopped` on purpose)."""
+    from common.topics import RAW_TOPICS
+
+    h.wait_streaming(pg)
+    raw_start = h.end_offsets(RAW_TOPICS)
+    t0 = now_ms()
+    fig = Figures(name)
+    yield fig
+    t1 = now_ms()
+    raw_end = h.end_offsets(RAW_TOPICS)
+    h.settle(archive=archive, timeout=300)
+    h.check_ticks(pg, t0, t1, fig)
+    if archive:
+        h.check_archive(s3, bucket, raw_start, raw_end, fig)
+    if candles:
+        h.fill_gaps(fig, t0, t1)
+        h.reconcile(fig, t1)
+        h.check_candles(pg, t0, t1, fig)
+    fig.print()
+    assert h.all_running(except_=stopped) == {}, "a process was left dead"
 
 
 def _at(ms: int) -> datetime:

@@ -77,6 +77,11 @@ def test_tuned_flags_are_parsed_named_and_refused_when_unknown():
     assert parse_tuning("").describe() == "shipped defaults"
     with pytest.raises(SystemExit, match="--tuned"):
         parse_tuning("--no-such-flag 1")
+    # RF 3 vs RF 1 (on a KAFKA_BROKERS=3 stack) in one run
+    assert parse_tuning("--replication 3").replication == 3
+    assert parse_tuning("--replication 3").describe() == "--replication 3"
+    with pytest.raises(SystemExit, match="--tuned"):
+        parse_tuning("--replication 2")
 
 
 class _Probe:

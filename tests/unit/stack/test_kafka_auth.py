@@ -119,11 +119,12 @@ def test_generated_supervisord_conf_fills_in_each_programs_password(tmp_path):
         supervisor.pipeline_sections(c)
 
 
-def test_broker_listeners_are_loopback_and_authenticated(tmp_path):
-    from cryptopipe.stack.kafka import server_properties
+def test_broker_listeners_are_loopback_and_authenticated(tmp_path, monkeypatch):
+    from cryptopipe.stack.kafka import nodes, server_properties
 
+    monkeypatch.delenv("KAFKA_BROKERS", raising=False)
     c = ctx(tmp_path)
-    props = dict(line.split("=", 1) for line in server_properties(c, tmp_path / "data").splitlines() if line)
+    props = dict(line.split("=", 1) for line in server_properties(c, nodes(c)[0], nodes(c)).splitlines() if line)
     listeners = dict(item.split("://") for item in props["listeners"].split(","))
     assert set(listeners) == {"CLIENT", "CONTROLLER", "TOXI", "INTERNAL"}
     assert all(addr.startswith("127.0.0.1:") for addr in listeners.values())
