@@ -26,11 +26,17 @@ def endpoint_variables() -> tuple[str, ...]:
     return tuple(variable(f) for p in PLUGS.values() for f in p.url_settings())
 
 
-def from_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The settings variables `environ` gives (names matched as pydantic-settings does, any case)."""
+def passable_variables() -> tuple[str, ...]:
+    """What `make up` takes from its environment and remembers: the daemons' settings and how many
+    of each the stack runs (cryptopipe/stack/scale.py)."""
     from cryptopipe.stack.scale import SCALE_KEYS
 
-    wanted = {*stack_variables(), *SCALE_KEYS}     # the daemons' settings and how many of each run
+    return (*stack_variables(), *SCALE_KEYS)
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The passable variables `environ` gives (names matched as pydantic-settings does, any case)."""
+    wanted = set(passable_variables())
     return {key.upper(): value for key, value in environ.items() if key.upper() in wanted}
 
 

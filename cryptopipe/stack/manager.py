@@ -8,7 +8,7 @@ import sys
 import time
 
 from cryptopipe.stack import config as stack_config
-from cryptopipe.stack import supervisor
+from cryptopipe.stack import scale, supervisor
 from cryptopipe.stack.airflow import Airflow
 from cryptopipe.stack.component import Component, StackContext
 from cryptopipe.stack.kafka import Kafka
@@ -186,17 +186,17 @@ def up(source: str | None = None, *, core_only: bool = False, with_airflow: bool
     if sim_args is not None:
         ctx.env["CRYPTOPIPE_SIM_ARGS"] = sim_args
     configure(ctx, dict(env or {}), source_given=source is not None)
-    changed = write_stack_env(ctx)
-    if changed:
-        restart_streaming_daemons(ctx)
+    stopped = stop_streaming_daemons(ctx) if write_stack_env(ctx) else []
     if ctx.source == "live" and not core_only and with_pipeline:
         warn_if_exchanges_unreachable(ctx)
     comps = list(CORE) if core_only else components(ctx, with_airflow=with_airflow)
     bring_up(ctx, comps)
-    if with_pipeline and not core_only:
-        _record_profile(ctx, supervisor.pipeline_processes(ctx))
+    daemons = supervisor.PIPELINE_PROGRAMS if with_pipeline and not core_only else stopped
+    if daemons:
+        _record_profile(ctx, [p for p in supervisor.pipeline_processes(ctx)
+                              if scale.program_of_process(p) in daemons])
         with step("streaming daemons"):
-            for program in supervisor.PIPELINE_PROGRAMS:
+            for program in daemons:
                 supervisor.start_program(ctx, program, ctx.paths.logs / f"{program}.log")
     if with_airflow and not core_only:
         from cryptopipe.stack.airflow import set_dags_paused
@@ -208,24 +208,25 @@ def up(source: str | None = None, *, core_only: bool = False, with_airflow: bool
     return 0
 
 
-def restart_streaming_daemons(ctx: StackContext) -> None:
-    """The streaming daemons read stack.env when they start: the running ones start again after
-    it changed (Airflow's tasks read it at each run; the services take nothing from it)."""
-    states = supervisor.program_states(ctx)
-    running = [p for p in supervisor.PIPELINE_PROGRAMS
-               if states.get(p, {}).get("state") in ("RUNNING", "STARTING", "BACKOFF")]
-    if not running:
-        return
-
-    def restart(program: str) -> None:
-        supervisor.stop_program(ctx, program)
-        supervisor.start_program(ctx, program, ctx.paths.logs / f"{program}.log")
-
+def stop_streaming_daemons(ctx: StackContext) -> list[str]:
+    """The streaming daemons read stack.env when they start: after it changed, the running ones
+    stop here (every process, whatever count they ran with) and `up` starts them again once
+    supervisord has the new config (Airflow's tasks read it at each run; the services take nothing
+    from it). Returns the programs that were running."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with step(f"restart {', '.join(running)} with the new settings"), ThreadPoolExecutor(len(running)) as pool:
-        for done in [pool.submit(restart, program) for program in running]:
+    from cryptopipe.stack.scale import program_of_process
+
+    states = supervisor.program_states(ctx)
+    running = [name for name, s in states.items()
+               if program_of_process(name) in supervisor.PIPELINE_PROGRAMS
+               and s["state"] in ("RUNNING", "STARTING", "BACKOFF")]
+    if not running:
+        return []
+    with step(f"stop {', '.join(running)}: the settings changed"), ThreadPoolExecutor(len(running)) as pool:
+        for done in [pool.submit(supervisor.stop_program, ctx, name) for name in running]:
             done.result()
+    return sorted({program_of_process(name) for name in running})
 
 
 def warn_if_exchanges_unreachable(ctx: StackContext) -> None:

@@ -37,7 +37,7 @@ def test_every_variable_of_the_readme_table_passes_or_is_owned():
     section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     named = {v for row in re.findall(r"^\| (.+?) \|", section, re.M) for v in re.findall(r"`([A-Z][A-Z0-9_]+)`", row)}
     assert "SYMBOLS" in named and "BINANCE_WS_URL" in named
-    unknown = named - set(stack_variables()) - set(owned_variables()) - {"CRYPTOPIPE_HOME", "CRYPTOPIPE_PORT_OFFSET"}
+    unknown = named - set(config.passable_variables()) - set(owned_variables()) - {"CRYPTOPIPE_HOME", "CRYPTOPIPE_PORT_OFFSET"}
     assert not unknown, f"README's Configuration table names variables that are no setting: {sorted(unknown)}"
 
 
@@ -50,6 +50,14 @@ def test_from_environment_takes_settings_in_any_case_and_nothing_else():
                "KAFKA_BOOTSTRAP_SERVERS": "elsewhere:9092", "PATH": "/bin", "HOME": "/root",
                "SIM_CONTROL_URL": "http://x/_sim"}
     assert config.from_environment(environ) == {"BINANCE_WS_URL": "ws://a", "SYMBOLS": "BTC-USDT"}
+
+
+def test_the_scale_settings_pass_and_are_remembered_like_the_others():
+    given = config.from_environment({"KAFKA_BROKERS": "3", "load_workers": "2", "PATH": "/bin"})
+    assert given == {"KAFKA_BROKERS": "3", "LOAD_WORKERS": "2"}
+    later = config.merge(config.merge({}, given, source_given=True, source_endpoints={}), {},
+                         source_given=False, source_endpoints={})
+    assert later["KAFKA_BROKERS"] == "3" and later["LOAD_WORKERS"] == "2"
 
 
 def test_owned_in_environment_names_the_stacks_own_values_and_librdkafkas_spelling():
