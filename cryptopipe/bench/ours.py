@@ -8,6 +8,10 @@ Every process is a child of the bench (own consumer groups, own topics with suff
 ports, own spool directory, the bench's own database), so a step never mixes with the running
 stack or with other tests, and its CPU and RSS can be read per process. The daemons run with
 their shipped defaults unless the step's `Tuning` names a flag.
+
+Why one module of ~540 lines: a step is one sequence (start the processes, settle, measure,
+drain, compute the figures) over one set of process handles and probes; the helpers below it
+(_settle, _drained, _latency, _figures) read that step's state and have no other caller.
 """
 from __future__ import annotations
 

@@ -15,6 +15,11 @@ Invariants, counted against the simulator's ground truth (never the pipeline's b
   (`PipelineHandle.reconcile`), every minute of the window, for every trading symbol of both
   exchanges, is the simulator's true candle (OHLC and volume);
 - processes: every supervisord program is RUNNING.
+
+Why one module of ~620 lines: every invariant check (ticks against the simulator's log, the
+archive per offset, candles against the truth, settling, gap detection and reconciliation runs)
+is a method of PipelineHandle and shares its stack context, simulator control and figures; split
+by invariant, each piece would take the whole handle anyway.
 """
 from __future__ import annotations
 
