@@ -1,6 +1,7 @@
 """The one place Kafka clients are built (confluent-kafka)."""
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 
@@ -9,6 +10,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from common.settings import Settings, get_settings
 from common.topics import topic_specs
+
+log = logging.getLogger(__name__)
 
 
 class KafkaCredentialsMissing(ValueError):
@@ -128,12 +131,12 @@ def delete_topics(names: Iterable[str], admin: AdminClient | None = None, timeou
         for f in admin.delete_topics(names, operation_timeout=timeout).values():
             try:
                 f.result(timeout=2 * timeout)
-            except Exception:  # noqa: BLE001 - clean-up only
-                pass
+            except Exception as exc:  # noqa: BLE001 - clean-up only
+                log.warning("deleting a topic failed (clean-up continues): %r", exc)
         deadline = time.monotonic() + wait_gone
         while time.monotonic() < deadline:
             if not set(names) & set(admin.list_topics(timeout=10).topics):
                 return
             time.sleep(0.3)
-    except Exception:  # noqa: BLE001 - clean-up only
-        pass
+    except Exception as exc:  # noqa: BLE001 - clean-up only
+        log.warning("deleting topics %s failed (clean-up continues): %r", names, exc)

@@ -104,8 +104,8 @@ async def stream(ws: WebSocket) -> None:
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
     try:
         await asyncio.wait_for(ws.close(code=code, reason=reason), timeout=2)
-    except Exception:  # noqa: BLE001 - the socket may be gone already
-        pass
+    except Exception as exc:  # noqa: BLE001 - the socket may be gone already (counted as its disconnect)
+        log.debug("closing a websocket (%s) failed: %r", reason, exc)
 
 
 async def _read_until_closed(ws: WebSocket, client: Client) -> None:
@@ -114,8 +114,8 @@ async def _read_until_closed(ws: WebSocket, client: Client) -> None:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
                 break
-    except Exception:  # noqa: BLE001
-        pass
+    except Exception as exc:  # noqa: BLE001 - a client gone mid-read is a disconnect (counted by the sender)
+        log.debug("websocket read ended: %r", exc)
     client.closed = True
     client.wake.set()
 
