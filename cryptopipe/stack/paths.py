@@ -33,7 +33,8 @@ AIRFLOW_PORT = 8080 + PORT_OFFSET
 SIM_PORT = 8765 + PORT_OFFSET
 # the prices server (supervisord program `api`). NB 8000 + N*1000 is S3's 9000 + (N-1)*1000: two
 # stacks whose offsets differ by exactly 1000 collide there; CRYPTOPIPE_API_PORT picks another port
-API_PORT = int(os.environ.get("CRYPTOPIPE_API_PORT") or 8000 + PORT_OFFSET)
+API_PORT_BASE = 8000
+API_PORT = int(os.environ.get("CRYPTOPIPE_API_PORT") or API_PORT_BASE + PORT_OFFSET)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def test_published_ports_bind_loopback_and_match_the_native_stack():
     assert published["s3proxy"] == paths.S3_PORT - paths.PORT_OFFSET
     assert published["airflow-api-server"] == paths.AIRFLOW_PORT - paths.PORT_OFFSET
     assert published["sim"] == paths.SIM_PORT - paths.PORT_OFFSET
-    assert published["pipeline"] == paths.API_PORT - paths.PORT_OFFSET      # the prices server
+    assert published["pipeline"] == paths.API_PORT_BASE      # the prices server (CRYPTOPIPE_API_PORT aside)
 
 
 def test_pipeline_env_names_are_settings_fields():
@@ -73,7 +73,7 @@ def test_the_prices_server_is_in_the_pipeline_image_and_the_native_stack():
     conf = (ROOT / "streaming" / "supervisord.conf").read_text()
     assert "command=%(ENV_CRYPTOPIPE_PYTHON)s -m cryptopipe serve" in conf
     env = COMPOSE["services"]["pipeline"]["environment"]
-    assert env["API_PORT"] == str(paths.API_PORT - paths.PORT_OFFSET)
+    assert env["API_PORT"] == str(paths.API_PORT_BASE)
 
 
 def test_kafka_asks_who_is_writing_as_natively():
