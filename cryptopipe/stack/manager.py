@@ -323,9 +323,7 @@ def configuration(ctx: StackContext) -> dict:
     caller's environment that differ (commands run there use them; the stack does not)."""
     import os
 
-    from common.settings import stack_variables
-
-    remembered = {k: ctx.env[k] for k in stack_variables() if k in ctx.env}
+    remembered = {k: ctx.env[k] for k in stack_config.passable_variables() if k in ctx.env}
     return {"endpoints": effective_endpoints(ctx),
             "symbols": list(stack_config.settings_from(ctx.env).symbols),
             "remembered": remembered,
