@@ -81,6 +81,11 @@ def restored_stack(stack_ctx):
         profile.unlink(missing_ok=True)
     else:
         profile.write_text(profile_text)
+    # supervisord's programs as the restored source declares them (a live stack has no `sim`)
+    from cryptopipe.stack import manager
+
+    ctx = make_context()
+    supervisor.ensure_running(ctx, supervisor.render_conf(ctx, manager._all_sections(ctx)))
     for program in ("sim", *supervisor.PIPELINE_PROGRAMS):
         if program in running:
             supervisor.start_program(ctx, program)
