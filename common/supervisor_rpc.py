@@ -15,3 +15,10 @@ def supervisor_proxy(socket_path: str | None = None):
     transport = SupervisorTransport(None, None, serverurl=f"unix://{path}")
     # the URL's host is ignored by the unix transport
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport, allow_none=True)
+
+
+def numbered_program(process: str) -> str | None:
+    """The program of a process supervisord numbered (`numprocs`, process_name
+    `%(program_name)s_%(process_num)02d`): `load_01` -> `load`; None for any other name."""
+    base, sep, num = process.rpartition("_")
+    return base if sep and base and num.isdigit() else None

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Callable, Iterable, Mapping
 
 from common.consumer_lag import DEFAULT_GROUPS, GroupLag  # noqa: F401 - GroupLag is part of this API
+from common.supervisor_rpc import numbered_program
 
 DEAD_STATES = frozenset({"FATAL", "EXITED", "BACKOFF", "UNKNOWN"})
 TRANSIENT_STATES = frozenset({"STARTING", "STOPPING"})
@@ -166,8 +167,8 @@ def watched_program(name: str, watches: Mapping[str, Watch]) -> str | None:
     process is judged on its own, by its program's group progress."""
     if name in watches:
         return name
-    base, sep, num = name.rpartition("_")
-    return base if sep and num.isdigit() and base in watches else None
+    base = numbered_program(name)
+    return base if base in watches else None
 
 
 def assess(obs: Observation, policy: Policy, previous: Mapping[str, Previous] | None = None) -> list[Verdict]:

@@ -215,18 +215,16 @@ def stop_streaming_daemons(ctx: StackContext) -> list[str]:
     from it). Returns the programs that were running."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from cryptopipe.stack.scale import program_of_process
-
     states = supervisor.program_states(ctx)
     running = [name for name, s in states.items()
-               if program_of_process(name) in supervisor.PIPELINE_PROGRAMS
+               if scale.program_of_process(name) in supervisor.PIPELINE_PROGRAMS
                and s["state"] in ("RUNNING", "STARTING", "BACKOFF")]
     if not running:
         return []
     with step(f"stop {', '.join(running)}: the settings changed"), ThreadPoolExecutor(len(running)) as pool:
         for done in [pool.submit(supervisor.stop_program, ctx, name) for name in running]:
             done.result()
-    return sorted({program_of_process(name) for name in running})
+    return sorted({scale.program_of_process(name) for name in running})
 
 
 def warn_if_exchanges_unreachable(ctx: StackContext) -> None:

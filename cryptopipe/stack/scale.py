@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from common.supervisor_rpc import numbered_program
 from cryptopipe.stack.component import StackContext
 from cryptopipe.stack.progress import StepFailed
 
@@ -75,8 +76,8 @@ def process_names(ctx: StackContext | None, program: str) -> list[str]:
 
 def program_of_process(name: str) -> str:
     """`load_01` -> `load`; any other name is its own program."""
-    base, sep, num = name.rpartition("_")
-    return base if sep and base in WORKER_KEYS and num.isdigit() else name
+    base = numbered_program(name)
+    return base if base in WORKER_KEYS else name
 
 
 def settings_from(values: dict[str, str | None]) -> dict[str, str]:
