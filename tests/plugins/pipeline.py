@@ -198,18 +198,21 @@ class PipelineHandle:
 
     @staticmethod
     def spool_bytes(exchange: str) -> float | None:
-        """The bytes `exchange`'s extractor holds in its on-disk spool (what Kafka did not
-        acknowledge in time), from its /metrics; None when it does not answer."""
+        """The bytes `exchange`'s extractor holds in its spool (what Kafka did not acknowledge in
+        time): from its /metrics while it runs; from the spool on disk when it is stopped (what a
+        restart would replay). None when neither can be read."""
         import urllib.request
 
         from common.exchanges import plug
-        from common.settings import metrics_port
+        from common.settings import metrics_port, stack_home
+        from streaming.extractor.spool import Spool
 
         url = f"http://127.0.0.1:{metrics_port(plug(exchange).EXTRACTOR_METRICS_PORT)}/metrics"
         try:
             text = urllib.request.urlopen(url, timeout=3).read().decode()
         except OSError:
-            return None
+            directory = stack_home() / "spool" / exchange
+            return float(Spool(directory).depth_bytes) if directory.is_dir() else 0.0
         for line in text.splitlines():
             if line.startswith("cryptopipe_extractor_spool_bytes{") and f'exchange="{exchange}"' in line:
                 return float(line.rsplit(" ", 1)[1])
@@ -217,9 +220,17 @@ class PipelineHandle:
 
     def wait_spools_drained(self, timeout: float) -> None:
         """Every record an extractor spooled while Kafka was not acknowledging (a broker lost, a
-        partition's leader moving) has been produced: only then do the topics' ends hold it."""
-        wait_for(lambda: all(self.spool_bytes(ex) == 0 for ex in EXCHANGES) or None, timeout,
-                 "the extractors' spools to drain into Kafka")
+        partition's leader moving) has been produced: only then do the topics' ends hold it. A
+        stopped extractor counts by the spool it left on disk."""
+        last: dict[str, float | None] = {}
+
+        def drained():
+            last.update({ex: self.spool_bytes(ex) for ex in EXCHANGES})
+            return all(v == 0 for v in last.values()) or None
+        try:
+            wait_for(drained, timeout, "the extractors' spools to drain into Kafka")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; spooled bytes per exchange: {last}") from None
 
     def settle(self, timeout: float = 120, archive: bool = False) -> None:
         """Wait until everything produced so far has gone through transform and load (and the
