@@ -1,5 +1,5 @@
 """Cross-exchange validation end to end: the simulator makes KuCoin's BTC-USDT drift 300 bps away
-from Binance's for three whole minutes (`SimControl.drift`); the pipeline stores both; the cross-check
+from Binance's for two whole minutes (`SimControl.drift`); the pipeline stores both; the cross-check
 records one divergence window covering the drift with the stored closes; /v1/health lists it and
 the prices page marks the pair."""
 import time
@@ -15,7 +15,8 @@ pytestmark = pytest.mark.e2e
 UTC = timezone.utc
 SYMBOL = "BTC-USDT"
 DRIFT_BPS = 300
-DRIFT_S = 180
+DRIFT_S = 120
+MIN_MINUTES = 2          # minutes in a row that make a divergence window
 
 
 def test_a_drifting_exchange_is_found_by_the_cross_check_and_marked(live_pipeline, pg, page):
@@ -25,7 +26,7 @@ def test_a_drifting_exchange_is_found_by_the_cross_check_and_marked(live_pipelin
     h = live_pipeline
     h.wait_streaming(pg)
     wait_api_streaming()
-    # start just after a minute begins: three whole minutes drift (the cross-check wants 3 in a row)
+    # start just after a minute begins: two whole minutes drift (the check below wants 2 in a row)
     time.sleep((60 - datetime.now(UTC).second + 1) % 60)
     answer = h.sim.drift("kucoin", SYMBOL, DRIFT_BPS, seconds=DRIFT_S)["drift"]
     started = datetime.fromtimestamp(answer["start_ms"] / 1000, UTC)
@@ -74,6 +75,6 @@ def check(start, end) -> dict:
 
     conn = connect()
     try:
-        return cross_check(conn, start, end, 50, 3)
+        return cross_check(conn, start, end, 50, MIN_MINUTES)
     finally:
         conn.close()
