@@ -104,7 +104,7 @@ def run(args) -> dict:
                    env={**env, **client_env("api"), "API_MAX_CONNECTIONS": str(args.clients + 100)}).start()
         procs.append(api)
         for ex in EXCHANGES:
-            procs.append(Proc(f"extract-{ex}", [python(), "-m", "cryptopipe.bench.extract_isolated", suffix, ex,
+            procs.append(Proc(f"extract-{ex}", [python(), "-m", "cryptopipe", "extract", ex, "--topic-suffix", suffix,
                                                 "--metrics-port", str(free_port()), "--spool-dir", str(work / f"spool-{ex}"),
                                                 "--label", f"benchapi{run_id}", "--log-level", "WARNING"],
                               work / f"extract-{ex}.log", env={**env, **client_env(f"extract-{ex}")}).start())
@@ -186,7 +186,8 @@ def run(args) -> dict:
             "sim_send_delay_kucoin_ms": {"p50": pct(0.5), "p99": pct(0.99), "n": len(delays)},
             "event_to_server_tail": hist_pct("cryptopipe_api_tail_lag_seconds"),
             "server_wait_per_frame": hist_pct("cryptopipe_api_ws_server_wait_seconds"),
-            "ticks_into_server_per_s": delta("cryptopipe_api_tail_records_total") / window,
+            "ticks_into_server_per_s": delta("cryptopipe_api_tail_ticks_total") / window,
+            "records_into_server_per_s": delta("cryptopipe_api_tail_records_total") / window,
             "ticks_sent_per_s": delta("cryptopipe_api_ws_ticks_sent_total") / window,
             "frames_sent_per_s": delta("cryptopipe_api_ws_frames_sent_total") / window,
             "ticks_conflated": delta("cryptopipe_api_ws_ticks_conflated_total"),
@@ -218,7 +219,8 @@ def main(argv: list[str]) -> int:
     console.print(f"simulator's own send delay (ms): {result['sim_send_delay_kucoin_ms']}")
     console.print(f"exchange time -> server's Kafka tail: {result['event_to_server_tail']}; "
                   f"oldest tick's wait in the server per frame: {result['server_wait_per_frame']}")
-    console.print(f"ticks into the server {result['ticks_into_server_per_s']:.0f}/s, sent to clients "
+    console.print(f"ticks into the server {result['ticks_into_server_per_s']:.0f}/s "
+                  f"(in {result['records_into_server_per_s']:.0f} ticks.v1 records/s), sent to clients "
                   f"{result['ticks_sent_per_s']:.0f}/s in {result['frames_sent_per_s']:.0f} frames/s; "
                   f"conflated {result['ticks_conflated']:.0f}; disconnects {result['disconnects']}")
     s = result["server"]
