@@ -11,13 +11,13 @@ import sys
 
 from common.exchanges import EXCHANGES, plug
 from common.kafka import make_producer
-from common.settings import get_settings, metrics_port, stack_home
+from common.settings import get_settings, metrics_port
 
 from .events import Events
 from .metrics import Metrics
 from .runner import Extractor
 from .sink import KafkaSink
-from .spool import Spool
+from .spool import Spool, default_dir as default_spool_dir
 from .transport import Options
 
 log = logging.getLogger("cryptopipe.extractor")
@@ -68,7 +68,7 @@ def build(args: argparse.Namespace):
     symbols = args.symbols if args.symbols is not None else list(settings.symbols)
     shards = the_plug.plan_shards(symbols, args.extra, args.per_connection or the_plug.MAX_PER_CONNECTION)
     metrics = Metrics(exchange)
-    spool = Spool(args.spool_dir or stack_home() / "spool" / exchange, max_bytes=args.spool_max_bytes)
+    spool = Spool(args.spool_dir or default_spool_dir(exchange), max_bytes=args.spool_max_bytes)
     producer = make_producer({"linger.ms": args.linger_ms, "client.id": f"extract-{exchange}"})
     events_box: list[Events] = []
     # process-level events (spool) carry a conn_id naming the process, not a connection

@@ -18,6 +18,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.settings import stack_home
+
 _HEAD = struct.Struct(">III")          # meta length, value length, crc32(meta + value)
 SEGMENT_BYTES = 16 << 20
 FIRST_SEGMENT = 1_000_000_000          # room below for prepended segments
@@ -60,6 +62,11 @@ def _decode_at(buf: bytes, pos: int) -> tuple[Record, int] | None:
     meta = json.loads(meta_b)
     key = None if meta["k"] is None else meta["k"].encode("latin-1")
     return Record(meta["t"], key, bytes(value), [(k, v.encode("latin-1")) for k, v in meta["h"]]), end
+
+
+def default_dir(exchange: str) -> Path:
+    """Where `exchange`'s extractor spools unless told otherwise (`--spool-dir`)."""
+    return stack_home() / "spool" / exchange
 
 
 class Spool:

@@ -204,14 +204,14 @@ class PipelineHandle:
         import urllib.request
 
         from common.exchanges import plug
-        from common.settings import metrics_port, stack_home
-        from streaming.extractor.spool import Spool
+        from common.settings import metrics_port
+        from streaming.extractor.spool import Spool, default_dir
 
         url = f"http://127.0.0.1:{metrics_port(plug(exchange).EXTRACTOR_METRICS_PORT)}/metrics"
         try:
             text = urllib.request.urlopen(url, timeout=3).read().decode()
         except OSError:
-            directory = stack_home() / "spool" / exchange
+            directory = default_dir(exchange)
             return float(Spool(directory).depth_bytes) if directory.is_dir() else 0.0
         for line in text.splitlines():
             if line.startswith("cryptopipe_extractor_spool_bytes{") and f'exchange="{exchange}"' in line:
