@@ -101,6 +101,11 @@ def _all_sections(ctx: StackContext) -> list[str]:
     return sections
 
 
+def apply_supervisor_config(ctx: StackContext) -> None:
+    """supervisord running with the programs ctx declares (its source decides whether `sim` is one)."""
+    supervisor.ensure_running(ctx, supervisor.render_conf(ctx, _all_sections(ctx)))
+
+
 def _record_profile(ctx: StackContext, programs: list[str]) -> None:
     """Remember which programs the last `up` meant to run, so `status` judges health by them."""
     path = ctx.paths.home / "profile.json"
@@ -134,7 +139,7 @@ def bring_up(ctx: StackContext, comps: list[Component]) -> None:
 def _bring_up(ctx: StackContext, comps: list[Component]) -> None:
     _record_profile(ctx, [p for c in comps for p in c.programs(ctx)])
     with step("supervisord"):
-        supervisor.ensure_running(ctx, supervisor.render_conf(ctx, _all_sections(ctx)))
+        apply_supervisor_config(ctx)
     for comp in comps:
         with step(f"{comp.name}: install"):
             comp.install(ctx)

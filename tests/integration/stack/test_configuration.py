@@ -85,7 +85,7 @@ def restored_stack(stack_ctx):
     from cryptopipe.stack import manager
 
     ctx = make_context()
-    supervisor.ensure_running(ctx, supervisor.render_conf(ctx, manager._all_sections(ctx)))
+    manager.apply_supervisor_config(ctx)
     for program in ("sim", *supervisor.PIPELINE_PROGRAMS):
         if program in running:
             supervisor.start_program(ctx, program)
