@@ -34,8 +34,6 @@ class ApiMetrics:
                                   "tick exchange time -> read by the server's Kafka tail (the pipeline upstream)",
                                   buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
         self.tail_records = Counter("cryptopipe_api_tail_records", "transformed-topic records read", registry=r)
-        self.tail_ticks = Counter("cryptopipe_api_tail_ticks", "ticks decoded from the transformed-topic records",
-                                  registry=r)
         self.tail_bad = Counter("cryptopipe_api_tail_bad_records", "records that did not decode (skipped)",
                                 registry=r)
         self.requests = Counter("cryptopipe_api_http_requests", "HTTP requests by route and status",

@@ -87,7 +87,6 @@ class KafkaTail:
                                     str(exc)[:200])
                 if self.metrics is not None:
                     self.metrics.tail_records.inc(len(messages))
-                    self.metrics.tail_ticks.inc(len(ticks))
                     now_ms = time.time() * 1000
                     for t in ticks:
                         self.metrics.tail_lag.observe((now_ms - t.event_time_ms) / 1000)

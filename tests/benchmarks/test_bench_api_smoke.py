@@ -37,7 +37,7 @@ def test_cryptopipe_bench_api_short_run(stack, tmp_path):
         assert got["n"] > 0 and 0 < got["p50_ms"] <= got["p95_ms"] <= got["p99_ms"] <= got["max_ms"], lat
     assert doc["sim_send_delay_kucoin_ms"]["n"] > 0
     assert doc["event_to_server_tail"]["n"] > 0 and doc["event_to_server_tail"]["p99_ms_at_most"] is not None
-    # every client ended its own connection: none dropped as slow or on an error
+    # no connection ended on an error
     assert doc["disconnects"]["error"] == 0
     assert sum(doc["client_side"]["connects"].values()) >= 20
     server = doc["server"]
