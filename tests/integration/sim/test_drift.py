@@ -107,11 +107,11 @@ def test_drift_moves_one_exchange_symbol_everywhere_and_nothing_else(twins):
     t0 = int(time.time() * 1000)
     answers: list = []
     later = threading.Timer(3.0, lambda: answers.append(a.control.drift("kucoin", busy, -37.5)))
-    stop = threading.Timer(11.0, lambda: answers.append(a.control.drift("kucoin", busy, 0)))
+    stop = threading.Timer(15.0, lambda: answers.append(a.control.drift("kucoin", busy, 0)))
     quiet_answer = a.control.drift("kucoin", quiet, 123)
     later.start()
     stop.start()
-    ka, kb, ba, bb = drain(sockets, 14.0)
+    ka, kb, ba, bb = drain(sockets, 18.0)
     for ws in sockets:
         ws.close()
     start, end = answers[0]["drift"]["start_ms"], answers[1]["drift"]["start_ms"]
@@ -136,7 +136,7 @@ def test_drift_moves_one_exchange_symbol_everywhere_and_nothing_else(twins):
         elif sym == quiet and t >= quiet_answer["drift"]["start_ms"]:
             want = moved(want, 123, qdec)
         assert p == want, (key, t, p, want)
-    assert counts["during"] >= 5 and counts["before"] >= 3 and counts["after"] >= 3, counts
+    assert counts["during"] >= 10 and counts["before"] >= 3 and counts["after"] >= 3, counts
     other = [k for k in a_k if k[0] not in (busy, quiet) and k in b_k]
     assert len(other) >= 50                                         # other symbols were compared too
     # Binance's busy symbol did not move: same trade id, same price, on both simulators
